@@ -1,0 +1,96 @@
+"""Checkpoints: the seed's key contract, atomic writes, clear errors on load."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, ConfigError
+
+CONTRACT_KEYS = ("epoch", "model_state_dict", "model_state", "optimizer_state_dict", "optimizer_state",
+                 "loss", "info", "logs", "extra", "config", "config_summary", "history_len",
+                 "feature_type", "dtype")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or lacks required keys."""
+
+
+def checkpoint_path(run_dir, epoch: int) -> Path:
+    return Path(run_dir) / "model" / f"model_epoch_{epoch:04d}.pt"
+
+
+def build_payload(epoch: int, model_state: dict, optimizer_state: dict | None, config: Config,
+                  norm_scales: dict, loss: float | None = None, info: dict | None = None,
+                  logs: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
+    """The seed's checkpoint contract plus ``norm_scales``; resume state goes in ``extra``."""
+    return {
+        "epoch": epoch,
+        "model_state_dict": model_state,
+        "model_state": model_state,
+        "optimizer_state_dict": optimizer_state,
+        "optimizer_state": optimizer_state,
+        "loss": loss,
+        "info": info or {},
+        "logs": logs or {},
+        "extra": extra or {},
+        "config": config.to_dict(),
+        "config_summary": config.summary(),
+        "history_len": config.features.history_len,
+        "feature_type": config.features.feature_type,
+        "dtype": config.run.dtype,
+        "norm_scales": dict(norm_scales),
+    }
+
+
+def save_checkpoint(path, payload: dict) -> Path:
+    """Write atomically: temporary file in the same folder, flush, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU. Raises CheckpointError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise CheckpointError(f"checkpoint {path}: unreadable or corrupt ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path}: not a checkpoint dictionary")
+    missing = [k for k in ("epoch", "model_state_dict", "config") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: missing keys {', '.join(missing)}")
+    return ckpt
+
+
+def config_from_checkpoint(ckpt: dict, overrides: list[str] | None = None) -> Config:
+    """The run's Config as stored in a checkpoint (optionally with ``--set`` overrides)."""
+    try:
+        return Config.from_dict(ckpt["config"], overrides)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint config unreadable: {exc}") from None
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """Newest ``model_epoch_*.pt`` of a run folder (by epoch number), or None."""
+    files = sorted((Path(run_dir) / "model").glob("model_epoch_*.pt"))
+    return files[-1] if files else None

@@ -1,0 +1,60 @@
+"""The dt network (SPEC §3): an MLP with optional Fourier features and a Softplus output."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
+
+
+class DtModel(nn.Module):
+    """features (B, input_dim) -> dt (B,), strictly positive."""
+
+    def __init__(self, input_dim: int, hidden_dims=(200, 1000, 1000, 200), activation: str = "tanh",
+                 dropout: float = 0.0, fourier_scale: float = 0.0, fourier_dim: int = 16,
+                 init_dt: float | None = None, seed: int | None = None):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:  # same weights in every process for the same seed
+                torch.manual_seed(seed)
+            self._build(input_dim, hidden_dims, activation, dropout, fourier_scale, fourier_dim)
+        if init_dt is not None:
+            with torch.no_grad():
+                last = self.net[-1]
+                last.weight.mul_(0.01)
+                last.bias.fill_(math.log(math.expm1(init_dt)))  # softplus^{-1}(init_dt)
+
+    def _build(self, input_dim, hidden_dims, activation, dropout, fourier_scale, fourier_dim):
+        self.input_dim = input_dim
+        if fourier_scale > 0:
+            # Fixed random projection: a buffer, not a parameter.
+            proj = torch.randn(input_dim, fourier_dim) * fourier_scale
+            self.register_buffer("fourier_proj", proj)
+            width = 2 * fourier_dim
+        else:
+            self.fourier_proj = None
+            width = input_dim
+        layers: list[nn.Module] = []
+        for h in hidden_dims:
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        self.out = nn.Softplus()
+
+    @classmethod
+    def from_config(cls, cfg, input_dim: int) -> "DtModel":
+        m = cfg.model
+        return cls(input_dim, m.hidden_dims, m.activation, m.dropout, m.fourier_scale, m.fourier_dim,
+                   m.init_dt, seed=cfg.run.seed)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        h = feats
+        if self.fourier_proj is not None:
+            z = 2 * math.pi * h @ self.fourier_proj
+            h = torch.cat([torch.sin(z), torch.cos(z)], -1)
+        return self.out(self.net(h))[..., 0] + 1e-12
