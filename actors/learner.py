@@ -1,0 +1,78 @@
+"""Learner: the model and optimiser of the run; Part 2 over the samples the collectors gathered."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from aits import Samples, Stepper, generalize, make_optimizer
+
+from .common import build_model, load_config, load_scales, own_torch_rng
+
+
+class Learner:
+    """Owns the model, the Adam optimiser, the minibatch RNG and the replay buffer.
+
+    ``train.replay_capacity`` > 0 keeps the newest that many samples across epochs;
+    0 trains on this epoch's samples only (the seed).
+    """
+
+    def __init__(self, config: dict, scales: dict):
+        self.cfg = load_config(config)
+        gpu = self.cfg.ray.learner_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if gpu else "cpu")
+        # Fixed thread count: float sums must not depend on where the learner runs.
+        torch.set_num_threads(max(1, int(self.cfg.ray.learner_cpus)))
+        seed = self.cfg.run.seed
+        self.stepper = Stepper(self.cfg, load_scales(scales), device=self.device)
+        self.model = build_model(self.cfg, self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.rng = np.random.default_rng([seed, 1])  # a stream apart from the collectors' seed + i
+        self.torch_rng = torch.Generator().manual_seed(seed).get_state()
+        self.replay: Samples | None = None
+
+    def generalize(self, *parts: Samples) -> dict:
+        """Part 2 on the collectors' samples (plus the replay buffer). Returns ``part2/*`` metrics
+        and ``system/learner_time`` (s)."""
+        start = time.perf_counter()
+        samples = Samples.concat(list(parts) if self.replay is None else [self.replay, *parts])
+        cap = self.cfg.train.replay_capacity
+        self.replay = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
+        with own_torch_rng(self):
+            metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)
+        metrics["system/learner_time"] = time.perf_counter() - start
+        return metrics
+
+    def weights(self) -> dict:
+        """The model's state_dict on the CPU, for broadcast and checkpoints."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def predict_dt(self, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
+        with torch.no_grad():
+            prep = self.stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
+            return self.model(prep.feats).double().cpu().numpy()
+
+    def state(self) -> dict:
+        """Model, optimiser, RNGs and replay buffer (CPU tensors / numpy)."""
+        opt = _to_cpu(self.optimizer.state_dict())
+        return {"model": self.weights(), "optimizer": opt, "rng": self.rng.bit_generator.state,
+                "torch_rng": self.torch_rng.clone(),
+                "replay": None if self.replay is None else self.replay.to_dict()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])  # moves tensors to the params' device
+        self.rng.bit_generator.state = state["rng"]
+        self.torch_rng = state["torch_rng"].clone()
+        self.replay = None if state["replay"] is None else Samples(**state["replay"])
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
