@@ -49,10 +49,17 @@ def timeit(fn, repeats: int, warmup: int = 1) -> float:
         fn()
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -62,8 +69,10 @@ def interleaved(fns: dict, repeats: int) -> dict:
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            _sync()
             t0 = time.perf_counter()
             fn()
+            _sync()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -97,12 +106,12 @@ def synthetic_samples(cfg: Config, n: int, dt: float = 0.002) -> Samples:
 
 
 # ---------------------------------------------------------------- micro benchmarks
-def micro(quick: bool) -> dict:
+def micro(quick: bool, device: str = "cpu") -> dict:
     torch.set_num_threads(1)
     cfg = bench_config()
     t = cfg.train
-    stepper = Stepper(cfg, auto_norm_scales(cfg))
-    model = build_model(cfg)
+    stepper = Stepper(cfg, auto_norm_scales(cfg), device=device)
+    model = build_model(cfg, device)
     opt = make_optimizer(model, cfg)
     samples = synthetic_samples(cfg, 512)
     prep = stepper.prepare_samples(samples)
@@ -142,10 +151,10 @@ def micro(quick: bool) -> dict:
 
     # Option: the model in float32 while the physics stays float64.
     cfg32 = bench_config(model={"dtype": "float32"})
-    model32 = build_model(cfg32)
+    model32 = build_model(cfg32, device)
     model32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     opt32 = make_optimizer(model32, cfg32)
-    stepper32 = Stepper(cfg32, stepper.scales)
+    stepper32 = Stepper(cfg32, stepper.scales, device=device)
     prep32 = stepper32.prepare_samples(samples)
 
     def generalize_iteration32():
@@ -158,8 +167,8 @@ def micro(quick: bool) -> dict:
         r64 = stepper.attempt(model, prep).rel_dE
         r32 = stepper32.attempt(model32, prep32).rel_dE
     # Acceptance is decided against thresholds spread over the sample's errors.
-    thresholds = np.quantile(r64.numpy(), [0.1, 0.25, 0.5, 0.75, 0.9])
-    flips = float(np.mean([((r64 < thr) != (r32 < thr)).double().mean() for thr in thresholds]))
+    thresholds = np.quantile(r64.cpu().numpy(), [0.1, 0.25, 0.5, 0.75, 0.9])
+    flips = float(np.mean([((r64 < thr) != (r32 < thr)).double().mean().item() for thr in thresholds]))
     return {
         "generalize_speedup_vs_loop": loop_time / res["batched"],
         "learner_vs_mlp_floor": res["batched"] / res["floor512"],
@@ -278,9 +287,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument("--only", choices=["micro", "service"], default=None)
+    ap.add_argument("--device", default="cpu", help="device of the micro benchmarks (cpu, cuda)")
     args = ap.parse_args(argv)
     results, seconds = {}, {}
-    for name, fn in (("micro", micro), ("service", service)):
+    for name, fn in (("micro", lambda q: micro(q, args.device)), ("service", service)):
         if args.only in (None, name):
             part = fn(args.quick)
             seconds.update(part.pop("_seconds"))
