@@ -202,7 +202,7 @@ class Orbit:
         """Accept a step; returns True when the orbit was restarted afterwards."""
         self.history.push(self.x, self.v, self.dt)
         self.x, self.v, self.dt = x1, v1, dt
-        self.t += dt
+        self.t += dt * self.cfg.system.n_steps  # one step is n_steps leapfrog substeps of dt
         self.steps += 1
         if not (np.isfinite(x1).all() and np.isfinite(v1).all()) or \
                 self.t >= self.cfg.system.periods_per_orbit * self.period:

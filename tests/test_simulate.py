@@ -1,0 +1,315 @@
+"""Simulation and evaluation: learned policy vs fixed-dt and adaptive baselines, the driver's report."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
+
+from aits import (Config, DtModel, Orbit, Samples, Stepper, auto_norm_scales, build_payload,  # noqa: E402
+                  collect, feature_dim, generalize, make_optimizer, save_checkpoint)
+from aits.physics import kepler_ic  # noqa: E402
+from aits.simulate import integrate, simulate_adaptive, simulate_fixed, simulate_learned  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("driver_simulate", ROOT / "driver" / "simulate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+simulate = load_driver()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Step-by-step loops on tiny tensors: extra threads only contend (the driver does the same)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class ConstantDt(nn.Module):
+    """Always the same dt; checks it is fed features of the checkpoint's width."""
+
+    def __init__(self, dt: float, input_dim: int):
+        super().__init__()
+        self.dt, self.input_dim = dt, input_dim
+
+    def forward(self, feats):
+        assert feats.shape == (1, self.input_dim) and torch.isfinite(feats).all()
+        return torch.full(feats.shape[:1], self.dt, dtype=feats.dtype)
+
+
+def small_config(**features) -> Config:
+    f = {"history_len": 2, "feature_type": "delta_mag", "normalize_inputs": "auto", **features}
+    return Config.from_dict({"features": f, "model": {"hidden_dims": [8], "init_dt": 0.01},
+                             "train": {"steps_per_epoch": 20, "replay_steps": 5, "lr": 1e-3,
+                                       "max_retrain_steps": 200},
+                             "wandb": {"mode": "disabled"}})
+
+
+def write_checkpoint(path, cfg, model, scales, epoch=1):
+    return save_checkpoint(path, build_payload(epoch, model.state_dict(), None, cfg, scales.to_dict()))
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """Two epochs of the library's two-phase algorithm on two orbits, saved as the drivers do."""
+    torch.set_num_threads(1)  # module-scoped: set up before the autouse fixture
+    cfg = small_config()
+    scales = auto_norm_scales(cfg)
+    stepper = Stepper(cfg, scales)
+    model = DtModel.from_config(cfg, feature_dim("delta_mag", 2)).double()
+    opt = make_optimizer(model, cfg)
+    orbits = [Orbit(cfg, i, np.random.default_rng(10 + i)) for i in range(2)]
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        samples = Samples.concat([collect(model, opt, o, stepper, cfg)[0] for o in orbits])
+        generalize(model, opt, samples, stepper, cfg, rng)
+    path = tmp_path_factory.mktemp("run") / "tiny" / "model" / "model_epoch_0002.pt"
+    return write_checkpoint(path, cfg, model, scales, epoch=2)
+
+
+def run_driver(capsys, *argv):
+    rc = simulate.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---------------------------------------------------------------- library
+@pytest.mark.parametrize("feature_type,history_len", [("basic", 0), ("delta_mag", 2), ("rich", 3)])
+def test_constant_model_equals_fixed_dt_step_for_step(feature_type, history_len):
+    cfg = small_config(feature_type=feature_type, history_len=history_len)
+    stepper = Stepper(cfg, auto_norm_scales(cfg))
+    m, x, v, _ = kepler_ic(0.7, 1.0)
+    model = ConstantDt(0.01, feature_dim(feature_type, history_len))
+    learned = simulate_learned(model, stepper, m, x, v, duration=1.0)
+    fixed = simulate_fixed(m, x, v, 1.0, learned.metrics["steps"])
+    assert learned.metrics["steps"] == fixed.metrics["steps"] == 100
+    assert learned.metrics["status"] == fixed.metrics["status"] == "ok"
+    np.testing.assert_allclose(learned.trajectory["t"], fixed.trajectory["t"], atol=1e-12)
+    np.testing.assert_allclose(learned.trajectory["dt"], fixed.trajectory["dt"], atol=1e-15)
+    np.testing.assert_allclose(learned.trajectory["x"], fixed.trajectory["x"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(learned.trajectory["v"], fixed.trajectory["v"], rtol=0, atol=1e-12)
+    assert learned.metrics["max_rel_dE"] == pytest.approx(fixed.metrics["max_rel_dE"], rel=1e-9)
+
+
+def test_history_is_carried_as_in_training():
+    """The policy sees the pre-step states pushed with the dt that led to them (0 at start)."""
+    cfg = small_config(history_len=2)
+    stepper = Stepper(cfg, auto_norm_scales(cfg))
+    seen = []
+
+    def policy(state):
+        seen.append((state.history.count, state.history.dt.copy(), state.dt))
+        return 0.01 * (len(seen))
+
+    m, x, v, _ = kepler_ic(0.6, 1.0)
+    integrate(m, x, v, 0.06, policy, history_len=2, dtype=stepper.dtype)
+    assert [s[0] for s in seen] == [0, 1, 2]
+    assert [s[2] for s in seen] == pytest.approx([0.0, 0.01, 0.02])
+    np.testing.assert_allclose(seen[2][1], [0.0, 0.01])  # oldest first: initial state (dt 0), then step 1
+
+
+def test_last_step_is_clipped_onto_end_time():
+    m, x, v, _ = kepler_ic(0.5, 1.0)
+    run = integrate(m, x, v, 0.105, lambda s: 0.01)
+    assert run.metrics["steps"] == 11
+    assert run.trajectory["t"][-1] == pytest.approx(0.105, abs=1e-14)
+    assert run.trajectory["dt"][-1] == pytest.approx(0.005, abs=1e-14)
+
+
+@pytest.mark.parametrize("dt,status", [(float("nan"), "bad_dt"), (-0.1, "bad_dt"), (1e-9, "max_steps")])
+def test_bad_policies_stop_with_a_status(dt, status):
+    m, x, v, _ = kepler_ic(0.5, 1.0)
+    run = integrate(m, x, v, 1.0, lambda s: dt, max_steps=50)
+    assert run.metrics["status"] == status and not run.metrics["completed"]
+
+
+@pytest.mark.parametrize("target", [150, 600])
+def test_adaptive_matches_step_count_and_shrinks_dt_at_pericentre(target):
+    m, x, v, period = kepler_ic(0.9, 1.0)
+    run = simulate_adaptive(m, x, v, period, target)
+    assert abs(run.metrics["steps"] - target) <= 0.02 * target and run.metrics["steps_matched"]
+    dt = run.trajectory["dt"][1:-1]
+    # Starts at pericentre, apocentre half a period later: r ratio (1+e)/(1-e) = 19, dt ~ r^{3/2}.
+    assert dt.max() / dt.min() > 0.5 * 19 ** 1.5
+
+
+def test_adaptive_beats_fixed_on_eccentric_orbit():
+    m, x, v, period = kepler_ic(0.9, 1.0)
+    ad = simulate_adaptive(m, x, v, period, 300)
+    fx = simulate_fixed(m, x, v, period, ad.metrics["steps"])
+    assert ad.metrics["max_rel_dE"] < 0.1 * fx.metrics["max_rel_dE"]
+
+
+# ---------------------------------------------------------------- driver
+def own_energy(m, x, v):
+    """E = KE + PE in numpy, for (S,N,D) trajectories, G = 1, no softening."""
+    ke = 0.5 * (m * (v ** 2).sum(-1)).sum(-1)
+    pe = np.zeros(len(x))
+    for i in range(len(m)):
+        for j in range(i + 1, len(m)):
+            pe -= m[i] * m[j] / np.linalg.norm(x[:, i] - x[:, j], axis=-1)
+    return ke + pe
+
+
+def test_report_agrees_with_saved_trajectories_and_plots(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "sim"
+    rc, stdout, err = run_driver(capsys, "--checkpoint", trained_checkpoint, "--out", out,
+                                 "--orbit", "0.9,1", "0.6,1.1", "--duration", 0.05)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["systems"]) == ["kepler_e0.9_a1", "kepler_e0.6_a1.1"]
+    assert report["history_len"] == 2 and report["feature_type"] == "delta_mag"
+    for name, sysr in report["systems"].items():
+        assert name in stdout
+        traj = np.load(out / sysr["trajectories"])
+        m = traj["m"]
+        steps = sysr["methods"]["learned"]["steps"]
+        assert steps > 10
+        assert sysr["methods"]["fixed"]["steps"] == steps
+        assert abs(sysr["methods"]["adaptive"]["steps"] - steps) <= 0.02 * steps
+        x_ref = traj["reference_x"][-1]
+        for method in ("learned", "fixed", "adaptive"):
+            r = sysr["methods"][method]
+            x, v, t = traj[f"{method}_x"], traj[f"{method}_v"], traj[f"{method}_t"]
+            assert x.shape == (r["steps"] + 1, 2, 2) and t[-1] == pytest.approx(0.05, abs=1e-12)
+            np.testing.assert_allclose(np.diff(t), traj[f"{method}_dt"][1:], rtol=1e-9)
+            e = own_energy(m, x, v)
+            np.testing.assert_allclose(traj[f"{method}_E"], e, rtol=1e-12)
+            rel = np.abs((e - e[0]) / e[0])
+            assert r["final_rel_dE"] == pytest.approx(rel[-1], rel=1e-6)
+            assert r["max_rel_dE"] == pytest.approx(rel.max(), rel=1e-6)
+            p = (m[None, :, None] * v).sum(1)
+            assert r["max_momentum_residual"] == pytest.approx(np.linalg.norm(p - p[0], axis=-1).max(), abs=1e-15)
+            ang = (m * (x[..., 0] * v[..., 1] - x[..., 1] * v[..., 0])).sum(-1)
+            assert r["max_ang_mom_residual"] == pytest.approx(np.abs(ang - ang[0]).max() / abs(ang[0]),
+                                                              rel=1e-6, abs=1e-15)
+            err_pos = np.linalg.norm(x[-1] - x_ref, axis=-1).max()
+            assert r["final_position_error"] == pytest.approx(err_pos, rel=1e-9)
+        png = out / sysr["plot"]
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        img = matplotlib.image.imread(png)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        ratio = sysr["ratios"]["learned_over_fixed_max_rel_dE"]
+        assert ratio == pytest.approx(sysr["methods"]["learned"]["max_rel_dE"] / sysr["methods"]["fixed"]["max_rel_dE"])
+
+
+def test_constant_dt_checkpoint_matches_fixed_through_driver(tmp_path, capsys):
+    """A DtModel whose output is a constant (zero last layer) reproduces fixed-dt leapfrog."""
+    cfg = small_config(history_len=3, feature_type="rich")
+    model = DtModel.from_config(cfg, feature_dim("rich", 3)).double()
+    with torch.no_grad():
+        model.net[-1].weight.zero_()
+        model.net[-1].bias.fill_(math.log(math.expm1(0.002)))
+        dt = float(model(torch.zeros(1, feature_dim("rich", 3), dtype=torch.float64))[0])
+    ckpt = write_checkpoint(tmp_path / "const.pt", cfg, model, auto_norm_scales(cfg))
+    rc, _, err = run_driver(capsys, "--checkpoint", ckpt, "--out", tmp_path / "o", "--orbit", "0.8,1",
+                            "--duration", repr(60 * dt), "--no-reference")
+    assert rc == 0, err
+    traj = np.load(tmp_path / "o" / "kepler_e0.8_a1_trajectories.npz")
+    assert len(traj["learned_t"]) == len(traj["fixed_t"]) == 61
+    np.testing.assert_allclose(traj["learned_x"], traj["fixed_x"], rtol=0, atol=1e-12)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["systems"]["kepler_e0.8_a1"]["methods"]["learned"]["final_position_error"] is None
+
+
+def _three_body_file(path, dim=2):
+    rng = np.random.default_rng(1)
+    rows = np.hstack([np.ones((3, 1)), rng.normal(size=(3, dim)), 0.3 * rng.normal(size=(3, dim))])
+    np.savetxt(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "eccentricity", "not_numbers", "one_number",
+                                  "file_n_mismatch", "file_dim_mismatch", "random_n_mismatch", "bad_set",
+                                  "changed_inputs", "bad_periods"])
+def test_bad_input_gives_one_line_and_nonzero_exit(case, trained_checkpoint, tmp_path, capsys):
+    ck = str(trained_checkpoint)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    two_bodies_3d = np.hstack([np.ones((2, 1)), np.eye(2, 3), np.zeros((2, 3))])
+    np.savetxt(tmp_path / "two3d.txt", two_bodies_3d)
+    argv = {
+        "missing": ["--checkpoint", tmp_path / "nope.pt"],
+        "corrupt": ["--checkpoint", corrupt],
+        "eccentricity": ["--checkpoint", ck, "--orbit", "1.2,1"],
+        "not_numbers": ["--checkpoint", ck, "--orbit", "abc"],
+        "one_number": ["--checkpoint", ck, "--orbit", "0.5"],
+        "file_n_mismatch": ["--checkpoint", ck, "--ic", _three_body_file(tmp_path / "three.txt")],
+        "file_dim_mismatch": ["--checkpoint", ck, "--ic", tmp_path / "two3d.txt"],
+        "random_n_mismatch": ["--checkpoint", ck, "--random", "4"],
+        "bad_set": ["--checkpoint", ck, "--set", "features.nosuchkey=1"],
+        "changed_inputs": ["--checkpoint", ck, "--set", "features.history_len=5"],
+        "bad_periods": ["--checkpoint", ck, "--periods", "0"],
+    }[case]
+    out = tmp_path / "out"
+    rc, stdout, err = run_driver(capsys, *argv, "--out", out)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simulate: error:"), err
+    assert stdout == ""
+    assert not out.exists()  # nothing half-written
+
+
+def test_trained_checkpoint_simulates_end_to_end_with_defaults(trained_checkpoint, capsys):
+    rc, stdout, err = run_driver(capsys, "--checkpoint", trained_checkpoint, "--periods", 0.01)
+    assert rc == 0, err
+    out = trained_checkpoint.parent.parent / "simulate" / "model_epoch_0002"  # default next to the run
+    report = json.loads((out / "report.json").read_text())
+    assert report["epoch"] == 2 and report["norm_scales_source"] == "checkpoint"
+    assert list(report["systems"]) == ["kepler_e0.5_a1", "kepler_e0.7_a1", "kepler_e0.9_a1"]
+    for sysr in report["systems"].values():
+        assert sysr["duration"] == pytest.approx(0.01 * 2 * math.pi * math.sqrt(1 / 2))
+        for method in ("learned", "fixed", "adaptive"):
+            r = sysr["methods"][method]
+            assert r["status"] == "ok" and r["max_rel_dE"] < 1e-2 and r["final_position_error"] < 1e-2
+        assert (out / sysr["plot"]).is_file() and (out / sysr["trajectories"]).is_file()
+    assert "learned/fixed" in stdout
+
+
+def test_random_and_file_systems(trained_checkpoint, tmp_path, capsys):
+    ic = tmp_path / "pair.txt"
+    m, x, v, _ = kepler_ic(0.3, 1.0)
+    np.savetxt(ic, np.hstack([m[:, None], x, v]))
+    rc, _, err = run_driver(capsys, "--checkpoint", trained_checkpoint, "--out", tmp_path / "o", "--ic", ic,
+                            "--random", 2, "--duration", 0.02, "--no-reference")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert list(report["systems"]) == ["file_pair", "random_N2_seed1"]
+    assert all(s["methods"]["learned"]["status"] == "ok" for s in report["systems"].values())
+
+
+@pytest.mark.skipif(not (ROOT / "driver" / "train.py").is_file(), reason="driver/train.py not present")
+def test_checkpoint_from_train_driver(tmp_path, capsys):
+    sets = ["run.output_dir=" + str(tmp_path), "run.name=t", "train.epochs=2", "train.steps_per_epoch=10",
+            "train.replay_steps=3", "model.hidden_dims=[8]", "ray.inprocess=true", "ray.num_collectors=1",
+            "wandb.mode=disabled"]
+    cmd = [sys.executable, str(ROOT / "driver" / "train.py"), "--config", str(ROOT / "configs" / "ray.yaml")]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpts = sorted((tmp_path / "t" / "model").glob("model_epoch_*.pt"))
+    assert ckpts
+    rc, _, err = run_driver(capsys, "--checkpoint", ckpts[-1], "--out", tmp_path / "sim", "--orbit", "0.9,1",
+                            "--duration", 0.02)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "sim" / "report.json").read_text())
+    assert report["systems"]["kepler_e0.9_a1"]["methods"]["learned"]["status"] == "ok"
