@@ -6,7 +6,7 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, generalize, make_optimizer
+from aits import Samples, Stepper, evaluate, generalize, make_optimizer
 
 from .common import build_model, load_config, load_scales, own_torch_rng
 
@@ -48,7 +48,12 @@ class Learner:
         """The model's state_dict on the CPU, for broadcast and checkpoints."""
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
+    def evaluate(self, samples: Samples) -> np.ndarray:
+        """rel_dE (n,) of each sample under the current model (one batched attempt, no training)."""
+        return evaluate(self.model, self.stepper, samples).double().cpu().numpy()
+
     def predict_dt(self, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
+        """dt (B,) the model picks for B states with histories (arrays as in Samples)."""
         with torch.no_grad():
             prep = self.stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
             return self.model(prep.feats).double().cpu().numpy()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 try:
     import aits  # noqa: F401
@@ -75,6 +76,24 @@ class RayBackend:
 
     def kill(self, actor):
         self.ray.kill(actor)
+
+
+def check_resources(cfg: Config, local: bool) -> str | None:
+    """A problem line when the cluster cannot place every actor at once (they would wait for ever)."""
+    import ray
+
+    r = cfg.ray
+    need = {"CPU": r.num_collectors * r.collector_cpus + r.learner_cpus, "GPU": r.learner_gpus}
+    have = ray.cluster_resources()
+    short = [f"{need[k]:g} {k} asked, {have.get(k, 0):g} present" for k in need if need[k] > have.get(k, 0)]
+    if not short:
+        return None
+    line = (f"ray: the actors need more than the cluster has ({'; '.join(short)}); lower ray.num_collectors, "
+            "ray.collector_cpus, ray.learner_cpus or ray.learner_gpus")
+    if local:  # a Ray this driver started on this machine will not grow
+        return line
+    print(f"warning: {line}; waiting for the cluster to grow", file=sys.stderr)
+    return None
 
 
 def start_ray(cfg: Config) -> bool:
@@ -144,7 +163,10 @@ class Tracker:
 
     def close(self) -> None:
         if self.run is not None:
+            import wandb
+
             self.run.finish()
+            wandb.teardown()  # wait for the W&B service to write the run out before returning
 
 
 # ---------------------------------------------------------------- entry point
@@ -212,7 +234,17 @@ def train(cfg: Config, ckpt: dict | None) -> int:
     elapsed_before = extra.get("elapsed", 0.0)
 
     owns_ray = False if cfg.ray.inprocess else start_ray(cfg)
+    local = owns_ray and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    problem = None if cfg.ray.inprocess else check_resources(cfg, local)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+        return 2
     backend = InProcess() if cfg.ray.inprocess else RayBackend()
+    threads = torch.get_num_threads()  # in-process actors set their own thread counts
     conf, sc, r = cfg.to_dict(), scales.to_dict(), cfg.ray
     learner = backend.actor(Learner, conf, sc, num_cpus=r.learner_cpus, num_gpus=r.learner_gpus)
     collectors = [backend.actor(Collector, conf, sc, i, num_cpus=r.collector_cpus)
@@ -261,11 +293,12 @@ def train(cfg: Config, ckpt: dict | None) -> int:
                 save(backend, cfg, scales, run_dir, epoch, learner, collectors, row, converged,
                      elapsed_before + time.perf_counter() - start, tracker.wandb_id)
             if stop or over_time:
-                reason = f"stopped by {stop['signal']}" if stop else "stopped: run.duration reached"
+                reason = stop["signal"] if stop else "run.duration reached"
                 break
         bar.close()
     finally:
         restore_handlers(old_handlers)
+        torch.set_num_threads(threads)
         if tracker is not None:
             tracker.close()
         for a in [*collectors, learner]:
@@ -275,7 +308,7 @@ def train(cfg: Config, ckpt: dict | None) -> int:
     total = elapsed_before + time.perf_counter() - start
     rate = 100.0 * float(np.mean(converged)) if converged else 0.0
     if reason != "complete":
-        print(f"Training {reason} after epoch {epoch}; continue with --resume auto", flush=True)
+        print(f"Stopped after epoch {epoch}: {reason}; continue with --resume auto", flush=True)
     print(f"Training complete: {epoch} epochs, convergence rate: {rate:.1f}%, total time: {total:.1f}s",
           flush=True)
     return 0 if not stop else 128 + signal.Signals[stop["signal"]].value

@@ -1,0 +1,73 @@
+"""Learner actor (SPEC §5) on the session's local Ray: Part 2 lowers failures; state round trip."""
+from __future__ import annotations
+
+import torch
+
+from actors import Collector, Learner
+from aits import Config, Samples, auto_norm_scales
+
+from conftest import tiny_dict
+
+
+def _samples(conf, scales, n_collectors=2) -> Samples:
+    """Accepted states gathered by collectors whose model steps with a small, safe dt."""
+    weights = Learner(conf, scales).weights()
+    return Samples.concat([Collector(conf, scales, i).collect(weights)[0] for i in range(n_collectors)])
+
+
+def test_generalize_lowers_failing_fraction(ray_session):
+    ray = ray_session
+    small = Config.from_dict(tiny_dict(model={"init_dt": 0.002}, train={"steps_per_epoch": 60},
+                                       system={"e_min": 0.85, "e_max": 0.95}))
+    scales = auto_norm_scales(small).to_dict()
+    samples = _samples(small.to_dict(), scales)
+    assert len(samples) == 2 * (60 - 2)
+    # The learner starts with a dt far too large near pericentre: most samples fail.
+    big = tiny_dict(model={"init_dt": 0.05}, train={"replay_steps": 300, "replay_batch_size": 64},
+                    system={"e_min": 0.85, "e_max": 0.95})
+    thr = small.train.energy_threshold
+    learner = ray.remote(num_cpus=0)(Learner).remote(big, scales)
+    ref = ray.put(samples)
+    before = float((ray.get(learner.evaluate.remote(ref)) >= thr).mean())
+    metrics = ray.get(learner.generalize.remote(ref))
+    after = float((ray.get(learner.evaluate.remote(ref)) >= thr).mean())
+    assert before > 0.5
+    assert after < 0.5 * before
+    assert metrics["part2/n_samples"] == len(samples) and metrics["part2/iterations"] > 0
+    assert metrics["part2/pass_rate_first"] < metrics["part2/pass_rate_last"]
+
+
+def test_generalize_skips_small_sets():
+    cfg = Config.from_dict(tiny_dict(train={"min_replay_size": 10}))
+    conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
+    learner = Learner(conf, scales)
+    before = learner.weights()
+    metrics = learner.generalize(_samples(conf, scales, 1).take(slice(0, 5)))
+    assert metrics["part2/skipped"] == 1.0 and metrics["part2/converged"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in learner.weights().items())
+
+
+def test_learner_state_restore_round_trip(ray_session):
+    ray = ray_session
+    cfg = Config.from_dict(tiny_dict(train={"replay_capacity": 50}, model={"init_dt": 0.03}))
+    conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
+    samples = _samples(conf, scales)
+    assert len(samples) > 20
+    part_a, part_b = samples.take(slice(0, 20)), samples.take(slice(20, None))
+
+    first = ray.remote(num_cpus=0)(Learner).remote(conf, scales)
+    ray.get(first.generalize.remote(part_a))  # fills the replay buffer, moves model, Adam and RNG
+    state = ray.get(first.state.remote())
+    assert len(state["replay"]["dt"]) == 20
+    expect = ray.get(first.generalize.remote(part_b))
+    expect_weights = ray.get(first.weights.remote())
+
+    other = dict(conf, run={**conf["run"], "seed": 99})  # different initial weights and RNG
+    second = ray.remote(num_cpus=0)(Learner).remote(other, scales)
+    ray.get(second.restore.remote(state))
+    got = ray.get(second.generalize.remote(part_b))
+    got_weights = ray.get(second.weights.remote())
+    expect.pop("system/learner_time"), got.pop("system/learner_time")
+    assert got == expect and got["part2/n_samples"] == 20 + len(part_b)
+    assert all(torch.equal(got_weights[k], v) for k, v in expect_weights.items())
+    assert len(ray.get(second.state.remote())["replay"]["dt"]) == min(50, len(samples))

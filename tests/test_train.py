@@ -1,0 +1,156 @@
+"""driver/train.py end to end: outputs, W&B on disk, resume, Ray vs in-process, signals, errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from aits import load_checkpoint
+from driver.train import main
+
+import wandb_reader
+from conftest import tiny_dict
+
+TIMING = ("system/epoch_time", "system/broadcast_time", "system/samples_per_s", "system/learner_time",
+          "system/collect_time")
+
+
+def write_config(tmp_path, name="tiny", **sections) -> str:
+    d = tiny_dict(**sections)
+    d["run"].update(name=name, output_dir=str(tmp_path / "runs"))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir: Path) -> dict:
+    ckpt = load_checkpoint(sorted((run_dir / "model").glob("*.pt"))[-1])
+    return ckpt["model_state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def strip_timing(rs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
+
+
+def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_path, capsys):
+    cfg = write_config(tmp_path, wandb={"mode": "offline"})
+    assert main(["--config", cfg]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "tiny"
+    assert f"Output: {run_dir.resolve()}" in out
+    assert "Training complete: 3 epochs, convergence rate:" in out
+
+    # checkpoint_interval 2 and the last epoch
+    assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["model_epoch_0002.pt", "model_epoch_0003.pt"]
+    ckpt = load_checkpoint(run_dir / "model" / "model_epoch_0003.pt")
+    for key in ("epoch", "model_state_dict", "model_state", "optimizer_state_dict", "optimizer_state", "loss",
+                "info", "logs", "extra", "config", "config_summary", "history_len", "feature_type", "dtype",
+                "norm_scales"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 3 and ckpt["history_len"] == 2 and ckpt["config"]["model"]["hidden_dims"] == [16, 16]
+    assert len(ckpt["extra"]["collectors"]) == 2 and ckpt["norm_scales"]["L0"] != 1.0
+
+    metrics = rows(run_dir)
+    assert [r["epoch"] for r in metrics] == [1, 2, 3]
+    for r in metrics:
+        # every collector ships steps_per_epoch - history_len samples once nothing is lost
+        lost = r["part1/retrain_limit_hits"] + r["part1/nonfinite"]
+        assert r["part1/accepted"] == 2 * 20 - lost
+        assert r["part2/n_samples"] == r["part1/samples"]  # replay_capacity 0: this epoch only
+        assert r["system/epoch_time"] > 0 and r["system/samples_per_s"] > 0
+    assert metrics[0]["part1/warmup_discarded"] == 2 * 2 and metrics[1]["part1/warmup_discarded"] == 0
+    rate = 100 * sum(r["part2/converged"] for r in metrics) / 3
+    assert f"convergence rate: {rate:.1f}%" in out
+
+    runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    history = wandb_reader.history(runs[0])
+    assert len(history) == 3
+    for logged, row in zip(history, metrics):
+        assert any(k.startswith("part1/") for k in logged) and any(k.startswith("part2/") for k in logged)
+        assert any(k.startswith("system/") for k in logged)
+        for key in ("epoch", "part1/accepted", "part1/mean_retrains", "part2/loss", "part2/converged"):
+            assert logged[key] == pytest.approx(row[key], rel=1e-12), key
+    info = wandb_reader.run_info(runs[0])
+    assert info["project"] == "AITimeStepper"
+    assert info["config"]["train"]["lr"] == 1e-3 and info["config"]["run"]["seed"] == 3
+
+
+def test_ray_and_inprocess_give_identical_weights(ray_session, tmp_path):
+    ray_cfg = write_config(tmp_path, name="ray", train={"epochs": 2})
+    local_cfg = write_config(tmp_path, name="local", train={"epochs": 2}, ray={"inprocess": True})
+    assert main(["--config", ray_cfg]) == 0
+    assert main(["--config", local_cfg]) == 0
+    assert_same_weights(final_weights(tmp_path / "runs" / "ray"), final_weights(tmp_path / "runs" / "local"))
+    assert strip_timing(rows(tmp_path / "runs" / "ray")) == strip_timing(rows(tmp_path / "runs" / "local"))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, capsys):
+    # Replay buffer and dropout on, so learner buffer and torch RNG states must be restored too.
+    extra = dict(ray={"inprocess": True}, train={"replay_capacity": 30, "epochs": 3},
+                 run={"checkpoint_interval": 5}, model={"dropout": 0.05})
+    full = write_config(tmp_path, name="full", **extra)
+    assert main(["--config", full]) == 0
+
+    cut = write_config(tmp_path, name="cut", **extra)
+    # run.duration elapses during epoch 1: stop after it with a checkpoint
+    assert main(["--config", cut, "--set", "run.duration=0.001"]) == 0
+    cut_dir = tmp_path / "runs" / "cut"
+    assert [p.name for p in (cut_dir / "model").iterdir()] == ["model_epoch_0001.pt"]
+    assert "Stopped after epoch 1: run.duration reached" in capsys.readouterr().out
+    assert main(["--config", cut, "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "Resumed from epoch 1" in out and "Training complete: 3 epochs" in out
+    assert_same_weights(final_weights(tmp_path / "runs" / "full"), final_weights(cut_dir))
+    assert strip_timing(rows(tmp_path / "runs" / "full")) == strip_timing(rows(cut_dir))
+
+
+def test_sigterm_checkpoints_and_resume_continues(tmp_path, capsys):
+    cfg = write_config(tmp_path, ray={"inprocess": True}, train={"epochs": 10_000}, run={"checkpoint_interval": 1000})
+    handler_before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = main(["--config", cfg])
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGTERM
+    out = capsys.readouterr().out
+    ckpts = list((tmp_path / "runs" / "tiny" / "model").iterdir())
+    assert len(ckpts) == 1
+    stopped = load_checkpoint(ckpts[0])["epoch"]
+    assert 1 <= stopped < 10_000 and f"Stopped after epoch {stopped}: SIGTERM" in out
+    assert len(rows(tmp_path / "runs" / "tiny")) == stopped
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # handlers put back
+    assert main(["--config", cfg, "--resume", "auto", "--set", f"train.epochs={stopped + 1}"]) == 0
+    assert f"Training complete: {stopped + 1} epochs" in capsys.readouterr().out
+
+
+def test_config_errors_exit_2_with_one_line_each(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["--config", cfg, "--set", "train.lr=-1", "--set", "ray.num_colectors=3"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err and all(line.startswith("error: ") for line in err)
+    assert any("ray.num_colectors" in line and "num_collectors" in line for line in err)
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    # a fresh start must not clobber an existing run's checkpoints
+    assert main(["--config", cfg, "--set", "ray.inprocess=true", "--set", "train.epochs=1"]) == 0
+    assert main(["--config", cfg, "--set", "ray.inprocess=true"]) == 2
+    assert "--resume auto" in capsys.readouterr().err
