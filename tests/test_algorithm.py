@@ -143,18 +143,42 @@ def test_generalize_skips_small_sets_and_uses_minibatches():
     assert m["part2/skipped"] == 1.0 and m["part2/converged"] == 1.0 and m["part2/iterations"] == 0
 
 
-def test_band_on_accept_pushes_small_steps_up():
-    cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 12, "band_on_accept": True, "E_lower": 1e-5,
-                                               "replay_steps": 100}}, init_dt=0.001)
-    samples = _samples(cfg, stepper, model, opt, 2)
+def test_band_on_accept_pushes_small_steps_up_in_collection():
+    dts = {}
+    for flag in (False, True):
+        cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 40, "band_on_accept": flag, "E_lower": 1e-5,
+                                                   "lr": 1e-2}},
+                                        init_dt=0.0005)
+        samples, metrics = collect(model, opt, Orbit(cfg, 0, np.random.default_rng(0)), stepper, cfg)
+        assert bool((samples.rel_dE < cfg.train.energy_threshold).all())
+        dts[flag] = samples.accepted_dt
+    np.testing.assert_allclose(dts[False], 0.0005, rtol=1e-5)  # without it the model keeps its small dt
+    assert dts[True][-5:].mean() > 1.5 * dts[False][-5:].mean()
+
+
+def test_band_on_accept_loss_in_generalize():
+    cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 15, "band_on_accept": True, "E_lower": 3e-5,
+                                               "replay_steps": 1, "replay_batch_size": 1000}})
+    samples = _samples(cfg, stepper, model, opt)
     with torch.no_grad():
-        model.net[-1].bias -= 2.0  # needlessly small steps, all accepted
-    before = evaluate(model, stepper, samples)
-    assert bool((before < cfg.train.E_lower).all())
-    generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    after = evaluate(model, stepper, samples)
-    assert float(after.median()) > 3 * float(before.median())
-    assert bool((after < cfg.train.energy_threshold).all())
+        model.net[-1].bias += 1.0  # some samples now fail
+    r = evaluate(model, stepper, samples)
+    t = cfg.train
+    failing = r >= t.energy_threshold
+    assert 0 < int(failing.sum()) < len(r) and bool((r[~failing] < t.E_lower).any())
+    expected = torch.where(failing, band_loss(r, t.E_lower, t.E_upper),
+                           band_loss(r, t.E_lower, t.E_upper, lower_only=True)).mean()
+    metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
+    assert metrics["part2/iterations"] == 1
+    np.testing.assert_allclose(metrics["part2/loss"], float(expected), rtol=1e-10)
+    cfg.train.band_on_accept = False
+    with torch.no_grad():
+        model.net[-1].bias += 0.5
+    r = evaluate(model, stepper, samples)
+    failing = r >= t.energy_threshold
+    metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
+    np.testing.assert_allclose(metrics["part2/loss"], float(band_loss(r[failing], t.E_lower, t.E_upper).mean()),
+                               rtol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", ["float32"])
