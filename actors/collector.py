@@ -1,6 +1,7 @@
 """Collector: one orbit, its history and a local model copy that retrains on rejected steps (Part 1)."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -48,6 +49,10 @@ class Collector:
         with torch.no_grad():
             prep = self.stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
             return self.model(prep.feats).double().cpu().numpy()
+
+    def pid(self) -> int:
+        """Process id of the actor (memory reports, fault tests)."""
+        return os.getpid()
 
     def state(self) -> dict:
         """Everything an exact resume needs: the orbit (state, history, RNG) and the torch RNG."""

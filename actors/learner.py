@@ -1,6 +1,7 @@
 """Learner: the model and optimiser of the run; Part 2 over the samples the collectors gathered."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -57,6 +58,10 @@ class Learner:
         with torch.no_grad():
             prep = self.stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
             return self.model(prep.feats).double().cpu().numpy()
+
+    def pid(self) -> int:
+        """Process id of the actor (memory reports, fault tests)."""
+        return os.getpid()
 
     def state(self) -> dict:
         """Model, optimiser, RNGs and replay buffer (CPU tensors / numpy)."""

@@ -188,7 +188,7 @@ def service(quick: bool) -> dict:
     cfg = Config.from_dict({
         "features": {"history_len": 3, "feature_type": "delta_mag", "normalize_inputs": "auto"},
         "model": {"hidden_dims": [128, 128], "init_dt": 0.002},
-        "train": {"steps_per_epoch": 100 if quick else 300, "max_retrain_steps": 200, "replay_steps": 20,
+        "train": {"steps_per_epoch": 100 if quick else 1000, "max_retrain_steps": 200, "replay_steps": 20,
                   "lr": 1e-3},
         "wandb": {"mode": "disabled"},
     })

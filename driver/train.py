@@ -38,6 +38,8 @@ from aits import (CheckpointError, Config, ConfigError, NormScales, auto_norm_sc
 class InProcess:
     """The actors as plain objects in the driver, with the call shape of the Ray backend."""
 
+    actor_died = ()  # objects in this process do not die on their own
+
     def actor(self, cls, *args, num_cpus=1.0, num_gpus=0.0):
         return cls(*args)
 
@@ -61,6 +63,8 @@ class RayBackend:
         import ray
 
         self.ray = ray
+        # ActorDiedError and ActorUnavailableError: with no Ray-side restarts both mean "gone".
+        self.actor_died = (ray.exceptions.RayActorError,)
 
     def actor(self, cls, *args, num_cpus=1.0, num_gpus=0.0):
         return self.ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls).remote(*args)
@@ -75,7 +79,10 @@ class RayBackend:
         return self.ray.get(obj)
 
     def kill(self, actor):
-        self.ray.kill(actor)
+        try:
+            self.ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone or never started: nothing to kill
+            pass
 
 
 def check_resources(cfg: Config, local: bool) -> str | None:
@@ -135,21 +142,33 @@ class Tracker:
 
     def __init__(self, cfg: Config, run_dir: Path, scales: NormScales, keep_until: int, wandb_id: str | None):
         self.path = run_dir / "metrics.jsonl"
-        rows = []
-        if keep_until and self.path.exists():  # resume: drop rows of epochs after the checkpoint
-            rows = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["epoch"] <= keep_until]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = read_rows(self.path) if keep_until else []  # resume: drop rows after the checkpoint
+        text = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= keep_until)
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a kill here must not lose the kept rows
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
         self.run = None
         w = cfg.wandb
         if w.mode != "disabled":
             import wandb
 
-            resume = dict(id=wandb_id, resume="allow") if (wandb_id and w.mode == "online") else {}
-            self.run = wandb.init(project=w.project, entity=w.entity, name=w.name or cfg.run.name, tags=w.tags,
-                                  mode=w.mode, dir=str(run_dir), config={**cfg.to_dict(), "norm_scales":
-                                                                         scales.to_dict()},
-                                  settings=wandb.Settings(quiet=True, console="off", disable_git=True),
-                                  **resume)
+            mode = w.mode
+            if mode == "online" and not wandb_credentials():
+                print("warning: wandb.mode=online: no W&B API key (WANDB_API_KEY or netrc); logging offline "
+                      "instead, upload later with `wandb sync`", file=sys.stderr, flush=True)
+                mode = "offline"
+            kwargs = dict(project=w.project, entity=w.entity, name=w.name or cfg.run.name, tags=w.tags,
+                          dir=str(run_dir), config={**cfg.to_dict(), "norm_scales": scales.to_dict()},
+                          settings=wandb.Settings(quiet=True, console="off", disable_git=True))
+            resume = dict(id=wandb_id, resume="allow") if (wandb_id and mode == "online") else {}
+            try:
+                self.run = wandb.init(mode=mode, **kwargs, **resume)
+            except Exception as exc:  # noqa: BLE001 - e.g. online with no network: keep the run going
+                if mode != "online":
+                    raise
+                print(f"warning: wandb.mode=online: W&B unreachable ({type(exc).__name__}); logging offline "
+                      "instead, upload later with `wandb sync`", file=sys.stderr, flush=True)
+                self.run = wandb.init(mode="offline", **kwargs)
 
     @property
     def wandb_id(self) -> str | None:
@@ -169,9 +188,45 @@ class Tracker:
             wandb.teardown()  # wait for the W&B service to write the run out before returning
 
 
+def read_rows(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a last line cut short by a killed driver is dropped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def wandb_credentials() -> bool:
+    """Whether an online W&B run could authenticate: WANDB_API_KEY or a netrc entry for the W&B host."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 # ---------------------------------------------------------------- entry point
+class UsageError(Exception):
+    """A bad command line; the message is the one line the user sees."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + error
+        raise UsageError(message)
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML config (required unless --resume names a checkpoint)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
@@ -185,7 +240,7 @@ def parse_args(argv):
 def setup(args) -> tuple[Config, dict | None]:
     """The validated config and the checkpoint to resume from (or None)."""
     if args.resume and args.resume != "auto" and not args.config:
-        ckpt = load_checkpoint(args.resume)
+        ckpt = resumable(load_checkpoint(args.resume), args.resume)
         return config_from_checkpoint(ckpt, args.overrides), ckpt
     if not args.config:
         raise ConfigError(["--config: required (or --resume PATH to take the config from a checkpoint)"])
@@ -193,9 +248,11 @@ def setup(args) -> tuple[Config, dict | None]:
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     if args.resume == "auto":
         last = latest_checkpoint(run_dir)
-        return cfg, (load_checkpoint(last) if last else None)
+        if last is None:
+            print(f"No checkpoint in {run_dir / 'model'}: starting afresh", flush=True)
+        return cfg, (resumable(load_checkpoint(last), last) if last else None)
     if args.resume:
-        return cfg, load_checkpoint(args.resume)
+        return cfg, resumable(load_checkpoint(args.resume), args.resume)
     if latest_checkpoint(run_dir) is not None:
         if not args.overwrite:
             raise ConfigError([f"run.name: {run_dir.resolve()} already holds checkpoints; continue it with "
@@ -204,8 +261,23 @@ def setup(args) -> tuple[Config, dict | None]:
     return cfg, None
 
 
+def resumable(ckpt: dict, path) -> dict:
+    """The checkpoint, or CheckpointError when it lacks what a training resume needs."""
+    extra = ckpt.get("extra") or {}
+    missing = [k for k in ("norm_scales", "optimizer_state_dict") if ckpt.get(k) is None]
+    missing += [f"extra.{k}" for k in ("collectors", "learner") if k not in extra]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: not a training checkpoint of driver/train.py "
+                              f"(missing {', '.join(missing)})")
+    return ckpt
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         cfg, ckpt = setup(args)
     except ConfigError as exc:
@@ -218,11 +290,18 @@ def main(argv=None) -> int:
     return train(cfg, ckpt)
 
 
-def train(cfg: Config, ckpt: dict | None) -> int:
+MAX_COLLECTOR_RESTARTS = 3  # per collector and epoch; more means something other than bad luck
+
+
+class RunFailure(RuntimeError):
+    """A fault the run cannot continue past; the message is the one line the user sees."""
+
+
+def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
+    """Run the epochs. ``on_epoch(epoch, row, backend, learner, collectors)``, if given, is called
+    after each epoch is logged (soak reports and fault tests use it)."""
     start = time.perf_counter()
     run_dir = (Path(cfg.run.output_dir) / cfg.run.name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"Output: {run_dir}", flush=True)
     scales = NormScales(**ckpt["norm_scales"]) if ckpt else auto_norm_scales(cfg)
     extra = ckpt["extra"] if ckpt else {}
     first = ckpt["epoch"] + 1 if ckpt else 1
@@ -230,6 +309,14 @@ def train(cfg: Config, ckpt: dict | None) -> int:
         print(f"error: ray.num_collectors: checkpoint has {len(extra['collectors'])} collectors, config "
               f"{cfg.ray.num_collectors}", file=sys.stderr)
         return 2
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: run.output_dir: cannot create {run_dir} ({exc.strerror or type(exc).__name__})",
+              file=sys.stderr)
+        return 2
+    print(f"Output: {run_dir}", flush=True)
+    remove_stale_temporaries(run_dir)
     converged = list(extra.get("converged", []))
     elapsed_before = extra.get("elapsed", 0.0)
 
@@ -246,10 +333,20 @@ def train(cfg: Config, ckpt: dict | None) -> int:
     backend = InProcess() if cfg.ray.inprocess else RayBackend()
     threads = torch.get_num_threads()  # in-process actors set their own thread counts
     conf, sc, r = cfg.to_dict(), scales.to_dict(), cfg.ray
+
+    def new_collector(i: int, state: dict | None):
+        c = backend.actor(Collector, conf, sc, i, num_cpus=r.collector_cpus)
+        if state is not None:
+            backend.get(backend.call(c, "restore", state))
+        return c
+
     learner = backend.actor(Learner, conf, sc, num_cpus=r.learner_cpus, num_gpus=r.learner_gpus)
-    collectors = [backend.actor(Collector, conf, sc, i, num_cpus=r.collector_cpus)
-                  for i in range(r.num_collectors)]
+    # The driver keeps each collector's state as of its last finished Part 1: a replacement
+    # collector restarts from it and repeats the epoch's Part 1 exactly.
+    states = list(extra["collectors"]) if ckpt else [None] * r.num_collectors
+    collectors = [new_collector(i, s) for i, s in enumerate(states)]
     tracker = None
+    failure = None
     stop = {}  # signal name once SIGINT/SIGTERM arrived
 
     def on_signal(signum, _frame):
@@ -259,44 +356,49 @@ def train(cfg: Config, ckpt: dict | None) -> int:
         tqdm.write(f"{stop['signal']}: finishing epoch, then checkpoint and stop (again to abort)")
 
     old_handlers = install_handlers(on_signal)
+    epoch, reason, bar = first - 1, "complete", None
     try:
         if ckpt:
-            backend.get([backend.call(learner, "restore", {"model": ckpt["model_state_dict"],
-                                                           "optimizer": ckpt["optimizer_state_dict"],
-                                                           **extra["learner"]})]
-                        + [backend.call(c, "restore", s) for c, s in zip(collectors, extra["collectors"])])
+            learner_call(backend, epoch, backend.call(learner, "restore", {
+                "model": ckpt["model_state_dict"], "optimizer": ckpt["optimizer_state_dict"], **extra["learner"]}))
             print(f"Resumed from epoch {ckpt['epoch']}", flush=True)
         tracker = Tracker(cfg, run_dir, scales, first - 1, extra.get("wandb_id"))
-        weights = backend.get(backend.call(learner, "weights"))
+        weights = learner_call(backend, epoch, backend.call(learner, "weights"))
         bar = tqdm(total=cfg.train.epochs, initial=first - 1, desc="epochs", unit="epoch", dynamic_ncols=True)
-        epoch, row, reason = first - 1, {}, "complete"
         for epoch in range(first, cfg.train.epochs + 1):
             t0 = time.perf_counter()
             weights_ref = backend.put(weights)  # one copy in the object store for every collector
             t_put = time.perf_counter() - t0
-            results = [backend.call(c, "collect", weights_ref, num_returns=2) for c in collectors]
-            part2_ref = backend.call(learner, "generalize", *[samples for samples, _ in results])
-            part1 = merge_part1(backend.get([metrics for _, metrics in results]))  # collector order
-            part2 = backend.get(part2_ref)
-            weights = backend.get(backend.call(learner, "weights"))
+            sample_refs, part1_rows, restarts = run_collectors(backend, collectors, states, weights_ref,
+                                                               new_collector, epoch)
+            part1 = merge_part1(part1_rows)  # collector order
+            part2 = learner_call(backend, epoch, backend.call(learner, "generalize", *sample_refs))
+            weights = learner_call(backend, epoch, backend.call(learner, "weights"))
             dt_epoch = time.perf_counter() - t0
             converged.append(part2["part2/converged"])
             row = {"epoch": epoch, **part1, **part2, "system/epoch_time": dt_epoch,
-                   "system/broadcast_time": t_put, "system/samples_per_s": part1["part1/accepted"] / dt_epoch}
+                   "system/broadcast_time": t_put, "system/samples_per_s": part1["part1/accepted"] / dt_epoch,
+                   "system/collector_restarts": restarts}
             tracker.log(row)
+            check_finite(weights, epoch, run_dir)
             bar.set_postfix({"acc/s": f"{row['system/samples_per_s']:.0f}",
                              "retrains": f"{part1['part1/mean_retrains']:.2f}",
                              "pass": f"{part2['part2/pass_rate_first']:.2f}"}, refresh=False)
             bar.update(1)
             over_time = cfg.run.duration is not None and time.perf_counter() - start >= cfg.run.duration
             if stop or over_time or epoch % cfg.run.checkpoint_interval == 0 or epoch == cfg.train.epochs:
-                save(backend, cfg, scales, run_dir, epoch, learner, collectors, row, converged,
+                save(backend, cfg, scales, run_dir, epoch, learner, states, row, converged,
                      elapsed_before + time.perf_counter() - start, tracker.wandb_id)
+            if on_epoch is not None:
+                on_epoch(epoch, row, backend, learner, collectors)
             if stop or over_time:
                 reason = stop["signal"] if stop else "run.duration reached"
                 break
-        bar.close()
+    except RunFailure as exc:
+        failure = str(exc)
     finally:
+        if bar is not None:
+            bar.close()  # ends the bar's line before any message
         restore_handlers(old_handlers)
         torch.set_num_threads(threads)
         if tracker is not None:
@@ -305,6 +407,9 @@ def train(cfg: Config, ckpt: dict | None) -> int:
             backend.kill(a)
         if owns_ray:
             backend.ray.shutdown()
+    if failure:
+        print(f"error: {failure}", file=sys.stderr, flush=True)
+        return 3
     total = elapsed_before + time.perf_counter() - start
     rate = 100.0 * float(np.mean(converged)) if converged else 0.0
     if reason != "complete":
@@ -314,12 +419,68 @@ def train(cfg: Config, ckpt: dict | None) -> int:
     return 0 if not stop else 128 + signal.Signals[stop["signal"]].value
 
 
-def save(backend, cfg, scales, run_dir, epoch, learner, collectors, row, converged, elapsed, wandb_id) -> Path:
+def run_collectors(backend, collectors: list, states: list, weights_ref, new_collector, epoch: int):
+    """Part 1 on every collector. A collector whose process died is replaced from ``states`` and its
+    Part 1 repeated (at most MAX_COLLECTOR_RESTARTS times). Updates ``collectors`` and ``states`` in
+    place; returns (sample refs, metrics rows, restarts), both in collector order."""
+    calls = [submit_collect(backend, c, weights_ref) for c in collectors]
+    rows, restarts = [], 0
+    for i in range(len(collectors)):
+        for tries in range(MAX_COLLECTOR_RESTARTS + 1):
+            try:
+                metrics, states[i] = backend.get([calls[i][1], calls[i][2]])
+                break
+            except backend.actor_died as exc:
+                if tries == MAX_COLLECTOR_RESTARTS:
+                    raise RunFailure(f"collector {i} died {tries + 1} times in epoch {epoch} "
+                                     f"({type(exc).__name__}); stopped, continue with --resume auto") from None
+                backend.kill(collectors[i])
+                collectors[i] = new_collector(i, states[i])
+                calls[i] = submit_collect(backend, collectors[i], weights_ref)
+                restarts += 1
+                tqdm.write(f"collector {i} died in epoch {epoch}: replaced from its last state, Part 1 repeated")
+        rows.append(metrics)
+    # Only refs of collectors that finished go to the learner: a dead one's refs would fail it too.
+    return [samples for samples, _, _ in calls], rows, restarts
+
+
+def submit_collect(backend, collector, weights_ref) -> tuple:
+    """(samples ref, metrics ref, state ref): the state call queues behind collect on the same actor."""
+    samples, metrics = backend.call(collector, "collect", weights_ref, num_returns=2)
+    return samples, metrics, backend.call(collector, "state")
+
+
+def learner_call(backend, epoch: int, ref):
+    """The result of a learner call; a dead learner stops the run (its state is not recoverable)."""
+    try:
+        return backend.get(ref)
+    except backend.actor_died as exc:
+        raise RunFailure(f"learner died during epoch {epoch} ({type(exc).__name__}); stopped, the newest "
+                         "checkpoint is intact: continue with --resume auto") from None
+
+
+def check_finite(weights: dict, epoch: int, run_dir: Path) -> None:
+    """Stop before non-finite weights reach a checkpoint or the collectors."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        last = latest_checkpoint(run_dir)
+        raise RunFailure(f"model weights became non-finite in epoch {epoch} ({', '.join(bad)}); stopped "
+                         f"without checkpointing them; last good checkpoint: {last.name if last else 'none'}")
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete partial checkpoint writes a killed run left (``.model_epoch_*.tmp``); never a checkpoint."""
+    for tmp in (run_dir / "model").glob(".model_epoch_*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def save(backend, cfg, scales, run_dir, epoch, learner, collector_states, row, converged, elapsed,
+         wandb_id) -> Path:
     """Checkpoint with the seed's keys; ``extra`` holds what an exact resume needs."""
-    states = backend.get([backend.call(learner, "state")] + [backend.call(c, "state") for c in collectors])
-    learner_state, collector_states = states[0], states[1:]
-    extra = {"collectors": collector_states, "converged": converged, "elapsed": elapsed, "wandb_id": wandb_id,
-             "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "replay")}}
+    learner_state = learner_call(backend, epoch, backend.call(learner, "state"))
+    check_finite(learner_state["model"], epoch, run_dir)
+    extra = {"collectors": list(collector_states), "converged": converged, "elapsed": elapsed,
+             "wandb_id": wandb_id, "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "replay")}}
     payload = build_payload(epoch, learner_state["model"], learner_state["optimizer"], cfg, scales.to_dict(),
                             loss=row.get("part2/loss"), info=row, logs={"converged": converged}, extra=extra)
     return save_checkpoint(checkpoint_path(run_dir, epoch), payload)

@@ -1,0 +1,120 @@
+"""Bad input to the CLIs, one table: a non-zero exit (or the documented fallback), one line on stderr
+naming the problem, and nothing written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from driver.train import main
+
+from test_train import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN, SIMULATE = str(ROOT / "driver" / "train.py"), str(ROOT / "driver" / "simulate.py")
+
+# (case, CLI, arguments; {cfg}, {tmp}, {ckpt} are filled in, expected exit, words the one stderr line holds)
+CASES = [
+    ("unknown key", TRAIN, "--config {cfg} --set train.lrr=1", 2, ["unknown key 'train.lrr'", "train.lr"]),
+    ("wrong type", TRAIN, "--config {cfg} --set train.epochs=abc", 2, ["train.epochs", "integer"]),
+    ("zero threshold", TRAIN, "--config {cfg} --set train.energy_threshold=0", 2,
+     ["train.energy_threshold", "> 0"]),
+    ("negative threshold", TRAIN, "--config {cfg} --set train.energy_threshold=-1e-4", 2,
+     ["train.energy_threshold", "-0.0001"]),
+    ("E_upper above threshold", TRAIN, "--config {cfg} --set train.E_upper=1e-3", 2,
+     ["train.E_upper", "exceeds train.energy_threshold"]),
+    ("delta_mag without history", TRAIN,
+     "--config {cfg} --set features.feature_type=delta_mag --set features.history_len=0", 2,
+     ["delta_mag", "features.history_len >= 1"]),
+    ("kepler with 3 bodies", TRAIN, "--config {cfg} --set system.num_particles=3", 2,
+     ["system.num_particles", "kepler needs exactly 2"]),
+    ("eccentricity 1", TRAIN, "--config {cfg} --set system.e_max=1.0", 2, ["system.e_max", "[0, 1)"]),
+    ("missing IC file", TRAIN, "--config {cfg} --set system.ic=file --set system.ic_path={tmp}/nope.txt", 2,
+     ["system.ic_path", "nope.txt", "not found"]),
+    ("malformed IC file", TRAIN, "--config {cfg} --set system.ic=file --set system.ic_path={tmp}/bad_ic.txt", 2,
+     ["system.ic_path", "bad_ic.txt", "cannot parse"]),
+    ("unknown feature type", TRAIN, "--config {cfg} --set features.feature_type=fancy", 2,
+     ["features.feature_type", "'fancy'", "basic, rich, delta_mag"]),
+    ("invalid YAML", TRAIN, "--config {tmp}/broken.yaml", 2, ["broken.yaml", "invalid YAML"]),
+    ("missing config file", TRAIN, "--config {tmp}/absent.yaml", 2, ["absent.yaml", "not found"]),
+    ("no --config", TRAIN, "--set train.epochs=2", 2, ["--config", "required"]),
+    ("unknown option", TRAIN, "--config {cfg} --epochs 3", 2, ["unrecognized arguments", "--epochs"]),
+    ("corrupt checkpoint", TRAIN, "--resume {tmp}/corrupt.pt", 2, ["corrupt.pt", "corrupt"]),
+    ("resume missing checkpoint", TRAIN, "--config {cfg} --resume {tmp}/gone.pt", 2, ["gone.pt", "not found"]),
+    ("resume a non-training checkpoint", TRAIN, "--config {cfg} --resume {tmp}/weights_only.pt", 2,
+     ["weights_only.pt", "not a training checkpoint", "extra.collectors"]),
+    ("unwritable output dir", TRAIN, "--config {cfg} --set run.output_dir={tmp}/afile/runs", 2,
+     ["run.output_dir", "afile", "cannot create"]),
+    ("simulate: checkpoint of another N", SIMULATE, "--checkpoint {ckpt} --ic {tmp}/three.txt --out {tmp}/sim",
+     2, ["three", "N=3", "trained on N=2"]),
+    ("simulate: corrupt checkpoint", SIMULATE, "--checkpoint {tmp}/corrupt.pt --out {tmp}/sim", 1,
+     ["corrupt.pt", "corrupt"]),
+    ("simulate: eccentricity 1", SIMULATE, "--checkpoint {ckpt} --orbit 1.0,1 --out {tmp}/sim", 2,
+     ["--orbit", "eccentricity"]),
+    # documented fallbacks: exit 0
+    ("wandb online without credentials", TRAIN, "--config {cfg} --set wandb.mode=online", 0,
+     ["warning: wandb.mode=online", "offline"]),
+    ("resume auto without checkpoint", TRAIN, "--config {cfg} --resume auto", 0, []),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("bad")
+    cfg = write_config(tmp, name="good", ray={"inprocess": True}, train={"epochs": 1})
+    assert main(["--config", cfg]) == 0
+    ckpt = tmp / "runs" / "good" / "model" / "model_epoch_0001.pt"
+    (tmp / "bad_ic.txt").write_text("1.0 0 0 0 0\n1.0 1 oops 0 1\n")
+    (tmp / "three.txt").write_text("1 0 0 0 0\n1 1 0 0 1\n1 -1 0 0 -1\n")
+    (tmp / "broken.yaml").write_text("train: [1, 2\n")
+    (tmp / "corrupt.pt").write_bytes(ckpt.read_bytes()[:5000])
+    torch.save({"epoch": 1, "model_state_dict": {}, "config": {}}, tmp / "weights_only.pt")
+    (tmp / "afile").write_text("a file where the output folder should go\n")
+    return {"tmp": tmp, "ckpt": ckpt}
+
+
+def run_case(case, inputs) -> tuple:
+    name, script, args, _, _ = case
+    tmp = inputs["tmp"]
+    # each case has its own run name, so "nothing written" is checked per case
+    run = "case_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+    cfg = write_config(tmp, name=run, ray={"inprocess": True}, train={"epochs": 1})
+    argv = [a.format(cfg=cfg, tmp=tmp, ckpt=inputs["ckpt"]) for a in args.split()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_ADDRESS"))}
+    env.update(HOME=str(tmp / "home"), NETRC=str(tmp / "home" / "no_netrc"), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env, cwd=tmp,
+                          timeout=120)
+    return proc, tmp / "runs" / run
+
+
+def test_bad_input_table(inputs):
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda c: run_case(c, inputs), CASES))
+    assert len(CASES) >= 15
+    for case, (proc, run_dir) in zip(CASES, results):
+        name, _, _, code, words = case
+        assert proc.returncode == code, (name, proc.stderr)
+        # the progress bar ("epochs:" segments) and W&B's own sync hints ("wandb:") are not our messages
+        lines = [s for s in proc.stderr.replace("\r", "\n").splitlines()
+                 if s.strip() and not s.startswith(("epochs:", "wandb:"))]
+        assert len(lines) == (1 if words else 0), (name, lines)
+        for w in words:
+            assert w in lines[0], (name, w, lines[0])
+        if code:
+            assert lines[0].startswith(("error: ", "simulate: error: ")), (name, lines[0])
+            assert not proc.stdout.strip(), (name, proc.stdout)
+            assert not run_dir.exists(), name  # nothing written
+            assert not (inputs["tmp"] / "sim").exists(), name
+    # the fallbacks did their documented thing
+    by_name = {c[0]: r for c, r in zip(CASES, results)}
+    proc, run_dir = by_name["wandb online without credentials"]
+    assert "Training complete: 1 epochs" in proc.stdout
+    assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    proc, run_dir = by_name["resume auto without checkpoint"]
+    assert "starting afresh" in proc.stdout and "Training complete: 1 epochs" in proc.stdout
+    assert (run_dir / "model" / "model_epoch_0001.pt").is_file()
