@@ -97,6 +97,7 @@ class RayConfig:
     learner_gpus: float = 0.0
     collector_cpus: float = 1.0
     learner_cpus: float = 1.0
+    pipeline: bool = False  # opt-in: collect epoch e+1 with the weights of epoch e-1 while the learner trains
 
 
 @dataclass

@@ -38,6 +38,7 @@ GOALS = {
     "collect_scaling_2_vs_1": (">=", 1.7),
     "ray_overhead_1_collector": ("<=", 1.10),
     "end_to_end_speedup_vs_sequential": (">=", 1.7),
+    "pipeline_speedup": (">=", 1.0),
 }
 
 SEED_MODEL = {"hidden_dims": [200, 1000, 1000, 200], "activation": "tanh"}
@@ -268,6 +269,11 @@ def service(quick: bool) -> dict:
         for _ in range(reps):
             tray.append(ray_epoch())
             tin.append(inprocess_epoch())
+        pipe = {False: [], True: []}
+        for _ in range(1 if quick else 2):
+            for flag in (False, True):
+                pipe[flag].append(pipelined_epochs(flag, quick))
+        pipe = {flag: min(times) for flag, times in pipe.items()}
     finally:
         if started:
             ray.shutdown()
@@ -278,8 +284,29 @@ def service(quick: bool) -> dict:
         "end_to_end_speedup_vs_sequential": med(tseq) / med(t2),
         "_seconds": {"collect_2_collectors": med(t2), "collect_sequential_2_orbits": med(tseq),
                      "epoch_ray_1_collector": med(tray), "epoch_inprocess": med(tin),
-                     "samples_per_s_1": med(rate1), "samples_per_s_2": med(rate2)},
+                     "samples_per_s_1": med(rate1), "samples_per_s_2": med(rate2),
+                     "epochs_plain": pipe[False], "epochs_pipelined": pipe[True]},
+        "pipeline_speedup": pipe[False] / pipe[True],
     }
+
+
+def pipelined_epochs(pipeline: bool, quick: bool) -> float:
+    """Wall time of the driver's epochs (1 collector, 1 learner CPU) with or without ray.pipeline."""
+    import tempfile
+
+    from driver.train import main as train_main
+
+    epochs = 4 if quick else 8
+    with tempfile.TemporaryDirectory() as out:
+        args = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "ray.yaml")]
+        for kv in (f"run.output_dir={out}", "wandb.mode=disabled", f"train.epochs={epochs}",
+                   "run.checkpoint_interval=1000", "ray.num_collectors=1", "ray.learner_cpus=1",
+                   "train.steps_per_epoch=400", "model.hidden_dims=256,256", "train.replay_steps=40",
+                   "train.E_lower=5e-5", f"ray.pipeline={'true' if pipeline else 'false'}"):
+            args += ["--set", kv]
+        assert train_main(args) == 0
+        rows = [json.loads(line) for line in (Path(out) / "ray_run" / "metrics.jsonl").read_text().splitlines()]
+    return sum(r["system/epoch_time"] for r in rows[1:])  # epoch 1 holds start-up costs
 
 
 def main(argv=None) -> int:

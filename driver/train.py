@@ -365,14 +365,26 @@ def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
         tracker = Tracker(cfg, run_dir, scales, first - 1, extra.get("wandb_id"))
         weights = learner_call(backend, epoch, backend.call(learner, "weights"))
         bar = tqdm(total=cfg.train.epochs, initial=first - 1, desc="epochs", unit="epoch", dynamic_ncols=True)
+        # ray.pipeline: Part 1 of epoch e+1 runs with the weights of epoch e-1 while the learner runs
+        # Part 2 of epoch e. ``pending`` is that already-gathered Part 1; ``resume_weights`` the
+        # weights a resumed pipelined run's first Part 1 must use to repeat it exactly.
+        pending, resume_weights = None, extra.get("pending_weights") if cfg.ray.pipeline else None
         for epoch in range(first, cfg.train.epochs + 1):
             t0 = time.perf_counter()
             weights_ref = backend.put(weights)  # one copy in the object store for every collector
             t_put = time.perf_counter() - t0
-            sample_refs, part1_rows, restarts = run_collectors(backend, collectors, states, weights_ref,
-                                                               new_collector, epoch)
+            if pending is None:
+                first_ref = weights_ref if resume_weights is None else backend.put(resume_weights)
+                pending = run_collectors(backend, collectors, states, first_ref, new_collector, epoch)
+                resume_weights = None
+            sample_refs, part1_rows, restarts = pending
             part1 = merge_part1(part1_rows)  # collector order
-            part2 = learner_call(backend, epoch, backend.call(learner, "generalize", *sample_refs))
+            part2_ref = backend.call(learner, "generalize", *sample_refs)
+            epoch_states, pending, pending_weights = list(states), None, None
+            if cfg.ray.pipeline and epoch < cfg.train.epochs:
+                pending_weights = weights
+                pending = run_collectors(backend, collectors, states, weights_ref, new_collector, epoch + 1)
+            part2 = learner_call(backend, epoch, part2_ref)
             weights = learner_call(backend, epoch, backend.call(learner, "weights"))
             dt_epoch = time.perf_counter() - t0
             converged.append(part2["part2/converged"])
@@ -387,8 +399,8 @@ def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
             bar.update(1)
             over_time = cfg.run.duration is not None and time.perf_counter() - start >= cfg.run.duration
             if stop or over_time or epoch % cfg.run.checkpoint_interval == 0 or epoch == cfg.train.epochs:
-                save(backend, cfg, scales, run_dir, epoch, learner, states, row, converged,
-                     elapsed_before + time.perf_counter() - start, tracker.wandb_id)
+                save(backend, cfg, scales, run_dir, epoch, learner, epoch_states, row, converged,
+                     elapsed_before + time.perf_counter() - start, tracker.wandb_id, pending_weights)
             if on_epoch is not None:
                 on_epoch(epoch, row, backend, learner, collectors)
             if stop or over_time:
@@ -475,12 +487,14 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def save(backend, cfg, scales, run_dir, epoch, learner, collector_states, row, converged, elapsed,
-         wandb_id) -> Path:
-    """Checkpoint with the seed's keys; ``extra`` holds what an exact resume needs."""
+         wandb_id, pending_weights=None) -> Path:
+    """Checkpoint with the seed's keys; ``extra`` holds what an exact resume needs (with pipelining,
+    the collectors' states before the next epoch's Part 1 and the weights it runs with)."""
     learner_state = learner_call(backend, epoch, backend.call(learner, "state"))
     check_finite(learner_state["model"], epoch, run_dir)
     extra = {"collectors": list(collector_states), "converged": converged, "elapsed": elapsed,
-             "wandb_id": wandb_id, "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "replay")}}
+             "wandb_id": wandb_id, "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "replay")},
+             "pending_weights": pending_weights}
     payload = build_payload(epoch, learner_state["model"], learner_state["optimizer"], cfg, scales.to_dict(),
                             loss=row.get("part2/loss"), info=row, logs={"converged": converged}, extra=extra)
     return save_checkpoint(checkpoint_path(run_dir, epoch), payload)

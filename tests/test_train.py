@@ -154,3 +154,26 @@ def test_config_errors_exit_2_with_one_line_each(tmp_path, capsys):
     assert main(["--config", cfg, "--set", "ray.inprocess=true", "--set", "train.epochs=1"]) == 0
     assert main(["--config", cfg, "--set", "ray.inprocess=true"]) == 2
     assert "--resume auto" in capsys.readouterr().err
+
+
+def test_pipeline_is_deterministic_and_resumes_exactly(ray_session, tmp_path, capsys):
+    pipe = dict(train={"epochs": 4}, run={"checkpoint_interval": 1})
+    ray_cfg = write_config(tmp_path, name="pray", ray={"pipeline": True}, **pipe)
+    local_cfg = write_config(tmp_path, name="plocal", ray={"pipeline": True, "inprocess": True}, **pipe)
+    plain_cfg = write_config(tmp_path, name="plain", ray={"inprocess": True}, **pipe)
+    for cfg in (ray_cfg, local_cfg, plain_cfg):
+        assert main(["--config", cfg]) == 0
+    runs = tmp_path / "runs"
+    assert_same_weights(final_weights(runs / "pray"), final_weights(runs / "plocal"))
+    assert strip_timing(rows(runs / "pray")) == strip_timing(rows(runs / "plocal"))
+    # Epoch 1 collects with the initial weights either way; later epochs use older weights when pipelined.
+    assert strip_timing(rows(runs / "plocal"))[0] == strip_timing(rows(runs / "plain"))[0]
+    plain_w, pipe_w = final_weights(runs / "plain"), final_weights(runs / "plocal")
+    assert any(not torch.equal(plain_w[k], pipe_w[k]) for k in plain_w)
+
+    cut = write_config(tmp_path, name="pcut", ray={"pipeline": True, "inprocess": True}, **pipe)
+    assert main(["--config", cut, "--set", "run.duration=0.001"]) == 0  # stops after epoch 1
+    assert load_checkpoint(runs / "pcut" / "model" / "model_epoch_0001.pt")["extra"]["pending_weights"] is not None
+    assert main(["--config", cut, "--resume", "auto"]) == 0
+    assert_same_weights(final_weights(runs / "plocal"), final_weights(runs / "pcut"))
+    assert strip_timing(rows(runs / "plocal")) == strip_timing(rows(runs / "pcut"))
