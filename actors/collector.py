@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from aits import Orbit, Samples, Stepper, collect, make_optimizer
+from aits import Orbit, Samples, Stepper, collect, make_optimizer, predict_dt
 
 from .common import build_model, load_config, load_scales, own_torch_rng
 
@@ -44,11 +44,9 @@ class Collector:
     def load_weights(self, weights: dict) -> None:
         self.model.load_state_dict(weights)
 
-    def predict_dt(self, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
+    def predict_dt(self, *arrays) -> np.ndarray:
         """dt (B,) the local model picks for B states with histories (arrays as in Samples)."""
-        with torch.no_grad():
-            prep = self.stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
-            return self.model(prep.feats).double().cpu().numpy()
+        return predict_dt(self.model, self.stepper, *arrays)
 
     def pid(self) -> int:
         """Process id of the actor (memory reports, fault tests)."""

@@ -6,11 +6,11 @@ from .config import Config, ConfigError
 from .features import HistoryBuffer, NormScales, build_features, feature_dim
 from .model import DtModel
 from .two_phase import (Orbit, Samples, Stepper, auto_norm_scales, band_loss, collect, evaluate, generalize,
-                        make_optimizer, retrain_until_accepted)
+                        make_optimizer, predict_dt, retrain_until_accepted)
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "DtModel", "HistoryBuffer", "NormScales", "Orbit", "Samples",
     "Stepper", "auto_norm_scales", "band_loss", "build_features", "build_payload", "checkpoint_path",
     "collect", "config_from_checkpoint", "evaluate", "feature_dim", "generalize", "latest_checkpoint",
-    "load_checkpoint", "make_optimizer", "retrain_until_accepted", "save_checkpoint",
+    "load_checkpoint", "make_optimizer", "predict_dt", "retrain_until_accepted", "save_checkpoint",
 ]

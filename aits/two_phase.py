@@ -352,6 +352,12 @@ def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config
     return metrics
 
 
+def predict_dt(model, stepper: Stepper, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
+    """dt (B,) the model picks for B states with their histories (arrays shaped as in Samples)."""
+    with torch.no_grad():
+        return model(stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt).feats).double().cpu().numpy()
+
+
 def evaluate(model, stepper: Stepper, samples: Samples) -> torch.Tensor:
     """rel_dE (n,) of every sample under the current model, no gradients."""
     with torch.no_grad():
