@@ -196,11 +196,15 @@ def simulate_fixed(m, x, v, duration: float, steps: int, *, eps: float = 0.0, n_
 
 def adaptive_timescale(state: IntegrationState) -> float:
     """min_i sqrt(r_i,nn / |a_i|): nearest-neighbour distance over acceleration (time units)."""
-    x = state.x[0]
+    return _timescale(state.x[0], state.acc[0])
+
+
+def _timescale(x: torch.Tensor, acc: torch.Tensor) -> float:
+    """min_i sqrt(r_i,nn / |a_i|) of one system, x and acc (N,D)."""
     dist = torch.cdist(x, x)
     dist.fill_diagonal_(math.inf)
     r_nn = dist.min(-1).values
-    a = state.acc[0].norm(dim=-1).clamp_min(1e-300)
+    a = acc.norm(dim=-1).clamp_min(1e-300)
     return float(torch.sqrt(r_nn / a).min())
 
 
@@ -222,10 +226,9 @@ def simulate_adaptive(m, x, v, duration: float, target_steps: int, *, eps: float
         run = integrate(m, x, v, duration, lambda s: eta * adaptive_timescale(s), max_steps=cap, record=False, **kw)
         return run.metrics["steps"] if run.metrics["status"] == "ok" else cap
 
-    probe = IntegrationState(*(torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)[None]
-                               for a in (m, x, v)), None, 0.0, 0.0, None)
-    probe.acc = acceleration(probe.x, probe.m, eps)
-    eta = duration / (n_steps * target_steps * adaptive_timescale(probe))  # right if the timescale were constant
+    m0, x0 = (torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)[None] for a in (m, x))
+    # Right if the timescale were constant along the orbit.
+    eta = duration / (n_steps * target_steps * _timescale(x0[0], acceleration(x0, m0, eps)[0]))
     lo = hi = None  # lo: eta giving too many steps; hi: too few
     best = (math.inf, eta, 0)
     tol = rel_tol * target_steps

@@ -198,6 +198,13 @@ class Orbit:
         hx, hv, hdt = self.history.arrays()
         return self.m[None], self.x[None], self.v[None], np.array([self.dt]), hx[None], hv[None], hdt[None]
 
+    def sample_record(self, batch, accepted_dt: float, rel_dE: float, retrains: int) -> dict:
+        """One Samples row: the pre-step ``batch`` (from :meth:`batch`) with its history and metadata."""
+        m, x, v, dt0, hx, hv, hdt = batch
+        return {"m": m[0], "x": x[0], "v": v[0], "dt": dt0[0], "hist_x": hx[0], "hist_v": hv[0], "hist_dt": hdt[0],
+                "orbit_id": self.orbit_id, "step": self.steps, "accepted_dt": accepted_dt, "rel_dE": rel_dE,
+                "retrains": retrains}
+
     def advance(self, x1: np.ndarray, v1: np.ndarray, dt: float) -> bool:
         """Accept a step; returns True when the orbit was restarted afterwards."""
         self.history.push(self.x, self.v, self.dt)
@@ -279,10 +286,7 @@ def collect(model, optimizer, orbit: Orbit, stepper: Stepper, cfg: Config) -> tu
         dts.append(dt)
         errs.append(err)
         if orbit.steps >= K:
-            m, x, v, dt0, hx, hv, hdt = batch
-            records.append({"m": m[0], "x": x[0], "v": v[0], "dt": dt0[0], "hist_x": hx[0], "hist_v": hv[0],
-                            "hist_dt": hdt[0], "orbit_id": orbit.orbit_id, "step": orbit.steps,
-                            "accepted_dt": dt, "rel_dE": err, "retrains": retrains})
+            records.append(orbit.sample_record(batch, dt, err, retrains))
         else:
             warmup += 1
         x1 = att.x.detach()[0].to(torch.float64).cpu().numpy()

@@ -94,13 +94,11 @@ def synthetic_samples(cfg: Config, n: int, dt: float = 0.002) -> Samples:
     while len(records) < n:
         orbit = Orbit(cfg, orbit_id, rng)
         for _ in range(K + 64):
-            m, x, v, dt0, hx, hv, hdt = orbit.batch()
-            tx = [torch.as_tensor(a, dtype=torch.float64) for a in (x, v, m)]
-            x1, v1, _ = leapfrog(tx[0], tx[1], tx[2], torch.tensor([dt], dtype=torch.float64))
+            batch = orbit.batch()
+            m, x, v = (torch.as_tensor(a, dtype=torch.float64) for a in batch[:3])
+            x1, v1, _ = leapfrog(x, v, m, torch.tensor([dt], dtype=torch.float64))
             if orbit.steps >= K:
-                records.append({"m": m[0], "x": x[0], "v": v[0], "dt": dt0[0], "hist_x": hx[0], "hist_v": hv[0],
-                                "hist_dt": hdt[0], "orbit_id": orbit_id, "step": orbit.steps,
-                                "accepted_dt": dt, "rel_dE": 0.0, "retrains": 0})
+                records.append(orbit.sample_record(batch, dt, 0.0, 0))
             orbit.advance(x1[0].numpy(), v1[0].numpy(), dt)
         orbit_id += 1
     return Samples.from_records(records[:n], K, cfg.system.num_particles, cfg.system.dim)
