@@ -31,7 +31,7 @@ class Collector:
     def collect(self, weights: dict) -> tuple[Samples, dict]:
         """Load the broadcast weights (fresh local optimiser), run Part 1 on the orbit.
 
-        Returns (samples, metrics); metrics are ``part1/*`` plus ``system/collect_time`` (s).
+        Returns (samples, metrics); metrics are ``collect/*`` plus ``system/collect_time`` (s).
         """
         start = time.perf_counter()
         self.load_weights(weights)

@@ -15,7 +15,7 @@ from .common import build_model, load_config, load_scales, own_torch_rng
 class Learner:
     """Owns the model, the Adam optimiser, the minibatch RNG and the replay buffer.
 
-    ``train.replay_capacity`` > 0 keeps the newest that many samples across epochs;
+    ``train.generalize_capacity`` > 0 keeps the newest that many samples across epochs;
     0 trains on this epoch's samples only (the seed).
     """
 
@@ -34,11 +34,11 @@ class Learner:
         self.replay: Samples | None = None
 
     def generalize(self, *parts: Samples) -> dict:
-        """Part 2 on the collectors' samples (plus the replay buffer). Returns ``part2/*`` metrics
+        """Part 2 on the collectors' samples (plus the replay buffer). Returns ``generalize/*`` metrics
         and ``system/learner_time`` (s)."""
         start = time.perf_counter()
         samples = Samples.concat(list(parts) if self.replay is None else [self.replay, *parts])
-        cap = self.cfg.train.replay_capacity
+        cap = self.cfg.train.generalize_capacity
         self.replay = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
         with own_torch_rng(self):
             metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)

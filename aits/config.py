@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
+
+
+# Old names of keys (the generalize phase used to be called "replay"): still read, with a warning line.
+DEPRECATED_KEYS = {
+    "train.replay_steps": "train.generalize_steps",
+    "train.replay_batch_size": "train.generalize_batch_size",
+    "train.min_replay_size": "train.generalize_min_samples",
+    "train.replay_capacity": "train.generalize_capacity",
+}
 
 
 class ConfigError(ValueError):
@@ -77,15 +87,15 @@ class TrainConfig:
     epochs: int = 1000
     energy_threshold: float = 2e-4
     steps_per_epoch: int = 1
-    replay_steps: int = 1000
-    replay_batch_size: int = 512
-    min_replay_size: int = 2
+    generalize_steps: int = 1000
+    generalize_batch_size: int = 512
+    generalize_min_samples: int = 2
     E_lower: float = 1e-6
     E_upper: float = 1e-4
     lr: float = 1e-4
     weight_decay: float = 1e-2
     max_retrain_steps: int = 0  # 0 = unlimited
-    replay_capacity: int = 0  # 0 = this epoch's samples only (seed)
+    generalize_capacity: int = 0  # 0 = this epoch's samples only (seed)
     band_on_accept: bool = False  # opt-in: lower band edge also trains accepted samples
 
 
@@ -142,6 +152,10 @@ class Config:
             hints = typing.get_type_hints(type(section))
             names = {f.name for f in dataclasses.fields(section)}
             for key, raw in values.items():
+                new = DEPRECATED_KEYS.get(f"{sec_name}.{key}")
+                if new is not None:
+                    print(f"warning: {sec_name}.{key} is deprecated, use {new}", file=sys.stderr)
+                    key = new.split(".", 1)[1]
                 if key not in names:
                     problems.append(f"unknown key '{sec_name}.{key}'{_hint(key, names, sec_name)}")
                     continue
@@ -283,11 +297,11 @@ class Config:
                      "a rejected step could have zero loss and retrain for ever")
         if t.steps_per_epoch < 1:
             p.append(f"train.steps_per_epoch: must be >= 1, got {t.steps_per_epoch}")
-        for key in ("replay_steps", "min_replay_size", "max_retrain_steps", "replay_capacity"):
+        for key in ("generalize_steps", "generalize_min_samples", "max_retrain_steps", "generalize_capacity"):
             if getattr(t, key) < 0:
                 p.append(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-        if t.replay_batch_size < 1:
-            p.append(f"train.replay_batch_size: must be >= 1, got {t.replay_batch_size}")
+        if t.generalize_batch_size < 1:
+            p.append(f"train.generalize_batch_size: must be >= 1, got {t.generalize_batch_size}")
         if t.lr <= 0:
             p.append(f"train.lr: must be > 0, got {t.lr}")
         if t.weight_decay < 0:

@@ -295,17 +295,17 @@ def collect(model, optimizer, orbit: Orbit, stepper: Stepper, cfg: Config) -> tu
     samples = Samples.from_records(records, K, cfg.system.num_particles, cfg.system.dim)
     n_slots = t.steps_per_epoch
     metrics = {
-        "part1/accepted": len(dts),
-        "part1/samples": len(samples),
-        "part1/warmup_discarded": warmup,
-        "part1/mean_retrains": float(np.mean(retrain_counts)) if retrain_counts else 0.0,
-        "part1/max_retrains": int(max(retrain_counts, default=0)),
-        "part1/retrain_limit_hits": limit_hits,
-        "part1/nonfinite": nonfinite,
-        "part1/orbit_restarts": restarts,
-        "part1/acceptance_rate": len(dts) / (len(dts) + sum(retrain_counts)) if n_slots else 0.0,
-        "part1/mean_dt": float(np.mean(dts)) if dts else 0.0,
-        "part1/mean_rel_dE": float(np.mean(errs)) if errs else 0.0,
+        "collect/accepted": len(dts),
+        "collect/samples": len(samples),
+        "collect/warmup_discarded": warmup,
+        "collect/mean_retrains": float(np.mean(retrain_counts)) if retrain_counts else 0.0,
+        "collect/max_retrains": int(max(retrain_counts, default=0)),
+        "collect/retrain_limit_hits": limit_hits,
+        "collect/nonfinite": nonfinite,
+        "collect/orbit_restarts": restarts,
+        "collect/acceptance_rate": len(dts) / (len(dts) + sum(retrain_counts)) if n_slots else 0.0,
+        "collect/mean_dt": float(np.mean(dts)) if dts else 0.0,
+        "collect/mean_rel_dE": float(np.mean(errs)) if errs else 0.0,
     }
     return samples, metrics
 
@@ -322,23 +322,23 @@ def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config
     """
     t = cfg.train
     n = len(samples)
-    metrics = {"part2/n_samples": n, "part2/iterations": 0, "part2/converged": 1.0, "part2/skipped": 0.0,
-               "part2/loss": 0.0, "part2/pass_rate_first": 1.0, "part2/pass_rate_last": 1.0,
-               "part2/nonfinite_skips": 0}
-    if n < max(t.min_replay_size, 1):
-        metrics["part2/skipped"] = 1.0
+    metrics = {"generalize/n_samples": n, "generalize/iterations": 0, "generalize/converged": 1.0, "generalize/skipped": 0.0,
+               "generalize/loss": 0.0, "generalize/pass_rate_first": 1.0, "generalize/pass_rate_last": 1.0,
+               "generalize/nonfinite_skips": 0}
+    if n < max(t.generalize_min_samples, 1):
+        metrics["generalize/skipped"] = 1.0
         return metrics
     prep_all = stepper.prepare_samples(samples)  # features do not depend on the model: build once
-    bs = min(t.replay_batch_size, n)
+    bs = min(t.generalize_batch_size, n)
     converged = False
-    for it in range(t.replay_steps):
+    for it in range(t.generalize_steps):
         idx = torch.as_tensor(rng.choice(n, size=bs, replace=False), device=stepper.device)
         att = stepper.attempt(model, prep_all.take(idx))
         passed = att.passed(t.energy_threshold)
         rate = float(passed.double().mean())
         if it == 0:
-            metrics["part2/pass_rate_first"] = rate
-        metrics["part2/pass_rate_last"] = rate
+            metrics["generalize/pass_rate_first"] = rate
+        metrics["generalize/pass_rate_last"] = rate
         if bool(passed.all()):
             converged = True
             break
@@ -348,11 +348,11 @@ def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config
             loss = per.mean()
         else:
             loss = per[~passed].mean()
-        metrics["part2/loss"] = float(loss.detach())
-        metrics["part2/iterations"] = it + 1
+        metrics["generalize/loss"] = float(loss.detach())
+        metrics["generalize/iterations"] = it + 1
         if not optimizer_step(model, optimizer, loss):
-            metrics["part2/nonfinite_skips"] += 1
-    metrics["part2/converged"] = float(converged)
+            metrics["generalize/nonfinite_skips"] += 1
+    metrics["generalize/converged"] = float(converged)
     return metrics
 
 

@@ -82,7 +82,7 @@ def bench_config(model: dict | None = None, **train) -> Config:
     return Config.from_dict({
         "features": {"history_len": 3, "feature_type": "delta_mag", "normalize_inputs": "auto"},
         "model": {**SEED_MODEL, "init_dt": 0.002, **(model or {})},
-        "train": {"replay_batch_size": 512, **train},
+        "train": {"generalize_batch_size": 512, **train},
         "wandb": {"mode": "disabled"},
     })
 
@@ -187,7 +187,7 @@ def service(quick: bool) -> dict:
     cfg = Config.from_dict({
         "features": {"history_len": 3, "feature_type": "delta_mag", "normalize_inputs": "auto"},
         "model": {"hidden_dims": [128, 128], "init_dt": 0.002},
-        "train": {"steps_per_epoch": 100 if quick else 1000, "max_retrain_steps": 200, "replay_steps": 20,
+        "train": {"steps_per_epoch": 100 if quick else 1000, "max_retrain_steps": 200, "generalize_steps": 20,
                   "lr": 1e-3},
         "wandb": {"mode": "disabled"},
     })
@@ -213,7 +213,7 @@ def service(quick: bool) -> dict:
             elapsed = time.perf_counter() - t0
             for c in cols:
                 ray.kill(c)
-            return sum(m["part1/accepted"] for m in metrics) / elapsed, elapsed
+            return sum(m["collect/accepted"] for m in metrics) / elapsed, elapsed
 
         def sequential(n):  # one process, the orbits one after another
             torch.set_num_threads(1)
@@ -299,7 +299,7 @@ def pipelined_epochs(pipeline: bool, quick: bool) -> float:
         args = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "ray.yaml")]
         for kv in (f"run.output_dir={out}", "wandb.mode=disabled", f"train.epochs={epochs}",
                    "run.checkpoint_interval=1000", "ray.num_collectors=1", "ray.learner_cpus=1",
-                   "train.steps_per_epoch=400", "model.hidden_dims=256,256", "train.replay_steps=40",
+                   "train.steps_per_epoch=400", "model.hidden_dims=256,256", "train.generalize_steps=40",
                    "train.E_lower=5e-5", f"ray.pipeline={'true' if pipeline else 'false'}"):
             args += ["--set", kv]
         assert train_main(args) == 0

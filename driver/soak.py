@@ -34,7 +34,7 @@ def soak_config(epochs: int, output_dir: str, wandb_mode: str) -> Config:
         "run": {"name": "soak", "output_dir": output_dir, "seed": 1, "checkpoint_interval": 50},
         "features": {"history_len": 2, "normalize_inputs": "auto"},
         "model": {"hidden_dims": [8, 8], "init_dt": 0.01},
-        "train": {"epochs": epochs, "steps_per_epoch": 10, "replay_steps": 10, "replay_batch_size": 16,
+        "train": {"epochs": epochs, "steps_per_epoch": 10, "generalize_steps": 10, "generalize_batch_size": 16,
                   "lr": 1e-3, "max_retrain_steps": 100},
         "ray": {"num_collectors": 2, "collector_cpus": 1, "learner_cpus": 0},
         "wandb": {"mode": wandb_mode},

@@ -387,15 +387,15 @@ def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
             part2 = learner_call(backend, epoch, part2_ref)
             weights = learner_call(backend, epoch, backend.call(learner, "weights"))
             dt_epoch = time.perf_counter() - t0
-            converged.append(part2["part2/converged"])
+            converged.append(part2["generalize/converged"])
             row = {"epoch": epoch, **part1, **part2, "system/epoch_time": dt_epoch,
-                   "system/broadcast_time": t_put, "system/samples_per_s": part1["part1/accepted"] / dt_epoch,
+                   "system/broadcast_time": t_put, "system/samples_per_s": part1["collect/accepted"] / dt_epoch,
                    "system/collector_restarts": restarts}
             tracker.log(row)
             check_finite(weights, epoch, run_dir)
             bar.set_postfix({"acc/s": f"{row['system/samples_per_s']:.0f}",
-                             "retrains": f"{part1['part1/mean_retrains']:.2f}",
-                             "pass": f"{part2['part2/pass_rate_first']:.2f}"}, refresh=False)
+                             "retrains": f"{part1['collect/mean_retrains']:.2f}",
+                             "pass": f"{part2['generalize/pass_rate_first']:.2f}"}, refresh=False)
             bar.update(1)
             over_time = cfg.run.duration is not None and time.perf_counter() - start >= cfg.run.duration
             if stop or over_time or epoch % cfg.run.checkpoint_interval == 0 or epoch == cfg.train.epochs:
@@ -496,7 +496,7 @@ def save(backend, cfg, scales, run_dir, epoch, learner, collector_states, row, c
              "wandb_id": wandb_id, "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "replay")},
              "pending_weights": pending_weights}
     payload = build_payload(epoch, learner_state["model"], learner_state["optimizer"], cfg, scales.to_dict(),
-                            loss=row.get("part2/loss"), info=row, logs={"converged": converged}, extra=extra)
+                            loss=row.get("generalize/loss"), info=row, logs={"converged": converged}, extra=extra)
     return save_checkpoint(checkpoint_path(run_dir, epoch), payload)
 
 

@@ -25,7 +25,7 @@ def tiny_dict(**sections) -> dict:
         "run": {"name": "tiny", "seed": 3, "checkpoint_interval": 2},
         "features": {"history_len": 2, "normalize_inputs": "auto"},
         "model": {"hidden_dims": [16, 16], "init_dt": 0.01},
-        "train": {"epochs": 3, "steps_per_epoch": 20, "replay_steps": 20, "replay_batch_size": 16,
+        "train": {"epochs": 3, "steps_per_epoch": 20, "generalize_steps": 20, "generalize_batch_size": 16,
                   "lr": 1e-3, "max_retrain_steps": 200},
         "ray": {"num_collectors": 2, "collector_cpus": 1, "learner_cpus": 0},
         "wandb": {"mode": "disabled"},

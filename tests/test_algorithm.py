@@ -52,8 +52,8 @@ def test_retrain_limit_is_reported_not_raised():
     orbit = Orbit(cfg, 0, np.random.default_rng(0))
     x0 = orbit.x.copy()
     samples, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["part1/retrain_limit_hits"] == 3
-    assert metrics["part1/accepted"] == 0 and len(samples) == 0
+    assert metrics["collect/retrain_limit_hits"] == 3
+    assert metrics["collect/accepted"] == 0 and len(samples) == 0
     np.testing.assert_array_equal(orbit.x, x0)  # a lost slot does not move the orbit
 
 
@@ -61,7 +61,7 @@ def test_collect_discards_warmup_and_ships_own_history():
     cfg, stepper, model, opt = make({"features": {"history_len": 3}, "train": {"steps_per_epoch": 10}})
     orbit = Orbit(cfg, 7, np.random.default_rng(1))
     s1, m1 = collect(model, opt, orbit, stepper, cfg)
-    assert m1["part1/accepted"] == 10 and m1["part1/warmup_discarded"] == 3 and len(s1) == 7
+    assert m1["collect/accepted"] == 10 and m1["collect/warmup_discarded"] == 3 and len(s1) == 7
     assert s1.hist_x.shape == (7, 3, 2, 2) and s1.hist_dt.shape == (7, 3)
     assert np.all(s1.rel_dE < cfg.train.energy_threshold) and np.all(s1.orbit_id == 7)
     np.testing.assert_array_equal(s1.step, np.arange(3, 10))
@@ -70,7 +70,7 @@ def test_collect_discards_warmup_and_ships_own_history():
     np.testing.assert_array_equal(s1.hist_dt[1:, -1], s1.dt[:-1])
     np.testing.assert_allclose(s1.dt[1:], s1.accepted_dt[:-1])
     s2, m2 = collect(model, opt, orbit, stepper, cfg)  # the orbit continues: no warm-up
-    assert len(s2) == 10 and m2["part1/warmup_discarded"] == 0
+    assert len(s2) == 10 and m2["collect/warmup_discarded"] == 0
     np.testing.assert_array_equal(s2.step, np.arange(10, 20))
 
 
@@ -79,7 +79,7 @@ def test_orbit_restarts_after_periods_and_on_nonfinite():
                                     init_dt=0.003)
     orbit = Orbit(cfg, 0, np.random.default_rng(2))
     _, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["part1/orbit_restarts"] >= 1 and orbit.restarts == metrics["part1/orbit_restarts"]
+    assert metrics["collect/orbit_restarts"] >= 1 and orbit.restarts == metrics["collect/orbit_restarts"]
     assert orbit.t < 0.01 * orbit.period + 0.1
     restarted = orbit.advance(np.full_like(orbit.x, np.nan), orbit.v, 0.01)
     assert restarted and np.isfinite(orbit.x).all() and orbit.steps == 0 and orbit.history.count == 0
@@ -119,7 +119,7 @@ def test_batched_evaluation_equals_one_by_one():
 
 
 def test_generalize_lowers_loss_of_failing_samples():
-    cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 15, "replay_steps": 200}})
+    cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 15, "generalize_steps": 200}})
     samples = _samples(cfg, stepper, model, opt)
     # Make the model step too far: scale its output bias up so many samples fail.
     with torch.no_grad():
@@ -131,16 +131,16 @@ def test_generalize_lowers_loss_of_failing_samples():
     metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
     after = evaluate(model, stepper, samples)
     loss_after = band_loss(after[failing], cfg.train.E_lower, cfg.train.E_upper).mean()
-    assert metrics["part2/iterations"] > 0 and metrics["part2/pass_rate_first"] < 1.0
+    assert metrics["generalize/iterations"] > 0 and metrics["generalize/pass_rate_first"] < 1.0
     assert float(loss_after) < 0.5 * float(loss_before)
     assert float((after >= cfg.train.energy_threshold).double().mean()) < float(failing.double().mean())
 
 
 def test_generalize_skips_small_sets_and_uses_minibatches():
-    cfg, stepper, model, opt = make({"train": {"min_replay_size": 100, "steps_per_epoch": 12}})
+    cfg, stepper, model, opt = make({"train": {"generalize_min_samples": 100, "steps_per_epoch": 12}})
     samples = _samples(cfg, stepper, model, opt, 1)
     m = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    assert m["part2/skipped"] == 1.0 and m["part2/converged"] == 1.0 and m["part2/iterations"] == 0
+    assert m["generalize/skipped"] == 1.0 and m["generalize/converged"] == 1.0 and m["generalize/iterations"] == 0
 
 
 def test_band_on_accept_pushes_small_steps_up_in_collection():
@@ -158,7 +158,7 @@ def test_band_on_accept_pushes_small_steps_up_in_collection():
 
 def test_band_on_accept_loss_in_generalize():
     cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 15, "band_on_accept": True, "E_lower": 3e-5,
-                                               "replay_steps": 1, "replay_batch_size": 1000}})
+                                               "generalize_steps": 1, "generalize_batch_size": 1000}})
     samples = _samples(cfg, stepper, model, opt)
     with torch.no_grad():
         model.net[-1].bias += 1.0  # some samples now fail
@@ -169,15 +169,15 @@ def test_band_on_accept_loss_in_generalize():
     expected = torch.where(failing, band_loss(r, t.E_lower, t.E_upper),
                            band_loss(r, t.E_lower, t.E_upper, lower_only=True)).mean()
     metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    assert metrics["part2/iterations"] == 1
-    np.testing.assert_allclose(metrics["part2/loss"], float(expected), rtol=1e-10)
+    assert metrics["generalize/iterations"] == 1
+    np.testing.assert_allclose(metrics["generalize/loss"], float(expected), rtol=1e-10)
     cfg.train.band_on_accept = False
     with torch.no_grad():
         model.net[-1].bias += 0.5
     r = evaluate(model, stepper, samples)
     failing = r >= t.energy_threshold
     metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    np.testing.assert_allclose(metrics["part2/loss"], float(band_loss(r[failing], t.E_lower, t.E_upper).mean()),
+    np.testing.assert_allclose(metrics["generalize/loss"], float(band_loss(r[failing], t.E_lower, t.E_upper).mean()),
                                rtol=1e-10)
 
 
@@ -188,6 +188,6 @@ def test_float32_model_with_float64_physics(dtype):
     opt = make_optimizer(model, cfg)
     orbit = Orbit(cfg, 0, np.random.default_rng(0))
     samples, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["part1/accepted"] == 10
+    assert metrics["collect/accepted"] == 10
     assert samples.x.dtype == np.float64
     assert evaluate(model, stepper, samples).dtype == torch.float64

@@ -72,7 +72,7 @@ def test_job_submit_trains_and_checkpoints(ray_head, tmp_path):
            "python", "driver/train.py", "--config", "configs/ray.yaml",
            "--set", f"run.output_dir={out}", "--set", "run.name=job", "--set", "train.epochs=2",
            "--set", "train.steps_per_epoch=20", "--set", "model.hidden_dims=[16,16]",
-           "--set", "train.replay_steps=20", "--set", "wandb.mode=disabled"]
+           "--set", "train.generalize_steps=20", "--set", "wandb.mode=disabled"]
     job = subprocess.run(cmd, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
     assert "succeeded" in job.stdout + job.stderr

@@ -11,7 +11,7 @@ def test_defaults_are_the_seeds():
     cfg = Config()
     t = cfg.train
     assert (t.energy_threshold, t.E_lower, t.E_upper, t.lr, t.weight_decay) == (2e-4, 1e-6, 1e-4, 1e-4, 1e-2)
-    assert (t.replay_steps, t.replay_batch_size, t.steps_per_epoch) == (1000, 512, 1)
+    assert (t.generalize_steps, t.generalize_batch_size, t.steps_per_epoch) == (1000, 512, 1)
     assert cfg.model.hidden_dims == [200, 1000, 1000, 200]
     assert (cfg.system.e_min, cfg.system.e_max, cfg.system.a_min, cfg.system.a_max) == (0.6, 0.95, 0.8, 1.2)
     cfg.validate()

@@ -23,7 +23,7 @@ def test_generalize_lowers_failing_fraction(ray_session):
     samples = _samples(small.to_dict(), scales)
     assert len(samples) == 2 * (60 - 2)
     # The learner starts with a dt far too large near pericentre: most samples fail.
-    big = tiny_dict(model={"init_dt": 0.05}, train={"replay_steps": 300, "replay_batch_size": 64},
+    big = tiny_dict(model={"init_dt": 0.05}, train={"generalize_steps": 300, "generalize_batch_size": 64},
                     system={"e_min": 0.85, "e_max": 0.95})
     thr = small.train.energy_threshold
     learner = ray.remote(num_cpus=0)(Learner).remote(big, scales)
@@ -33,23 +33,23 @@ def test_generalize_lowers_failing_fraction(ray_session):
     after = float((ray.get(learner.evaluate.remote(ref)) >= thr).mean())
     assert before > 0.5
     assert after < 0.5 * before
-    assert metrics["part2/n_samples"] == len(samples) and metrics["part2/iterations"] > 0
-    assert metrics["part2/pass_rate_first"] < metrics["part2/pass_rate_last"]
+    assert metrics["generalize/n_samples"] == len(samples) and metrics["generalize/iterations"] > 0
+    assert metrics["generalize/pass_rate_first"] < metrics["generalize/pass_rate_last"]
 
 
 def test_generalize_skips_small_sets():
-    cfg = Config.from_dict(tiny_dict(train={"min_replay_size": 10}))
+    cfg = Config.from_dict(tiny_dict(train={"generalize_min_samples": 10}))
     conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
     learner = Learner(conf, scales)
     before = learner.weights()
     metrics = learner.generalize(_samples(conf, scales, 1).take(slice(0, 5)))
-    assert metrics["part2/skipped"] == 1.0 and metrics["part2/converged"] == 1.0
+    assert metrics["generalize/skipped"] == 1.0 and metrics["generalize/converged"] == 1.0
     assert all(torch.equal(before[k], v) for k, v in learner.weights().items())
 
 
 def test_learner_state_restore_round_trip(ray_session):
     ray = ray_session
-    cfg = Config.from_dict(tiny_dict(train={"replay_capacity": 50}, model={"init_dt": 0.03}))
+    cfg = Config.from_dict(tiny_dict(train={"generalize_capacity": 50}, model={"init_dt": 0.03}))
     conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
     samples = _samples(conf, scales)
     assert len(samples) > 20
@@ -68,6 +68,6 @@ def test_learner_state_restore_round_trip(ray_session):
     got = ray.get(second.generalize.remote(part_b))
     got_weights = ray.get(second.weights.remote())
     expect.pop("system/learner_time"), got.pop("system/learner_time")
-    assert got == expect and got["part2/n_samples"] == 20 + len(part_b)
+    assert got == expect and got["generalize/n_samples"] == 20 + len(part_b)
     assert all(torch.equal(got_weights[k], v) for k, v in expect_weights.items())
     assert len(ray.get(second.state.remote())["replay"]["dt"]) == min(50, len(samples))

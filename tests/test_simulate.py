@@ -58,7 +58,7 @@ class ConstantDt(nn.Module):
 def small_config(**features) -> Config:
     f = {"history_len": 2, "feature_type": "delta_mag", "normalize_inputs": "auto", **features}
     return Config.from_dict({"features": f, "model": {"hidden_dims": [8], "init_dt": 0.01},
-                             "train": {"steps_per_epoch": 20, "replay_steps": 5, "lr": 1e-3,
+                             "train": {"steps_per_epoch": 20, "generalize_steps": 5, "lr": 1e-3,
                                        "max_retrain_steps": 200},
                              "wandb": {"mode": "disabled"}})
 
@@ -299,7 +299,7 @@ def test_random_and_file_systems(trained_checkpoint, tmp_path, capsys):
 @pytest.mark.skipif(not (ROOT / "driver" / "train.py").is_file(), reason="driver/train.py not present")
 def test_checkpoint_from_train_driver(tmp_path, capsys):
     sets = ["run.output_dir=" + str(tmp_path), "run.name=t", "train.epochs=2", "train.steps_per_epoch=10",
-            "train.replay_steps=3", "model.hidden_dims=[8]", "ray.inprocess=true", "ray.num_collectors=1",
+            "train.generalize_steps=3", "model.hidden_dims=[8]", "ray.inprocess=true", "ray.num_collectors=1",
             "wandb.mode=disabled"]
     cmd = [sys.executable, str(ROOT / "driver" / "train.py"), "--config", str(ROOT / "configs" / "ray.yaml")]
     for s in sets:

@@ -70,12 +70,12 @@ def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_p
     assert [r["epoch"] for r in metrics] == [1, 2, 3]
     for r in metrics:
         # every collector ships steps_per_epoch - history_len samples once nothing is lost
-        lost = r["part1/retrain_limit_hits"] + r["part1/nonfinite"]
-        assert r["part1/accepted"] == 2 * 20 - lost
-        assert r["part2/n_samples"] == r["part1/samples"]  # replay_capacity 0: this epoch only
+        lost = r["collect/retrain_limit_hits"] + r["collect/nonfinite"]
+        assert r["collect/accepted"] == 2 * 20 - lost
+        assert r["generalize/n_samples"] == r["collect/samples"]  # generalize_capacity 0: this epoch only
         assert r["system/epoch_time"] > 0 and r["system/samples_per_s"] > 0
-    assert metrics[0]["part1/warmup_discarded"] == 2 * 2 and metrics[1]["part1/warmup_discarded"] == 0
-    rate = 100 * sum(r["part2/converged"] for r in metrics) / 3
+    assert metrics[0]["collect/warmup_discarded"] == 2 * 2 and metrics[1]["collect/warmup_discarded"] == 0
+    rate = 100 * sum(r["generalize/converged"] for r in metrics) / 3
     assert f"convergence rate: {rate:.1f}%" in out
 
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -83,9 +83,9 @@ def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_p
     history = wandb_reader.history(runs[0])
     assert len(history) == 3
     for logged, row in zip(history, metrics):
-        assert any(k.startswith("part1/") for k in logged) and any(k.startswith("part2/") for k in logged)
+        assert any(k.startswith("collect/") for k in logged) and any(k.startswith("generalize/") for k in logged)
         assert any(k.startswith("system/") for k in logged)
-        for key in ("epoch", "part1/accepted", "part1/mean_retrains", "part2/loss", "part2/converged"):
+        for key in ("epoch", "collect/accepted", "collect/mean_retrains", "generalize/loss", "generalize/converged"):
             assert logged[key] == pytest.approx(row[key], rel=1e-12), key
     info = wandb_reader.run_info(runs[0])
     assert info["project"] == "AITimeStepper"
@@ -103,7 +103,7 @@ def test_ray_and_inprocess_give_identical_weights(ray_session, tmp_path):
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, capsys):
     # Replay buffer and dropout on, so learner buffer and torch RNG states must be restored too.
-    extra = dict(ray={"inprocess": True}, train={"replay_capacity": 30, "epochs": 3},
+    extra = dict(ray={"inprocess": True}, train={"generalize_capacity": 30, "epochs": 3},
                  run={"checkpoint_interval": 5}, model={"dropout": 0.05})
     full = write_config(tmp_path, name="full", **extra)
     assert main(["--config", full]) == 0
