@@ -20,11 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:
-    import aits  # noqa: F401
-except ImportError:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from actors import Collector, Learner
 from aits import Config, Orbit, Samples, Stepper, auto_norm_scales, band_loss, make_optimizer
 from aits.physics import leapfrog

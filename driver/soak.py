@@ -16,11 +16,6 @@ from pathlib import Path
 
 import psutil
 
-try:
-    import aits  # noqa: F401
-except ImportError:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from actors.common import build_model
 from aits import Config
 from driver.train import train

@@ -21,12 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-try:
-    import aits  # noqa: F401
-except ImportError:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from tqdm import tqdm
 
 from actors import Collector, Learner
