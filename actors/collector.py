@@ -7,9 +7,13 @@ import time
 import numpy as np
 import torch
 
-from aits import Orbit, Samples, Stepper, collect, make_optimizer, predict_dt
+from aits import Orbit, Samples, Stepper, build_model, collect, make_optimizer, predict_dt
+from aits.metrics import declare
 
-from .common import build_model, load_config, load_scales, own_torch_rng
+from .common import load_config, load_scales, own_torch_rng
+
+
+declare({"system/collect_time": "max"})  # the slowest collector sets the epoch's pace
 
 
 class Collector:

@@ -5,15 +5,7 @@ import contextlib
 
 import torch
 
-from aits import Config, DtModel, NormScales, feature_dim
-from aits.physics import resolve_dtype
-
-
-def build_model(cfg: Config, device: torch.device | str = "cpu") -> DtModel:
-    """The run's dt model: seeded initial weights, model precision, on ``device``."""
-    f = cfg.features
-    model = DtModel.from_config(cfg, feature_dim(f.feature_type, f.history_len))
-    return model.to(device=device, dtype=resolve_dtype(cfg.model.dtype or cfg.run.dtype))
+from aits import Config, NormScales
 
 
 def load_config(config: dict | Config) -> Config:

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, evaluate, generalize, make_optimizer, predict_dt
+from aits import Samples, Stepper, build_model, evaluate, generalize, make_optimizer, predict_dt
 
-from .common import build_model, load_config, load_scales, own_torch_rng
+from .common import load_config, load_scales, own_torch_rng
 
 
 class Learner:

@@ -58,3 +58,13 @@ class DtModel(nn.Module):
             z = 2 * math.pi * h @ self.fourier_proj
             h = torch.cat([torch.sin(z), torch.cos(z)], -1)
         return self.out(self.net(h))[..., 0] + 1e-12
+
+
+def build_model(cfg, device: torch.device | str = "cpu") -> DtModel:
+    """The run's dt model: seeded initial weights, model precision (``model.dtype`` or ``run.dtype``), on ``device``."""
+    from .features import feature_dim
+    from .physics import resolve_dtype
+
+    f = cfg.features
+    model = DtModel.from_config(cfg, feature_dim(f.feature_type, f.history_len))
+    return model.to(device=device, dtype=resolve_dtype(cfg.model.dtype or cfg.run.dtype))

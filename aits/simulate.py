@@ -24,7 +24,7 @@ import torch
 
 from .features import HistoryBuffer, build_features
 from .physics import acceleration, angular_momentum, energy, leapfrog, momentum, rel_energy_error
-from .two_phase import Stepper
+from .stepper import Stepper
 
 METHODS = ("learned", "fixed", "adaptive")
 # A step's left-over time below this fraction of the duration counts as arrived (float rounding).

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from actors import Collector, Learner
-from aits import Config, Orbit, Samples, Stepper, auto_norm_scales, band_loss, make_optimizer
+from aits import (Config, Orbit, Samples, Stepper, auto_norm_scales, band_loss, build_model, make_optimizer,
+                  optimizer_step)
 from aits.physics import leapfrog
-from aits.two_phase import optimizer_step
-from actors.common import build_model
 
 GOALS = {
     "generalize_speedup_vs_loop": (">=", 3.0),

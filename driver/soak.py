@@ -16,8 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from actors.common import build_model
-from aits import Config
+from aits import Config, build_model
 from driver.train import train
 
 MB = 2 ** 20

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from actors import Collector, Learner
 from aits import (CheckpointError, Config, ConfigError, NormScales, auto_norm_scales, build_payload,
                   checkpoint_path, config_from_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint)
+from aits.metrics import merge
 
 
 # ---------------------------------------------------------------- backends
@@ -113,24 +114,6 @@ def start_ray(cfg: Config) -> bool:
 
 
 # ---------------------------------------------------------------- metrics
-SUMMED = ("accepted", "samples", "warmup_discarded", "retrain_limit_hits", "nonfinite", "orbit_restarts")
-
-
-def merge_part1(rows: list[dict]) -> dict:
-    """Collectors' Part 1 metrics -> one row: counts summed, maxima maxed, the rest averaged."""
-    out = {}
-    for key in rows[0]:
-        vals = [r[key] for r in rows]
-        name = key.split("/", 1)[1]
-        if name in SUMMED:
-            out[key] = int(sum(vals))
-        elif name.startswith("max") or key == "system/collect_time":
-            out[key] = max(vals)
-        else:
-            out[key] = float(np.mean(vals))
-    return out
-
-
 class Tracker:
     """metrics.jsonl plus the optional W&B run."""
 
@@ -372,7 +355,7 @@ def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
                 pending = run_collectors(backend, collectors, states, first_ref, new_collector, epoch)
                 resume_weights = None
             sample_refs, part1_rows, restarts = pending
-            part1 = merge_part1(part1_rows)  # collector order
+            part1 = merge(part1_rows)  # collector order; each metric combines by its declared rule
             part2_ref = backend.call(learner, "generalize", *sample_refs)
             epoch_states, pending, pending_weights = list(states), None, None
             if cfg.ray.pipeline and epoch < cfg.train.epochs:

@@ -1,0 +1,57 @@
+"""Samples: accepted pre-step states with their own histories, one compact object of numpy arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+INT_FIELDS = ("orbit_id", "step", "retrains")
+
+
+@dataclass
+class Samples:
+    """Accepted pre-step states with their own histories, as compact numpy arrays.
+
+    m (n,N); x, v (n,N,D); dt (n,) the step that led to the state;
+    hist_x, hist_v (n,K,N,D), hist_dt (n,K) oldest first; metadata per sample.
+    """
+
+    m: np.ndarray
+    x: np.ndarray
+    v: np.ndarray
+    dt: np.ndarray
+    hist_x: np.ndarray
+    hist_v: np.ndarray
+    hist_dt: np.ndarray
+    orbit_id: np.ndarray
+    step: np.ndarray
+    accepted_dt: np.ndarray
+    rel_dE: np.ndarray
+    retrains: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.dt)
+
+    @classmethod
+    def from_records(cls, records: list[dict], K: int, N: int, D: int) -> "Samples":
+        if not records:
+            return cls.empty(K, N, D)
+        return cls(**{f.name: np.stack([np.asarray(r[f.name]) for r in records]) for f in fields(cls)})
+
+    @classmethod
+    def empty(cls, K: int, N: int, D: int, capacity: int = 0) -> "Samples":
+        """``capacity`` zero rows (float64, ints for the metadata); ``take`` trims a filled prefix."""
+        shapes = {"m": (N,), "x": (N, D), "v": (N, D), "hist_x": (K, N, D), "hist_v": (K, N, D), "hist_dt": (K,)}
+        return cls(**{f.name: np.zeros((capacity, *shapes.get(f.name, ())),
+                                       dtype=np.int64 if f.name in INT_FIELDS else np.float64)
+                      for f in fields(cls)})
+
+    @classmethod
+    def concat(cls, parts: list["Samples"]) -> "Samples":
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def take(self, idx) -> "Samples":
+        return Samples(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,123 @@
+"""Stepping a batch of states: features once per state (Prepared), a model-chosen leapfrog step
+(Attempt), the band loss and the guarded optimiser step. Shared by collect, generalize and inference."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .config import Config
+from .features import NormScales, build_features
+from .physics import acceleration, energy, leapfrog, rel_energy_error, resolve_dtype
+from .samples import Samples
+
+
+@dataclass
+class Prepared:
+    """Everything of a batch of states that does not depend on the model."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+    m: torch.Tensor
+    feats: torch.Tensor
+    e0: torch.Tensor
+    acc0: torch.Tensor
+
+    def take(self, idx) -> "Prepared":
+        return Prepared(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+
+@dataclass
+class Attempt:
+    dt: torch.Tensor  # (B,) with grad
+    x: torch.Tensor
+    v: torch.Tensor
+    e1: torch.Tensor
+    rel_dE: torch.Tensor  # (B,) with grad
+
+    def passed(self, threshold: float) -> torch.Tensor:
+        r = self.rel_dE.detach()
+        return torch.isfinite(r) & (r < threshold)
+
+
+class Stepper:
+    """Builds features and takes model-chosen leapfrog steps for batches of states."""
+
+    def __init__(self, cfg: Config, scales: NormScales, device="cpu"):
+        self.eps = float(cfg.system.softening)
+        self.n_steps = cfg.system.n_steps
+        self.feature_type = cfg.features.feature_type
+        self.K = cfg.features.history_len
+        self.scales = scales
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(cfg.run.dtype)
+        self.model_dtype = resolve_dtype(cfg.model.dtype or cfg.run.dtype)
+        self.threshold = cfg.train.energy_threshold
+
+    def tensor(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
+
+    def prepare(self, m, x, v, dt, hist_x, hist_v, hist_dt) -> Prepared:
+        """Arrays with a leading batch dim -> Prepared (features, E0, a(x0)), no grad."""
+        m, x, v, dt = self.tensor(m), self.tensor(x), self.tensor(v), self.tensor(dt)
+        with torch.no_grad():
+            feats = build_features(x, v, m, dt, self.tensor(hist_x), self.tensor(hist_v), self.tensor(hist_dt),
+                                   self.eps, self.scales, self.feature_type).to(self.model_dtype)
+            e0 = energy(x, v, m, self.eps)
+            acc0 = acceleration(x, m, self.eps)
+        return Prepared(x, v, m, feats, e0, acc0)
+
+    def prepare_samples(self, s: Samples) -> Prepared:
+        return self.prepare(s.m, s.x, s.v, s.dt, s.hist_x, s.hist_v, s.hist_dt)
+
+    def attempt(self, model, prep: Prepared) -> Attempt:
+        """Predict dt from features, integrate; the graph runs dt -> leapfrog -> E1 only."""
+        dt = model(prep.feats).to(self.dtype)
+        x1, v1, _ = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.n_steps, acc0=prep.acc0)
+        e1 = energy(x1, v1, prep.m, self.eps)
+        return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1))
+
+
+def band_loss(rel_dE: torch.Tensor, E_lower: float, E_upper: float, lower_only: bool = False) -> torch.Tensor:
+    """Per-sample loss pushing log rel_dE into [log E_lower, log E_upper]; non-finite -> 1.0."""
+    finite = torch.isfinite(rel_dE)
+    y = torch.log(torch.where(finite, rel_dE, torch.ones_like(rel_dE)) + 1e-12)
+    loss = torch.relu(math.log(E_lower) - y) ** 2
+    if not lower_only:
+        loss = loss + torch.relu(y - math.log(E_upper)) ** 2
+    return torch.where(finite, loss, torch.ones_like(loss))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    # foreach applies one fused kernel per parameter group instead of a Python loop per tensor.
+    return torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                            foreach=True)
+
+
+def optimizer_step(model, optimizer, loss: torch.Tensor) -> bool:
+    """Backward and step unless the loss or a gradient is non-finite. Returns whether it stepped."""
+    if not loss.requires_grad or not torch.isfinite(loss):
+        return False
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    # One fused multi-tensor norm: cheaper than a per-tensor abs().max() pass.
+    if not grads or not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def predict_dt(model, stepper: Stepper, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
+    """dt (B,) the model picks for B states with their histories (arrays shaped as in Samples)."""
+    with torch.no_grad():
+        return model(stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt).feats).double().cpu().numpy()
+
+
+def evaluate(model, stepper: Stepper, samples: Samples) -> torch.Tensor:
+    """rel_dE (n,) of every sample under the current model, no gradients."""
+    with torch.no_grad():
+        return stepper.attempt(model, stepper.prepare_samples(samples)).rel_dE
