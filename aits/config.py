@@ -103,6 +103,7 @@ class TrainConfig:
 class RayConfig:
     address: str = ""  # "" local; "auto" or host:port joins a cluster
     num_collectors: int = 2
+    systems_per_collector: int = 1  # B systems stepped at once by each collector
     inprocess: bool = False
     learner_gpus: float = 0.0
     collector_cpus: float = 1.0
@@ -309,6 +310,8 @@ class Config:
 
         if ry.num_collectors < 1:
             p.append(f"ray.num_collectors: must be >= 1, got {ry.num_collectors}")
+        if ry.systems_per_collector < 1:
+            p.append(f"ray.systems_per_collector: must be >= 1, got {ry.systems_per_collector}")
         for key in ("learner_gpus", "collector_cpus", "learner_cpus"):
             if getattr(ry, key) < 0:
                 p.append(f"ray.{key}: must be >= 0, got {getattr(ry, key)}")
