@@ -13,7 +13,7 @@ import torch
 
 from driver.train import main
 
-from test_train import write_config
+from helpers import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, SIMULATE = str(ROOT / "driver" / "train.py"), str(ROOT / "driver" / "simulate.py")

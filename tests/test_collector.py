@@ -9,7 +9,7 @@ from actors import Collector, Learner
 from aits import Config, Samples, auto_norm_scales
 from aits.physics import energy, leapfrog, rel_energy_error
 
-from conftest import tiny_dict
+from helpers import tiny_dict
 
 
 def _setup(**sections):

@@ -6,7 +6,7 @@ import torch
 from actors import Collector, Learner
 from aits import Config, Samples, auto_norm_scales
 
-from conftest import tiny_dict
+from helpers import tiny_dict
 
 
 def _samples(conf, scales, n_collectors=2) -> Samples:

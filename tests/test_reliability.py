@@ -19,7 +19,7 @@ from actors import Collector, Learner
 from aits import Config, auto_norm_scales, latest_checkpoint, load_checkpoint
 from driver.train import main, train
 
-from test_train import assert_same_weights, final_weights, rows, write_config
+from helpers import assert_same_weights, final_weights, rows, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_RUN = dict(train={"epochs": 4}, run={"checkpoint_interval": 1})

@@ -1,47 +1,21 @@
 """driver/train.py end to end: outputs, W&B on disk, resume, Ray vs in-process, signals, errors."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from aits import load_checkpoint
 from driver.train import main
 
 import wandb_reader
-from conftest import tiny_dict
+from helpers import assert_same_weights, final_weights, rows, write_config
 
 TIMING = ("system/epoch_time", "system/broadcast_time", "system/samples_per_s", "system/learner_time",
           "system/collect_time")
-
-
-def write_config(tmp_path, name="tiny", **sections) -> str:
-    d = tiny_dict(**sections)
-    d["run"].update(name=name, output_dir=str(tmp_path / "runs"))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return str(path)
-
-
-def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def final_weights(run_dir: Path) -> dict:
-    ckpt = load_checkpoint(sorted((run_dir / "model").glob("*.pt"))[-1])
-    return ckpt["model_state_dict"]
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def strip_timing(rs: list[dict]) -> list[dict]:
