@@ -1,0 +1,362 @@
+"""Step rules on one shared kick-drift-kick loop, in numpy, for evaluation at honest cost.
+
+Every method integrates one system (m (N,), x, v (N,D)) from t = 0 to ``duration`` and
+differs only in how it takes a step. Each step reports the force evaluations it spent
+(one *force evaluation* = the accelerations of all N bodies at one configuration), so
+methods can be compared at equal cost. The kernels here are the same formulas as
+``aits.physics`` (tested equal to round-off) without torch's per-call overhead, which
+dominates at batch 1 and small N.
+
+Methods (see docs/DESIGN.md, "Scoreboard"):
+
+- ``FixedStep(dt)``: constant dt, KDK.
+- ``Adaptive(eta)``: dt = eta * tau(x), tau = min_i sqrt(r_i,nn / |a_i|), KDK (1 eval/step).
+- ``SymmetricAdaptive(eta, k)``: dt = (f(start) + f(end)) / 2 with f = eta * tau, solved by ``k``
+  fixed-point iterations (each a trial KDK step: one eval) and a final step (one eval).
+- ``LogH(h)``: the logarithmic-Hamiltonian leapfrog (Mikkola & Tanikawa 1999; Preto & Tremaine
+  1999), drift-kick-drift in a fictitious time s with dt/ds = 1/(T + B) in drifts and 1/(-U)
+  in kicks; exact Kepler orbits up to a phase error (1 eval/step).
+- ``PolicyStep(policy)``: dt from a callable (the learned explicit policy), KDK.
+- ``SymmetricPolicy(policy, k)``: the time-symmetric form of a policy, as SymmetricAdaptive.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# A step's left-over time below this fraction of the duration counts as arrived (float rounding).
+END_TOL = 1e-12
+
+
+# ---------------------------------------------------------------- kernels
+def accel(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """a_i = sum_j m_j (x_j - x_i) / (|x_j - x_i|^2 + eps^2)^{3/2}; x (N,D), m (N,) -> (N,D)."""
+    d = x[None, :, :] - x[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
+    np.fill_diagonal(r2, 1.0)
+    w = m[None, :] / (r2 * np.sqrt(r2))
+    np.fill_diagonal(w, 0.0)
+    return np.einsum("ij,ijk->ik", w, d)
+
+
+def accel_pot(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, float]:
+    """(a (N,D), potential energy U) from one pass over the pairs: one force evaluation."""
+    d = x[None, :, :] - x[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
+    np.fill_diagonal(r2, 1.0)
+    inv_r = 1.0 / np.sqrt(r2)
+    np.fill_diagonal(inv_r, 0.0)
+    w = m[None, :] * inv_r ** 3
+    u = -0.5 * float(m @ inv_r @ m)
+    return np.einsum("ij,ijk->ik", w, d), u
+
+
+def energies(xs: np.ndarray, vs: np.ndarray, m: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Total energy of S states xs, vs (S,N,D) -> (S,). Diagnostics only (not a force evaluation)."""
+    d = xs[:, None, :, :] - xs[:, :, None, :]
+    r2 = (d * d).sum(-1) + eps * eps
+    n = xs.shape[1]
+    off = ~np.eye(n, dtype=bool)
+    inv_r = np.where(off, 1.0 / np.sqrt(np.where(off, r2, 1.0)), 0.0)
+    pot = -0.5 * np.einsum("i,sij,j->s", m, inv_r, m)
+    kin = 0.5 * np.einsum("i,si->s", m, (vs * vs).sum(-1))
+    return kin + pot
+
+
+def timescale(x: np.ndarray, a: np.ndarray) -> float:
+    """tau = min_i sqrt(r_i,nn / |a_i|): the classical step timescale (time units)."""
+    d = x[None, :, :] - x[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d)
+    np.fill_diagonal(r2, np.inf)
+    r_nn = np.sqrt(r2.min(1))
+    a_mag = np.sqrt(np.einsum("ij,ij->i", a, a))
+    return float(np.sqrt(r_nn / np.maximum(a_mag, 1e-300)).min())
+
+
+def kdk(x, v, a, m, dt: float, eps: float, n_steps: int = 1):
+    """``n_steps`` kick-drift-kick substeps of dt from (x, v) with a = a(x). Returns (x, v, a(x'))."""
+    for _ in range(n_steps):
+        v = v + (0.5 * dt) * a
+        x = x + dt * v
+        a = accel(x, m, eps)
+        v = v + (0.5 * dt) * a
+    return x, v, a
+
+
+# ---------------------------------------------------------------- state and methods
+@dataclass
+class State:
+    """One system during a run: positions, velocities, accelerations a(x), clock, last dt."""
+
+    m: np.ndarray
+    x: np.ndarray
+    v: np.ndarray
+    a: np.ndarray
+    t: float = 0.0
+    dt: float = 0.0  # the step that led here (0 at the start)
+    eps: float = 0.0
+    n_steps: int = 1
+    extra: dict = field(default_factory=dict)  # per-method state (history, conserved quantities)
+
+
+class Method:
+    """A step rule. ``step(state, t_left)`` advances ``state`` in place by at most ``t_left`` and
+    returns the force evaluations it spent; the last step lands on the end time exactly."""
+
+    name = "method"
+    param_name = ""
+
+    def start(self, state: State) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def step(self, state: State, t_left: float) -> int:
+        raise NotImplementedError
+
+    @property
+    def param(self) -> float:
+        return math.nan
+
+
+def _advance(state: State, dt: float, t_left: float) -> int:
+    """KDK with dt clipped onto the end time; updates the state. Returns evals spent."""
+    dt = min(dt, t_left / state.n_steps)
+    state.x, state.v, state.a = kdk(state.x, state.v, state.a, state.m, dt, state.eps, state.n_steps)
+    state.t += dt * state.n_steps
+    state.dt = dt
+    return state.n_steps
+
+
+class FixedStep(Method):
+    name, param_name = "fixed", "dt"
+
+    def __init__(self, dt: float):
+        self.dt = float(dt)
+
+    @property
+    def param(self):
+        return self.dt
+
+    def step(self, state, t_left):
+        return _advance(state, self.dt, t_left)
+
+
+class PolicyStep(Method):
+    """dt = policy(state) (the policy may read ``state.extra``), then one KDK step."""
+
+    name, param_name = "policy", ""
+
+    def __init__(self, policy: Callable[[State], float], name: str = "policy"):
+        self.policy, self.name = policy, name
+
+    def start(self, state):
+        if hasattr(self.policy, "start"):
+            self.policy.start(state)
+
+    def step(self, state, t_left):
+        dt = float(self.policy(state))
+        if not (math.isfinite(dt) and dt > 0):
+            raise BadStep(dt)
+        extra = getattr(self.policy, "evals_per_call", 0)
+        prev = (state.x, state.v, state.dt)
+        n = _advance(state, dt, t_left)
+        if hasattr(self.policy, "after_step"):
+            self.policy.after_step(state, *prev)
+        return n + extra
+
+
+class Adaptive(PolicyStep):
+    name, param_name = "adaptive", "eta"
+
+    def __init__(self, eta: float):
+        self.eta = float(eta)
+        super().__init__(lambda s: self.eta * timescale(s.x, s.a), "adaptive")
+
+    @property
+    def param(self):
+        return self.eta
+
+
+class SymmetricPolicy(Method):
+    """dt = (h(start) + h(end)) / 2 by ``k`` fixed-point iterations, h(state) a step function of
+    the configuration and velocities (even under v -> -v for time reversibility).
+
+    Cost per step: k trial steps plus the final step, one force evaluation each (n_steps = 1).
+    """
+
+    name, param_name = "symmetric", ""
+
+    def __init__(self, h: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float], k: int = 2,
+                 name: str = "symmetric", evals_per_h: int = 0):
+        if k < 1:
+            raise ValueError(f"symmetric step needs k >= 1 iterations, got {k}")
+        self.h, self.k, self.name, self.evals_per_h = h, int(k), name, evals_per_h
+
+    def step(self, state, t_left):
+        m, eps = state.m, state.eps
+        h0 = float(self.h(state.x, state.v, state.a, m))
+        evals = self.evals_per_h
+        dt = h0
+        for _ in range(self.k):
+            if not (math.isfinite(dt) and dt > 0):
+                raise BadStep(dt)
+            x1, v1, a1 = kdk(state.x, state.v, state.a, m, dt, eps, 1)
+            evals += 1 + self.evals_per_h
+            dt = 0.5 * (h0 + float(self.h(x1, v1, a1, m)))
+        if not (math.isfinite(dt) and dt > 0):
+            raise BadStep(dt)
+        dt = min(dt, t_left)
+        state.x, state.v, state.a = kdk(state.x, state.v, state.a, m, dt, eps, 1)
+        state.t += dt
+        state.dt = dt
+        return evals + 1
+
+
+class SymmetricAdaptive(SymmetricPolicy):
+    name, param_name = "symmetric_adaptive", "eta"
+
+    def __init__(self, eta: float, k: int = 2):
+        self.eta = float(eta)
+        super().__init__(lambda x, v, a, m: self.eta * timescale(x, a), k, "symmetric_adaptive")
+
+    @property
+    def param(self):
+        return self.eta
+
+
+class LogH(Method):
+    """Logarithmic-Hamiltonian leapfrog, drift-kick-drift with fictitious step ``h``.
+
+    Drift by h/2 in s: dt = (h/2) / (T(v) + B), B = -E0 fixed at the start; kick by h:
+    dt = h / (-U(x)). The last step's h is found by a secant search so that the step lands on
+    the end time; its trial steps are counted.
+    """
+
+    name, param_name = "logh", "h"
+
+    def __init__(self, h: float):
+        self.h = float(h)
+
+    @property
+    def param(self):
+        return self.h
+
+    def start(self, state):
+        a, u = accel_pot(state.x, state.m, state.eps)
+        kin = 0.5 * float(state.m @ (state.v * state.v).sum(-1))
+        state.extra["B"] = -(kin + u)
+        if not (kin + state.extra["B"] > 0 and -u > 0):
+            raise BadStep(math.nan)
+
+    def _dkd(self, state, h):
+        m, b = state.m, state.extra["B"]
+        kin = 0.5 * float(m @ (state.v * state.v).sum(-1))
+        dt1 = 0.5 * h / (kin + b)
+        x = state.x + dt1 * state.v
+        a, u = accel_pot(x, m, state.eps)
+        v = state.v + (h / -u) * a
+        kin = 0.5 * float(m @ (v * v).sum(-1))
+        dt2 = 0.5 * h / (kin + b)
+        return x + dt2 * v, v, a, dt1 + dt2
+
+    def step(self, state, t_left):
+        x, v, a, dt = self._dkd(state, self.h)
+        evals = 1
+        if dt > t_left:  # land on the end time: secant on h, dt(h) is smooth and ~ linear
+            h_lo, dt_lo, h_hi, dt_hi = 0.0, 0.0, self.h, dt
+            for _ in range(50):
+                h = h_lo + (h_hi - h_lo) * (t_left - dt_lo) / (dt_hi - dt_lo)
+                x, v, a, dt = self._dkd(state, h)
+                evals += 1
+                if abs(dt - t_left) <= 1e-14 * max(t_left, state.t):
+                    break
+                if dt < t_left:
+                    h_lo, dt_lo = h, dt
+                else:
+                    h_hi, dt_hi = h, dt
+            dt = t_left  # the remaining rounding is below the arrival tolerance
+        state.x, state.v, state.a = x, v, a
+        state.t += dt
+        state.dt = dt
+        return evals
+
+
+class BadStep(Exception):
+    """A non-finite or non-positive dt."""
+
+
+# ---------------------------------------------------------------- the shared loop
+@dataclass
+class Run:
+    """One method's run: metrics and (if recorded) the trajectory t, x, v, dt, E."""
+
+    method: str
+    metrics: dict
+    trajectory: dict = field(default_factory=dict)
+
+
+def integrate(method: Method, m, x, v, duration: float, *, eps: float = 0.0, n_steps: int = 1,
+              max_steps: int = 2_000_000, record: bool = True, dtype=np.float64) -> Run:
+    """Run ``method`` from t = 0 to ``duration``.
+
+    Stops at the end time, at ``max_steps``, at a non-finite or non-positive dt, or at a
+    non-finite state (``metrics['status']``: ok | max_steps | bad_dt | nonfinite). The wall time
+    covers the loop only (energies for the diagnostics are computed afterwards).
+    """
+    m = np.asarray(m, dtype=dtype)
+    x = np.asarray(x, dtype=dtype).copy()
+    v = np.asarray(v, dtype=dtype).copy()
+    start = time.perf_counter()
+    state = State(m, x, v, accel(x, m, eps), eps=eps, n_steps=n_steps)
+    evals, steps, status = 1, 0, "ok"
+    ts, xs, vs, dts = [0.0], [x], [v], [0.0]
+    try:
+        method.start(state)
+        while duration - state.t > END_TOL * duration:
+            if steps >= max_steps:
+                status = "max_steps"
+                break
+            evals += method.step(state, duration - state.t)
+            steps += 1
+            if not (np.isfinite(state.x).all() and np.isfinite(state.v).all()):
+                status = "nonfinite"
+                break
+            if record:
+                ts.append(state.t)
+                xs.append(state.x)
+                vs.append(state.v)
+                dts.append(state.dt)
+    except BadStep:
+        status = "bad_dt"
+    wall = time.perf_counter() - start
+    metrics = {"method": method.name, "param": method.param, "param_name": method.param_name,
+               "force_evals": int(evals), "steps": steps, "wall_time_s": wall, "end_time": state.t,
+               "duration": float(duration), "status": status}
+    if not record:
+        return Run(method.name, metrics)
+    traj = {"t": np.asarray(ts), "x": np.stack(xs), "v": np.stack(vs), "dt": np.asarray(dts)}
+    traj["E"] = energies(traj["x"], traj["v"], m, eps)
+    metrics.update(energy_metrics(traj["t"], traj["E"]))
+    return Run(method.name, metrics, traj)
+
+
+def energy_metrics(t: np.ndarray, e: np.ndarray) -> dict:
+    """max and final |dE/E| against E(0) and the drift slope: the least-squares slope of
+    log running-max |dE/E| against log t over the second half of the run (~1: linear drift,
+    ~0: bounded error)."""
+    rel = np.abs((e - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
+    finite = bool(np.isfinite(rel).all())
+    out = {"max_rel_dE": float(np.max(rel)) if finite else math.inf,
+           "final_rel_dE": float(rel[-1]), "drift_slope": None}
+    if not finite or len(t) < 8:
+        return out
+    run_max = np.maximum.accumulate(rel)
+    half = t >= 0.5 * t[-1]
+    tt, yy = t[half], run_max[half]
+    ok = (tt > 0) & (yy > 0)
+    if ok.sum() >= 4 and np.ptp(np.log(tt[ok])) > 0:
+        out["drift_slope"] = float(np.polyfit(np.log(tt[ok]), np.log(yy[ok]), 1)[0])
+    return out

@@ -1,0 +1,321 @@
+"""Scoreboard: judge checkpoints against the classical step rules at equal force evaluations and
+equal wall time.
+
+    python driver/evaluate.py --checkpoint CKPT [CKPT ...] --suite quick|standard [--out DIR] [--workers N]
+
+Writes ``DIR/scoreboard.json``, ``DIR/scoreboard.md`` and plots (``DIR/<system>.png``: |dE/E| and
+dt against time for the long cases; ``DIR/cost.png``: max |dE/E| against force evaluations).
+Systems run in parallel as Ray tasks (``--workers``, default: the cores), in this process with
+``--workers 1``. See README "Scoreboard" and docs/DESIGN.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aits import CheckpointError, ConfigError, config_from_checkpoint, load_checkpoint
+from aits.scoreboard import BASELINES, score_system, suite_systems, summarize
+
+
+class InputError(Exception):
+    """Bad user input; the message is the one line the user sees."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(message)
+
+
+def parse_args(argv):
+    p = _Parser(prog="evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
+                   help="training checkpoints (model_epoch_XXXX.pt); several = several training seeds")
+    p.add_argument("--suite", choices=("quick", "standard"), default="quick")
+    p.add_argument("--out", help="output folder (default: scoreboard_<suite>)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="parallel Ray tasks (default: the cores); 1 runs in this process")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {args.workers}")
+    return args
+
+
+# ---------------------------------------------------------------- one task
+def score_task(ckpt_path: str, system, n_steps: int) -> dict:
+    """Load the checkpoint's policy and score one system (one Ray task, one thread)."""
+    import torch
+
+    from aits.policy import learned_methods
+
+    torch.set_num_threads(1)
+    ckpt = load_checkpoint(ckpt_path)
+    return score_system(system, learned_methods(ckpt), n_steps=n_steps)
+
+
+def checkpoint_jobs(paths: list[str], suite: str) -> tuple[dict, list]:
+    """({label: info}, [(label, path, system, n_steps)]); raises InputError for an unusable checkpoint."""
+    infos, jobs, seen = {}, [], set()
+    for path in paths:
+        try:
+            ckpt = load_checkpoint(path)
+            cfg = config_from_checkpoint(ckpt)
+        except (CheckpointError, ConfigError) as exc:
+            raise InputError(str(exc).splitlines()[0]) from None
+        if "model_state_dict" not in ckpt or not ckpt.get("config"):
+            raise InputError(f"checkpoint {path}: no model_state_dict/config: not written by driver/train.py")
+        label = f"{cfg.run.name}/{Path(path).stem}"
+        while label in seen:
+            label += "+"
+        seen.add(label)
+        s = cfg.system
+        infos[label] = {"path": str(Path(path).resolve()), "epoch": ckpt.get("epoch"), "run_name": cfg.run.name,
+                        "seed": cfg.run.seed, "config_summary": ckpt.get("config_summary"),
+                        "N": s.num_particles, "D": s.dim, "softening": s.softening, "n_steps": s.n_steps,
+                        "model_output": getattr(cfg.model, "output", "dt")}
+        for system in suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass):
+            jobs.append((label, str(path), system, s.n_steps))
+    return infos, jobs
+
+
+def run_jobs(jobs: list, workers: int, desc: str) -> list[dict]:
+    """Results in job order; Ray tasks when ``workers`` > 1, with a progress bar either way."""
+    from tqdm import tqdm
+
+    results: list = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="system", dynamic_ncols=True)
+    try:
+        if workers == 1:
+            for i, (_, path, system, ns) in enumerate(jobs):
+                results[i] = score_task(path, system, ns)
+                bar.update(1)
+            return results
+        import ray
+
+        owns = not ray.is_initialized()
+        if owns:
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
+        try:
+            task = ray.remote(num_cpus=1)(score_task)
+            # Longest systems first: the pool drains evenly.
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].duration * len(jobs[i][2].m))
+            refs = {task.remote(jobs[i][1], jobs[i][2], jobs[i][3]): i for i in order}
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                results[refs[done[0]]] = ray.get(done[0])
+                bar.update(1)
+        finally:
+            if owns:
+                ray.shutdown()
+        return results
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------- report
+def build_report(suite: str, infos: dict, jobs: list, results: list, wall: float) -> tuple[dict, dict]:
+    """(scoreboard dict, plot data per label and system)."""
+    by_ckpt: dict[str, dict] = {label: {} for label in infos}
+    plots: dict[str, dict] = {label: {} for label in infos}
+    for (label, _, system, _), entry in zip(jobs, results):
+        plots[label][system.name] = entry.pop("_plot")
+        by_ckpt[label][system.name] = entry
+    several = len(infos) > 1
+    board = {"suite": suite, "checkpoints": [{"label": k, **v} for k, v in infos.items()],
+             "systems": by_ckpt if several else next(iter(by_ckpt.values())),
+             "systems_keyed_by_checkpoint": several,
+             "summary": summarize(by_ckpt), "wall_time_s": wall}
+    return clean(board), plots
+
+
+def clean(obj):
+    """JSON-safe: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def fmt(x, digits=2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    return f"{x:.{digits}g}" if abs(x) >= 1e-3 and abs(x) < 1e4 else f"{x:.{digits}e}"
+
+
+def markdown(board: dict) -> str:
+    lines = [f"# Scoreboard: suite `{board['suite']}`", "",
+             f"{len(board['checkpoints'])} checkpoint(s); wall time {board['wall_time_s']:.0f} s. Ratios are "
+             "learned max |ΔE/E| / baseline max |ΔE/E| (< 1: learned better), at equal force evaluations "
+             "(`evals`) and at equal wall time (`wall`).", ""]
+    systems = board["systems"] if board["systems_keyed_by_checkpoint"] else {
+        board["checkpoints"][0]["label"]: board["systems"]}
+    for label, sysd in systems.items():
+        lines += [f"## {label}", "",
+                  "| system | learned max \\|ΔE/E\\| | evals | drift slope | status | "
+                  + " | ".join(f"/ {b} (evals) | / {b} (wall)" for b in BASELINES) + " | ias15 evals |",
+                  "|---|---|---|---|---|" + "---|---|" * len(BASELINES) + "---|"]
+        for name, e in sysd.items():
+            lm = e["methods"]["learned"]
+            cells = []
+            for b in BASELINES:
+                cells += [fmt(e["ratios"]["equal_force_evals"].get(b)), fmt(e["ratios"]["equal_wall_time"].get(b))]
+            ias = e["methods"].get("ias15", {})
+            lines.append(f"| {name} | {fmt(lm['max_rel_dE'])} | {lm['force_evals']} | {fmt(lm['drift_slope'])} | "
+                         f"{lm['status']} | " + " | ".join(cells) + f" | {ias.get('force_evals', '–')} |")
+        lines.append("")
+        lines += ["| system | method | evals | steps | wall s | max \\|ΔE/E\\| | final \\|ΔE/E\\| | drift slope | "
+                  "pos. error vs IAS15 | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, e in sysd.items():
+            for meth, mm in e["methods"].items():
+                lines.append(f"| {name} | {meth} | {mm['force_evals']} | {mm['steps']} | {fmt(mm['wall_time_s'])} | "
+                             f"{fmt(mm['max_rel_dE'])} | {fmt(mm['final_rel_dE'])} | {fmt(mm.get('drift_slope'))} | "
+                             f"{fmt(mm.get('final_position_error'))} | {mm['status']} |")
+        lines.append("")
+    summ = board["summary"]
+    lines += ["## Summary", ""]
+    if "across_checkpoints" in summ:
+        lines += ["Median over checkpoints of each checkpoint's median ratio per family, [min, max]:", "",
+                  "| family | comparison | " + " | ".join(BASELINES) + " |",
+                  "|---|---|" + "---|" * len(BASELINES)]
+        for fam, comps in summ["across_checkpoints"].items():
+            for comp, bs in comps.items():
+                cells = [f"{fmt(bs[b]['median'])} [{fmt(bs[b]['min'])}, {fmt(bs[b]['max'])}]" if b in bs else "–"
+                         for b in BASELINES]
+                lines.append(f"| {fam} | {comp} | " + " | ".join(cells) + " |")
+        lines.append("")
+    else:
+        lines += ["Median (worst) ratio per family:", "", "| family | comparison | " + " | ".join(BASELINES) + " |",
+                  "|---|---|" + "---|" * len(BASELINES)]
+        for fam, comps in next(iter(summ["per_checkpoint"].values())).items():
+            for comp, bs in comps.items():
+                cells = [f"{fmt(bs[b]['median'])} ({fmt(bs[b]['worst'])})" if b in bs else "–" for b in BASELINES]
+                lines.append(f"| {fam} | {comp} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot_files(plots: dict, board: dict) -> dict[str, bytes]:
+    """PNG bytes by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    first = next(iter(plots))
+    for name, data in plots[first].items():
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+        for meth, ser in data["series"].items():
+            if ser:
+                ax1.semilogy(ser["t"], np.maximum(ser["rel_dE"], 1e-17), lw=0.8, label=meth)
+                ax2.semilogy(ser["t"], np.maximum(ser["dt"], 1e-300), lw=0.8, label=meth)
+        ax1.set_ylabel("|ΔE/E|")
+        ax2.set_ylabel("dt")
+        ax2.set_xlabel("t")
+        ax1.legend(fontsize=8)
+        ax1.set_title(f"{name} ({first}), baselines at equal force evaluations")
+        files[f"{name}.png"] = _png(fig, plt)
+    names = list(plots[first])
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        merged: dict[str, list] = {}
+        for label, per in plots.items():
+            for meth, pts in per[name]["cost"].items():
+                if meth in BASELINES:
+                    merged.setdefault(meth, []).extend(pts)
+                else:
+                    ax.loglog(*zip(*pts), "o", ms=6, label=f"{meth} {label}" if len(plots) > 1 else meth)
+        for meth, pts in merged.items():
+            pts = sorted(p for p in pts if p[1] is not None and math.isfinite(p[1]) and p[1] > 0)
+            if pts:
+                ax.loglog(*zip(*pts), ".-", lw=0.8, label=meth)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("force evaluations")
+        ax.set_ylabel("max |ΔE/E|")
+    axes.flat[0].legend(fontsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    files["cost.png"] = _png(fig, plt)
+    return files
+
+
+def _png(fig, plt) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def print_summary(board: dict) -> None:
+    systems = board["systems"] if board["systems_keyed_by_checkpoint"] else {"": board["systems"]}
+    for label, sysd in systems.items():
+        if label:
+            print(f"== {label}")
+        print(f"{'system':28s} {'learned':>9s} {'evals':>8s} " + " ".join(f"{b[:12]:>12s}" for b in BASELINES)
+              + "   (ratio at equal evals / equal wall)")
+        for name, e in sysd.items():
+            lm = e["methods"]["learned"]
+            cells = [f"{fmt(e['ratios']['equal_force_evals'].get(b))}/{fmt(e['ratios']['equal_wall_time'].get(b))}"
+                     for b in BASELINES]
+            print(f"{name:28s} {fmt(lm['max_rel_dE']):>9s} {lm['force_evals']:>8d} "
+                  + " ".join(f"{c:>12s}" for c in cells))
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        for p in args.checkpoint:
+            if not Path(p).is_file():
+                raise InputError(f"checkpoint {p}: not found")
+        infos, jobs = checkpoint_jobs(args.checkpoint, args.suite)
+    except InputError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"scoreboard_{args.suite}")
+    start = time.perf_counter()
+    results = run_jobs(jobs, args.workers, f"suite {args.suite}")
+    board, plots = build_report(args.suite, infos, jobs, results, time.perf_counter() - start)
+    files = {"scoreboard.json": json.dumps(board, indent=1).encode(), "scoreboard.md": markdown(board).encode()}
+    if not args.no_plots:
+        files.update(plot_files(plots, board))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        write_atomic(out / name, data)
+    print_summary(board)
+    print(f"Scoreboard ({args.suite}, {len(infos)} checkpoint(s), {len(jobs)} system runs) in "
+          f"{board['wall_time_s']:.0f} s: {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
