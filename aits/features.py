@@ -87,6 +87,9 @@ def state_features(x, v, m, eps: float, scales: NormScales, kind: str) -> torch.
 def delta_features(x, v, m, dt, eps: float, scales: NormScales) -> torch.Tensor:
     """delta_mag features of sequences x/v (B,S,N,D), m (B,N), dt (B,S) -> (B, 10 (S-1))."""
     b, s, n, d = x.shape
+    # 1e-6 when eps = 0: the seed's guard against 1/0 at the coincident bodies of zero-padded history
+    # states. acceleration() already drops zero separations, so here it only keeps the features equal to
+    # the seed's: a real pair's term is scaled by (1 + 1e-12/r^2)^-1.5, off 1 by < 2e-6 for r >= 1e-3.
     acc = acceleration(x.reshape(b * s, n, d), m.repeat_interleave(s, 0), eps if eps > 0 else 1e-6)
     acc = acc.reshape(b, s, n, d)
     cols = []

@@ -23,6 +23,8 @@ class DtModel(nn.Module):
         if init_dt is not None:
             with torch.no_grad():
                 last = self.net[-1]
+                # A last layer 100x smaller makes the untrained output nearly the bias, so every state
+                # starts at ~init_dt instead of a random dt; not zero, so hidden layers get gradients at once.
                 last.weight.mul_(0.01)
                 last.bias.fill_(math.log(math.expm1(init_dt)))  # softplus^{-1}(init_dt)
 
@@ -57,6 +59,7 @@ class DtModel(nn.Module):
         if self.fourier_proj is not None:
             z = 2 * math.pi * h @ self.fourier_proj
             h = torch.cat([torch.sin(z), torch.cos(z)], -1)
+        # Softplus underflows to exactly 0 for very negative inputs; dt must stay > 0 (the seed's formula).
         return self.out(self.net(h))[..., 0] + 1e-12
 
 
