@@ -45,6 +45,19 @@ class Learner:
         metrics["system/learner_time"] = time.perf_counter() - start
         return metrics
 
+    def step(self, with_state: bool, *parts: Samples) -> dict:
+        """One epoch in one call: Part 2 on the collectors' samples, then what the driver needs.
+
+        Returns ``{"metrics": generalize(...), "weights": weights()}`` plus ``"state": state()`` when
+        ``with_state`` (checkpoint epochs); the state shares the weights, they are copied once.
+        """
+        metrics = self.generalize(*parts)
+        weights = self.weights()
+        out = {"metrics": metrics, "weights": weights}
+        if with_state:
+            out["state"] = self.state(weights)
+        return out
+
     def weights(self) -> dict:
         """The model's state_dict on the CPU, for broadcast and checkpoints."""
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -61,11 +74,12 @@ class Learner:
         """Process id of the actor (memory reports, fault tests)."""
         return os.getpid()
 
-    def state(self) -> dict:
-        """Model, optimiser, RNGs and replay buffer (CPU tensors / numpy)."""
+    def state(self, weights: dict | None = None) -> dict:
+        """Model, optimiser, RNGs and replay buffer (CPU tensors / numpy); ``weights``: the model's
+        ``weights()`` when the caller already has them."""
         opt = _to_cpu(self.optimizer.state_dict())
-        return {"model": self.weights(), "optimizer": opt, "rng": self.rng.bit_generator.state,
-                "torch_rng": self.torch_rng.clone(),
+        return {"model": self.weights() if weights is None else weights, "optimizer": opt,
+                "rng": self.rng.bit_generator.state, "torch_rng": self.torch_rng.clone(),
                 "replay": None if self.replay is None else self.replay.to_dict()}
 
     def restore(self, state: dict) -> None:

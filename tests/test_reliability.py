@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import actors.learner
+import driver.trainer
 from actors import Collector, Learner
 from aits import Config, auto_norm_scales, latest_checkpoint, load_checkpoint
 from driver.train import main, train
@@ -74,9 +75,32 @@ def test_killed_collector_is_replaced_and_run_matches_clean_run(ray_session, tmp
     assert all(load_checkpoint(p)["epoch"] == i + 1 for i, p in enumerate(sorted((run_dir / "model").iterdir())))
 
 
-def test_killed_learner_stops_with_intact_checkpoint_and_resume_completes(ray_session, tmp_path, capsys,
-                                                                         clean_weights):
+def test_killed_learner_is_rebuilt_from_checkpoint_and_run_matches_clean_run(ray_session, tmp_path, capsys,
+                                                                            clean_weights):
     cfg = fault_cfg(tmp_path, "learner_kill")
+    pids = []
+
+    def on_epoch(epoch, row, backend, learner, collectors):
+        pids.append(backend.get(backend.call(learner, "pid")))
+        if epoch == 2 and len(pids) == 2:  # once: epoch 2 is not logged again after the rebuild
+            kill_later(backend, learner, 0.05)
+
+    assert train(cfg, None, on_epoch=on_epoch) == 0
+    out = capsys.readouterr().out
+    assert "learner died during epoch 3" in out and "rebuilt from checkpoint 2, repeating epochs 3-3" in out
+    run_dir = tmp_path / "runs" / "learner_kill"
+    metrics = rows(run_dir)
+    assert [r["epoch"] for r in metrics] == [1, 2, 3, 4]  # epoch 3 logged once, after the repeat
+    assert [r["system/learner_restarts"] for r in metrics] == [0, 0, 1, 0]
+    assert pids[0] == pids[1] != pids[-1]  # a new learner process
+    assert [load_checkpoint(p)["epoch"] for p in sorted((run_dir / "model").iterdir())] == [1, 2, 3, 4]
+    assert_same_weights(final_weights(run_dir), clean_weights)
+
+
+def test_learner_rebuilds_are_bounded_then_stop_with_intact_checkpoint(ray_session, tmp_path, capsys,
+                                                                        clean_weights, monkeypatch):
+    monkeypatch.setattr(driver.trainer, "MAX_LEARNER_RESTARTS", 0)  # no rebuild allowed: stop at once
+    cfg = fault_cfg(tmp_path, "learner_stop")
 
     def on_epoch(epoch, row, backend, learner, collectors):
         if epoch == 2:
@@ -86,10 +110,10 @@ def test_killed_learner_stops_with_intact_checkpoint_and_resume_completes(ray_se
     err = message_lines(capsys.readouterr().err)
     assert len(err) == 1
     assert "learner died during epoch 3" in err[0] and "--resume auto" in err[0]
-    run_dir = tmp_path / "runs" / "learner_kill"
+    run_dir = tmp_path / "runs" / "learner_stop"
     assert [load_checkpoint(p)["epoch"] for p in sorted((run_dir / "model").iterdir())] == [1, 2]
 
-    config = write_config(tmp_path, name="learner_kill", **FAULT_RUN)
+    config = write_config(tmp_path, name="learner_stop", **FAULT_RUN)
     assert main(["--config", config, "--resume", "auto"]) == 0
     assert "Resumed from epoch 2" in capsys.readouterr().out
     assert [r["epoch"] for r in rows(run_dir)] == [1, 2, 3, 4]
@@ -148,13 +172,13 @@ def test_collector_nonfinite_state_restarts_orbit(tiny_cfg):
     weights = Learner(tiny_cfg.to_dict(), scales).weights()
     col.collect(weights)
     state = col.state()
-    state["orbit"]["x"] = np.full_like(state["orbit"]["x"], np.nan)
-    restarts = state["orbit"]["restarts"]
+    state["systems"]["x"] = np.full_like(state["systems"]["x"], np.nan)
+    restarts = state["systems"]["restarts"]
     col.restore(state)
     samples, metrics = col.collect(weights)
     assert metrics["collect/nonfinite"] == 1 and metrics["collect/orbit_restarts"] >= 1
-    assert col.state()["orbit"]["restarts"] >= restarts + 1
-    assert np.isfinite(samples.x).all() and np.isfinite(col.state()["orbit"]["x"]).all()
+    assert col.state()["systems"]["restarts"] >= restarts + 1
+    assert np.isfinite(samples.x).all() and np.isfinite(col.state()["systems"]["x"]).all()
     # the slot was lost, the orbit's fresh history refills its warm-up before samples ship again
     assert metrics["collect/accepted"] == tiny_cfg.train.steps_per_epoch - 1
 

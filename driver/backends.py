@@ -1,0 +1,129 @@
+"""Where the actors live: in the driver process (``ray.inprocess``) or as Ray actors.
+
+Both backends have the same call shape (``actor``, ``call``, ``put``, ``get``, ``kill``), so the
+trainer does not know which one it drives.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from aits import Config
+
+
+class InProcess:
+    """The actors as plain objects in the driver, with the call shape of the Ray backend."""
+
+    actor_died = ()  # objects in this process do not die on their own
+    epoch_lost = ()
+
+    def actor(self, cls, *args, num_cpus=1.0, num_gpus=0.0, spread=False):
+        return cls(*args)
+
+    def call(self, actor, method: str, *args, num_returns: int = 1):
+        return getattr(actor, method)(*args)
+
+    def put(self, obj):
+        return obj
+
+    def get(self, obj):
+        return obj
+
+    def kill(self, actor):
+        pass
+
+    def shutdown(self):
+        pass
+
+
+class RayBackend:
+    """Actors as Ray actors; calls return object refs.
+
+    Collectors are placed with Ray's ``SPREAD`` scheduling strategy, so on a cluster they are
+    spread over the nodes instead of packed onto the first one that has room.
+    """
+
+    def __init__(self, owns_ray: bool):
+        import ray
+
+        self.ray = ray
+        self.owns_ray = owns_ray
+        # ActorDiedError and ActorUnavailableError: with no Ray-side restarts both mean "gone".
+        self.actor_died = (ray.exceptions.RayActorError,)
+        # A learner call can also fail because a sample it was given was lost with its node.
+        self.epoch_lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+
+    def actor(self, cls, *args, num_cpus=1.0, num_gpus=0.0, spread=False):
+        options = dict(num_cpus=num_cpus, num_gpus=num_gpus)
+        if spread:
+            options["scheduling_strategy"] = "SPREAD"
+        return self.ray.remote(**options)(cls).remote(*args)
+
+    def call(self, actor, method: str, *args, num_returns: int = 1):
+        return getattr(actor, method).options(num_returns=num_returns).remote(*args)
+
+    def put(self, obj):
+        return self.ray.put(obj)
+
+    def get(self, obj):
+        return self.ray.get(obj)
+
+    def kill(self, actor):
+        try:
+            self.ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone or never started: nothing to kill
+            pass
+
+    def shutdown(self):
+        if self.owns_ray:
+            self.ray.shutdown()
+
+
+def make_backend(cfg: Config):
+    """The backend for ``cfg``: InProcess, or a RayBackend on a started or joined Ray.
+
+    Returns (backend, problem): problem is a one-line error when the actors cannot be placed (the
+    Ray this call started is shut down again)."""
+    if cfg.ray.inprocess:
+        return InProcess(), None
+    owns_ray = start_ray(cfg)
+    local = owns_ray and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    backend = RayBackend(owns_ray)
+    problem = check_resources(cfg, local)
+    if problem:
+        backend.shutdown()
+    return backend, problem
+
+
+def check_resources(cfg: Config, local: bool) -> str | None:
+    """A problem line when the cluster cannot place every actor at once (they would wait for ever)."""
+    import ray
+
+    r = cfg.ray
+    need = {"CPU": r.num_collectors * r.collector_cpus + r.learner_cpus, "GPU": r.learner_gpus}
+    have = ray.cluster_resources()
+    short = [f"{need[k]:g} {k} asked, {have.get(k, 0):g} present" for k in need if need[k] > have.get(k, 0)]
+    if not short:
+        return None
+    line = (f"ray: the actors need more than the cluster has ({'; '.join(short)}); lower ray.num_collectors, "
+            "ray.collector_cpus, ray.learner_cpus or ray.learner_gpus")
+    if local:  # a Ray this driver started on this machine will not grow
+        return line
+    print(f"warning: {line}; waiting for the cluster to grow", file=sys.stderr)
+    return None
+
+
+def start_ray(cfg: Config) -> bool:
+    """Start a local Ray or join a cluster. Returns True when this call connected (so we disconnect)."""
+    import ray
+
+    if ray.is_initialized():  # a caller (tests, notebooks) already holds a Ray
+        return False
+    # Under `ray job submit` RAY_ADDRESS names the cluster: join it even when ray.address is empty.
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    return True
