@@ -1,4 +1,4 @@
-"""History buffer, per-state features and normalisation scales (SPEC §2).
+"""History buffer, per-state features and normalisation scales (docs/DESIGN.md §2).
 
 A state sequence is ``[past_1 .. past_K, current]``, oldest first; missing
 past states are zero states (zero x, v, dt; real masses).

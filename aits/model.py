@@ -1,4 +1,4 @@
-"""The dt network (SPEC §3): an MLP with optional Fourier features and a Softplus output."""
+"""The dt network (docs/DESIGN.md §3): an MLP with optional Fourier features and a Softplus output."""
 from __future__ import annotations
 
 import math

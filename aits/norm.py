@@ -9,7 +9,7 @@ from .physics import kepler_ic, load_ic_file, random_ic
 
 
 def auto_norm_scales(cfg: Config) -> NormScales:
-    """SPEC §2 normalisation from the run's reference initial conditions, once per run."""
+    """docs/DESIGN.md §2.4 normalisation from the run's reference initial conditions, once per run."""
     f, s = cfg.features, cfg.system
     if f.normalize_inputs == "none":
         return NormScales()

@@ -1,4 +1,4 @@
-"""Integrate a system with the learned dt policy and with classical baselines (SPEC §6).
+"""Integrate a system with the learned dt policy and with classical baselines (docs/DESIGN.md §6.1).
 
 Library code: no files, no printing. ``driver/simulate.py`` does the I/O.
 
@@ -132,7 +132,7 @@ def trajectory_arrays(m, xs: torch.Tensor, vs: torch.Tensor, ts, dts, eps: float
 
 
 def conservation_metrics(traj: dict) -> dict:
-    """|ΔE/E| (SPEC rel_dE against E(t=0)), momentum residual |P - P0| (absolute: total momentum
+    """|ΔE/E| (rel_dE of docs/DESIGN.md §1.4 against E(t=0)), momentum residual |P - P0| (absolute: total momentum
     is usually zero) and angular-momentum residual |L - L0| / |L0| (absolute when L0 = 0)."""
     e = torch.as_tensor(traj["E"])
     rel_e = rel_energy_error(e[:1], e).numpy()
@@ -275,7 +275,7 @@ def rebound_reference(m, x, v, duration: float, eps: float = 0.0, n_out: int = 0
     sim = rebound.Simulation()
     sim.G = 1.0
     sim.integrator = "ias15"
-    sim.softening = float(eps)  # REBOUND softens as 1/sqrt(r^2 + eps^2), as SPEC §1
+    sim.softening = float(eps)  # REBOUND softens as 1/sqrt(r^2 + eps^2), as docs/DESIGN.md §1.2
     for i in range(n):
         pos = list(x[i]) + [0.0] * (3 - d)
         vel = list(v[i]) + [0.0] * (3 - d)

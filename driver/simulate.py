@@ -1,4 +1,4 @@
-"""Run a trained checkpoint as the time-stepper against fixed-dt and adaptive baselines (SPEC §6).
+"""Run a trained checkpoint as the time-stepper against fixed-dt and adaptive baselines (docs/DESIGN.md §6.1).
 
     python driver/simulate.py --checkpoint runs/ray_run/model/model_epoch_0100.pt
     python driver/simulate.py --checkpoint CKPT --orbit 0.9,1 --periods 5 --out sim_e09

@@ -1,4 +1,4 @@
-"""Collector actor (SPEC §5) on the session's local Ray: Part 1 samples, broadcast weights, state."""
+"""Collector actor (docs/DESIGN.md §5.1) on the session's local Ray: collect's samples, broadcast weights, state."""
 from __future__ import annotations
 
 import numpy as np

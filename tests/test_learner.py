@@ -1,4 +1,4 @@
-"""Learner actor (SPEC §5) on the session's local Ray: Part 2 lowers failures; state round trip."""
+"""Learner actor (docs/DESIGN.md §5.1) on the session's local Ray: generalize lowers failures; state round trip."""
 from __future__ import annotations
 
 import torch
