@@ -1,4 +1,4 @@
-"""Learner: the model and optimiser of the run; Part 2 over the samples the collectors gathered."""
+"""Learner: the model and optimiser of the run; the generalize phase over the samples the collectors gathered."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,7 @@ class Learner:
         self.replay: Samples | None = None
 
     def generalize(self, *parts: Samples) -> dict:
-        """Part 2 on the collectors' samples (plus the replay buffer). Returns ``generalize/*`` metrics
+        """Generalize on the collectors' samples (plus the replay buffer). Returns ``generalize/*`` metrics
         and ``system/learner_time`` (s)."""
         start = time.perf_counter()
         samples = Samples.concat(list(parts) if self.replay is None else [self.replay, *parts])
@@ -46,7 +46,7 @@ class Learner:
         return metrics
 
     def step(self, with_state: bool, *parts: Samples) -> dict:
-        """One epoch in one call: Part 2 on the collectors' samples, then what the driver needs.
+        """One epoch in one call: generalize on the collectors' samples, then what the driver needs.
 
         Returns ``{"metrics": generalize(...), "weights": weights()}`` plus ``"state": state()`` when
         ``with_state`` (checkpoint epochs); the state shares the weights, they are copied once.

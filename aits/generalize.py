@@ -17,12 +17,12 @@ declare({"generalize/n_samples": "mean", "generalize/iterations": "mean", "gener
 
 def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config,
                rng: np.random.Generator) -> dict:
-    """Part 2: minibatches of accepted samples, each evaluated as one batched attempt,
+    """Generalize: minibatches of accepted samples, each evaluated as one batched attempt,
     one optimiser step on the failing samples' mean loss until a minibatch all passes.
 
     With ``train.band_on_accept`` the step's loss also holds the lower band edge of the
     passing samples (mean over the whole minibatch), so needlessly small steps are pushed up
-    while Part 2 runs; the stopping rule stays the seed's.
+    while generalize runs; the stopping rule stays the seed's.
     """
     t = cfg.train
     n = len(samples)

@@ -1,4 +1,4 @@
-"""Train the dt model on Ray: collectors gather samples (Part 1), the learner generalises (Part 2).
+"""Train the dt model on Ray: collector actors run the collect phase, the learner the generalize phase.
 
     python driver/train.py --config configs/ray.yaml [--set section.key=value ...] [--resume auto|PATH]
 

@@ -70,7 +70,7 @@ def test_killed_collector_is_replaced_and_run_matches_clean_run(ray_session, tmp
     assert metrics[0]["system/collector_restarts"] == 0
     # collector 1 got a new process, collector 0 kept its own
     assert pids[0][0] == pids[-1][0] and pids[0][1] != pids[-1][1]
-    # the replacement repeated Part 1 from the saved orbit state: nothing differs from a clean run
+    # the replacement repeated collect from the saved orbit state: nothing differs from a clean run
     assert_same_weights(final_weights(run_dir), clean_weights)
     assert all(load_checkpoint(p)["epoch"] == i + 1 for i, p in enumerate(sorted((run_dir / "model").iterdir())))
 
@@ -128,7 +128,7 @@ def test_nonfinite_weights_stop_run_and_keep_last_good_checkpoint(tmp_path, caps
     def poisoned(self, *parts):
         metrics = original(self, *parts)
         calls.append(1)
-        if len(calls) == 3:  # epoch 3's Part 2 leaves a NaN in the first layer
+        if len(calls) == 3:  # epoch 3's generalize leaves a NaN in the first layer
             with torch.no_grad():
                 next(self.model.parameters())[0, 0] = float("nan")
         return metrics
