@@ -1,9 +1,9 @@
 """The epoch loop of driver/train.py: a ``Trainer`` owns the actors of one run and its steps.
 
-One epoch: broadcast the weights, Part 1 on every collector (``collect``), one learner call that
-runs Part 2 and returns metrics, weights and, on checkpoint epochs, its state (``generalize``), log
-the row, checkpoint. Faults the run can repair are repaired here: a dead collector is replaced
-from the state kept after its last finished Part 1; a dead learner is rebuilt from the newest
+One epoch: broadcast the weights, the collect phase on every collector (``collect``), one learner
+call that runs the generalize phase and returns metrics, weights and, on checkpoint epochs, its
+state (``generalize``), log the row, checkpoint. Faults the run can repair are repaired here: a dead collector is replaced
+from the state kept after its last finished collect; a dead learner is rebuilt from the newest
 checkpoint, the collectors rewound to it and the epochs since repeated (``rebuild_learner``).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class LearnerLost(Exception):
 
 @dataclass
 class Part1:
-    """One epoch's Part 1: sample refs and metrics rows in collector order, collectors replaced."""
+    """One epoch's collect phase: sample refs and metrics rows in collector order, collectors replaced."""
 
     samples: list
     rows: list[dict]
@@ -99,7 +99,7 @@ class Trainer:
         part1 = self.pending or self.collect(epoch, self.first_weights_ref(weights_ref))
         epoch_states = list(self.states)
         learner_ref = self.backend.call(self.learner, "step", self.checkpoint_due(epoch), *part1.samples)
-        # ray.pipeline: Part 1 of epoch e+1 runs with the weights of epoch e-1 while the learner runs Part 2 of e.
+        # ray.pipeline: collect of epoch e+1 runs with the weights of epoch e-1 while the learner generalizes e.
         self.pending = self.pending_weights = None
         if self.cfg.ray.pipeline and epoch < self.cfg.train.epochs:
             self.pending, self.pending_weights = self.collect(epoch + 1, weights_ref), self.weights
@@ -117,8 +117,8 @@ class Trainer:
 
     # ------------------------------------------------------------ steps
     def collect(self, epoch: int, weights_ref) -> Part1:
-        """Part 1 on every collector. A collector whose process died is replaced from ``states`` and its
-        Part 1 repeated (at most MAX_COLLECTOR_RESTARTS times). Updates ``collectors`` and ``states``."""
+        """Collect on every collector. A collector whose process died is replaced from ``states`` and its
+        collect repeated (at most MAX_COLLECTOR_RESTARTS times). Updates ``collectors`` and ``states``."""
         calls = [self.submit_collect(c, weights_ref) for c in self.collectors]
         rows, restarts = [], 0
         for i in range(len(self.collectors)):
@@ -167,7 +167,7 @@ class Trainer:
 
     def save(self, epoch: int, learner_state: dict, collector_states: list, row: dict) -> None:
         """Checkpoint with the seed's keys; ``extra`` holds what an exact resume needs (with pipelining,
-        the collectors' states before the next epoch's Part 1 and the weights it runs with)."""
+        the collectors' states before the next epoch's collect and the weights it runs with)."""
         check_finite(learner_state["model"], epoch, self.run_dir)
         extra = {"collectors": list(collector_states), "converged": list(self.converged),
                  "elapsed": self.elapsed(), "wandb_id": self.tracker.wandb_id,
@@ -199,7 +199,7 @@ class Trainer:
         for i, state in enumerate(self.states):
             self.restore_collector(i, state)
         self.converged = list(extra.get("converged", []))
-        # A resumed pipelined run's first Part 1 repeats with the weights stored for it.
+        # A resumed pipelined run's first collect repeats with the weights stored for it.
         self.resume_weights = extra.get("pending_weights") if r.pipeline else None
         self.pending = self.pending_weights = None
         return epoch
@@ -253,7 +253,7 @@ class Trainer:
 
     # ------------------------------------------------------------ small helpers
     def first_weights_ref(self, weights_ref):
-        """The weights of this run's first Part 1: a resumed pipelined run's stored ones, once."""
+        """The weights of this run's first collect: a resumed pipelined run's stored ones, once."""
         ref = weights_ref if self.resume_weights is None else self.backend.put(self.resume_weights)
         self.resume_weights = None
         return ref
