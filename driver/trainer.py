@@ -2,9 +2,10 @@
 
 One epoch: broadcast the weights, the collect phase on every collector (``collect``), one learner
 call that runs the generalize phase and returns metrics, weights and, on checkpoint epochs, its
-state (``generalize``), log the row, checkpoint. Faults the run can repair are repaired here: a dead collector is replaced
-from the state kept after its last finished collect; a dead learner is rebuilt from the newest
-checkpoint, the collectors rewound to it and the epochs since repeated (``rebuild_learner``).
+state (``generalize``), log the row, checkpoint. Faults the run can repair are repaired here: a
+dead collector is replaced from the state kept after its last finished collect; a dead learner is
+rebuilt from the newest checkpoint, the collectors rewound to it and the epochs since repeated
+(``rebuild_learner``).
 """
 from __future__ import annotations
 
