@@ -1,4 +1,5 @@
-"""Collector: one orbit, its history and a local model copy that retrains on rejected steps (Part 1)."""
+"""Collector: B systems (``ray.systems_per_collector``), their histories and a local model copy that
+retrains on rejected steps (the collect phase)."""
 from __future__ import annotations
 
 import os
@@ -7,17 +8,18 @@ import time
 import numpy as np
 import torch
 
-from aits import Orbit, Samples, Stepper, build_model, collect, make_optimizer, predict_dt
+from aits import Samples, Stepper, build_model, collect, make_optimizer, predict_dt
 from aits.metrics import declare
+from aits.systems import Systems
 
 from .common import load_config, load_scales, own_torch_rng
-
 
 declare({"system/collect_time": "max"})  # the slowest collector sets the epoch's pace
 
 
 class Collector:
-    """Owns orbit ``index`` (RNG seeded with ``run.seed + index``) and runs Part 1 on it.
+    """Owns systems ``index·B .. index·B+B-1`` (each seeded ``run.seed + id``) and runs the collect
+    phase on them; its torch RNG (dropout) is seeded ``run.seed + index``.
 
     ``config`` is ``Config.to_dict()`` (or a Config), ``scales`` the run's NormScales dict.
     """
@@ -26,22 +28,22 @@ class Collector:
         torch.set_num_threads(1)  # one core per collector; many run side by side
         self.cfg = load_config(config)
         self.index = index
-        seed = self.cfg.run.seed + index
-        self.orbit = Orbit(self.cfg, orbit_id=index, rng=np.random.default_rng(seed))
+        self.systems = Systems.for_collector(self.cfg, index, self.cfg.ray.systems_per_collector)
         self.stepper = Stepper(self.cfg, load_scales(scales))
         self.model = build_model(self.cfg)
-        self.torch_rng = torch.Generator().manual_seed(seed).get_state()
+        self.torch_rng = torch.Generator().manual_seed(self.cfg.run.seed + index).get_state()
 
     def collect(self, weights: dict) -> tuple[Samples, dict]:
-        """Load the broadcast weights (fresh local optimiser), run Part 1 on the orbit.
+        """Load the broadcast weights (fresh local optimiser), run the collect phase on the systems.
 
-        Returns (samples, metrics); metrics are ``collect/*`` plus ``system/collect_time`` (s).
+        Returns (samples, metrics): one Samples for all B systems; metrics are ``collect/*`` plus
+        ``system/collect_time`` (s).
         """
         start = time.perf_counter()
         self.load_weights(weights)
         optimizer = make_optimizer(self.model, self.cfg)
         with own_torch_rng(self):
-            samples, metrics = collect(self.model, optimizer, self.orbit, self.stepper, self.cfg)
+            samples, metrics = collect(self.model, optimizer, self.systems, self.stepper, self.cfg)
         metrics["system/collect_time"] = time.perf_counter() - start
         return samples, metrics
 
@@ -57,11 +59,12 @@ class Collector:
         return os.getpid()
 
     def state(self) -> dict:
-        """Everything an exact resume needs: the orbit (state, history, RNG) and the torch RNG."""
-        return {"index": self.index, "orbit": self.orbit.state_dict(), "torch_rng": self.torch_rng.clone()}
+        """Everything an exact resume needs: every system (state, history, clock, RNG) and the torch RNG."""
+        return {"index": self.index, "systems": self.systems.state_dict(), "torch_rng": self.torch_rng.clone()}
 
     def restore(self, state: dict) -> None:
         if state["index"] != self.index:
             raise ValueError(f"collector {self.index} given the state of collector {state['index']}")
-        self.orbit.load_state_dict(state["orbit"])
+        # "orbit": a checkpoint from before ray.systems_per_collector (one system per collector)
+        self.systems.load_state_dict(state["systems"] if "systems" in state else state["orbit"])
         self.torch_rng = state["torch_rng"].clone()

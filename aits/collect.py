@@ -1,96 +1,183 @@
-"""The collect phase (the seed's Part 1): attempt a step, accept it when energy is conserved,
-otherwise retrain on the same state until it passes."""
+"""The collect phase (the seed's Part 1) on B systems at once: attempt a step for every system,
+accept those that conserve energy, retrain the rejected ones together on their same states until
+they pass.
+
+B = 1 is the seed's loop exactly. For B > 1 one retrain step serves the whole rejected subset: the
+optimiser steps on the *mean* band loss over the rejected systems (the seed steps on each system's
+own loss, one system at a time), so a slot costs max(retrains) batched steps instead of
+sum(retrains) single ones, and each system sees weights moved by its neighbours' losses too.
+``collect/retrain_steps`` and ``collect/mean_rejected_per_retrain`` show the sharing.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .config import Config
-from .metrics import declare, mean, ratio
+from .metrics import declare, ratio
 from .samples import Samples
 from .stepper import Prepared, Stepper, band_loss, optimizer_step
-from .systems import Orbit
-
+from .systems import Systems
 
 METRICS = declare({
-    "collect/accepted": "sum", "collect/samples": "sum", "collect/warmup_discarded": "sum",
-    "collect/mean_retrains": "mean", "collect/max_retrains": "max", "collect/retrain_limit_hits": "sum",
-    "collect/nonfinite": "sum", "collect/orbit_restarts": "sum", "collect/acceptance_rate": "mean",
-    "collect/mean_dt": "mean", "collect/mean_rel_dE": "mean",
+    "collect/systems": "sum",                    # systems stepped (B per collector)
+    "collect/accepted": "sum",                   # accepted system-steps
+    "collect/samples": "sum",                    # of which shipped (past the history warm-up)
+    "collect/warmup_discarded": "sum",
+    "collect/mean_retrains": "mean",             # per system and slot, as in the seed
+    "collect/max_retrains": "max",
+    "collect/retrain_limit_hits": "sum",         # system-slots lost at max_retrain_steps
+    "collect/nonfinite": "sum",                  # system-slots ended by a non-finite attempt or gradient
+    "collect/orbit_restarts": "sum",
+    "collect/acceptance_rate": "mean",           # accepted / (accepted + per-system retrains)
+    "collect/mean_dt": "mean",
+    "collect/mean_rel_dE": "mean",
+    "collect/retrain_steps": "sum",              # shared optimiser steps on rejected subsets
+    "collect/mean_rejected_per_retrain": "mean",  # systems served by one retrain step (1 at B = 1)
+    "collect/attempt_calls": "sum",              # batched attempts (model forward + leapfrog + energy)
 })
 
 
-def retrain_until_accepted(model, optimizer, stepper: Stepper, prep: Prepared, cfg: Config):
-    """Attempt; while rejected, one optimiser step on the band loss and attempt again.
+@dataclass
+class Slot:
+    """Outcome of one step slot for B systems (numpy, indexed by system)."""
 
-    Returns (attempt, accepted, retrains, stuck) where ``stuck`` means the loop ended
-    without acceptance (``max_retrain_steps`` reached, or a non-finite attempt that
-    yields no usable gradient).
+    accepted: np.ndarray   # (B,) bool
+    stuck: np.ndarray      # (B,) bool: non-finite attempt or no usable gradient
+    retrains: np.ndarray   # (B,) int: retrain steps this system took part in
+    dt: np.ndarray         # (B,) accepted dt (0 where not accepted)
+    rel_dE: np.ndarray     # (B,)
+    x: np.ndarray          # (B,N,D) accepted state (0 where not accepted)
+    v: np.ndarray
+    retrain_steps: int = 0  # shared optimiser steps on rejected subsets
+    rejected_total: int = 0  # sum of the subsets' sizes over those steps
+    attempts: int = 0
+
+    @property
+    def lost(self) -> np.ndarray:
+        return ~self.accepted & ~self.stuck
+
+
+def retrain_slot(model, optimizer, stepper: Stepper, prep: Prepared, cfg: Config) -> Slot:
+    """Attempt all B prepared states; while some are rejected, one optimiser step on the mean band loss
+    over the rejected (finite) subset, then attempt that subset again.
+
+    A system leaves the loop accepted, stuck (its attempt is non-finite, or the step's loss or gradient
+    is, so there is nothing to learn from) or lost (``max_retrain_steps`` reached). With
+    ``train.band_on_accept`` systems accepted below ``E_lower`` add their lower-edge band term to the
+    same step's mean (at B = 1: the seed's extra step after an acceptance).
     """
     t = cfg.train
-    retrains = 0
+    B = prep.x.shape[0]
+    x_shape = tuple(prep.x.shape[1:])
+    slot = Slot(np.zeros(B, bool), np.zeros(B, bool), np.zeros(B, np.int64), np.zeros(B), np.zeros(B),
+                np.zeros((B, *x_shape)), np.zeros((B, *x_shape)))
+    pending, sub, rounds = np.arange(B), prep, 0
     while True:
-        att = stepper.attempt(model, prep)
-        if bool(att.passed(t.energy_threshold).all()):
-            return att, True, retrains, False
-        if not bool(torch.isfinite(att.rel_dE.detach()).all()):
-            return att, False, retrains, True  # no gradient to learn from
-        if t.max_retrain_steps and retrains >= t.max_retrain_steps:
-            return att, False, retrains, False
-        loss = band_loss(att.rel_dE, t.E_lower, t.E_upper).mean()
-        if not optimizer_step(model, optimizer, loss):
-            return att, False, retrains, True
-        retrains += 1
+        att = stepper.attempt(model, sub)
+        slot.attempts += 1
+        r = att.rel_dE.detach()
+        passed_t = att.passed(t.energy_threshold)
+        passed, finite = passed_t.cpu().numpy(), torch.isfinite(r).cpu().numpy()
+        slot.retrains[pending] = rounds
+        if passed.any():
+            acc = pending[passed]
+            slot.accepted[acc] = True
+            slot.dt[acc] = att.dt.detach()[passed_t].double().cpu().numpy()
+            slot.rel_dE[acc] = r[passed_t].double().cpu().numpy()
+            slot.x[acc] = att.x.detach()[passed_t].double().cpu().numpy()
+            slot.v[acc] = att.v.detach()[passed_t].double().cpu().numpy()
+        slot.stuck[pending[~finite]] = True
+        rejected = ~passed & finite
+        if t.max_retrain_steps and rounds >= t.max_retrain_steps:
+            rejected[:] = False  # the rest are lost for this slot
+        low = passed & (r.cpu().numpy() < t.E_lower) if t.band_on_accept else np.zeros_like(passed)
+        if not rejected.any() and not low.any():
+            return slot
+        loss = _slot_loss(att.rel_dE, rejected, low, t)
+        stepped = optimizer_step(model, optimizer, loss)
+        if not rejected.any():
+            return slot  # a lower-edge step only: every system is done
+        if not stepped:
+            slot.stuck[pending[rejected]] = True
+            return slot
+        rounds += 1
+        slot.retrain_steps += 1
+        slot.rejected_total += int(rejected.sum())
+        pending = pending[rejected]
+        sub = sub if rejected.all() else sub.take(torch.as_tensor(np.nonzero(rejected)[0], device=prep.x.device))
 
 
-def collect(model, optimizer, orbit: Orbit, stepper: Stepper, cfg: Config) -> tuple[Samples, dict]:
-    """Part 1 on one orbit: ``steps_per_epoch`` step slots, each retrained until accepted.
+def _slot_loss(rel_dE: torch.Tensor, rejected: np.ndarray, low: np.ndarray, t) -> torch.Tensor:
+    """Mean over the rejected systems' band loss and the accepted-low systems' lower-edge term."""
+    if rejected.all():
+        return band_loss(rel_dE, t.E_lower, t.E_upper).mean()
+    if low.all():
+        return band_loss(rel_dE, t.E_lower, t.E_upper, lower_only=True).mean()
+    dev = rel_dE.device
+    parts = []
+    if rejected.any():
+        parts.append(band_loss(rel_dE[torch.as_tensor(rejected, device=dev)], t.E_lower, t.E_upper))
+    if low.any():
+        parts.append(band_loss(rel_dE[torch.as_tensor(low, device=dev)], t.E_lower, t.E_upper, lower_only=True))
+    return torch.cat(parts).mean()
 
-    A slot whose loop hits ``max_retrain_steps`` is lost (the orbit stays where it is);
-    a non-finite step restarts the orbit. Returns (samples, metrics).
+
+def retrain_until_accepted(model, optimizer, stepper: Stepper, prep: Prepared, cfg: Config):
+    """The seed's loop for one prepared state (B = 1): returns (slot, accepted, retrains, stuck)."""
+    slot = retrain_slot(model, optimizer, stepper, prep, cfg)
+    return slot, bool(slot.accepted.all()), int(slot.retrains.max(initial=0)), bool(slot.stuck.any())
+
+
+def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -> tuple[Samples, dict]:
+    """Collect on B systems: ``steps_per_epoch`` slots, each attempting every system at once.
+
+    Accepted systems advance (and restart after ``periods_per_orbit`` periods or a non-finite state);
+    a system that hits ``max_retrain_steps`` loses the slot and stays where it is; a stuck one restarts.
+    States reached after fewer than ``history_len`` steps have no full history and are not shipped.
+    Returns (samples in slot order, system order within a slot; metrics).
     """
-    t = cfg.train
-    K = cfg.features.history_len
-    records, retrain_counts, dts, errs = [], [], [], []
-    limit_hits = nonfinite = restarts = warmup = 0
+    t, K, B = cfg.train, cfg.features.history_len, len(systems)
+    out = Samples.empty(K, systems.N, systems.D, capacity=B * t.steps_per_epoch)
+    n = accepted = warmup = limit_hits = nonfinite = restarts = retrain_steps = rejected_total = attempts = 0
+    retrains_sum, retrains_max, dt_sum, err_sum = 0, 0, 0.0, 0.0
     for _ in range(t.steps_per_epoch):
-        batch = orbit.batch()
-        prep = stepper.prepare(*batch)
-        att, accepted, retrains, stuck = retrain_until_accepted(model, optimizer, stepper, prep, cfg)
-        retrain_counts.append(retrains)
-        if not accepted:
-            if stuck:
-                nonfinite += 1
-                orbit.restart()
-                restarts += 1
-            else:
-                limit_hits += 1
-            continue
-        dt = float(att.dt.detach()[0])
-        err = float(att.rel_dE.detach()[0])
-        if t.band_on_accept and err < t.E_lower:
-            optimizer_step(model, optimizer, band_loss(att.rel_dE, t.E_lower, t.E_upper, lower_only=True).mean())
-        dts.append(dt)
-        errs.append(err)
-        if orbit.steps >= K:
-            records.append(orbit.sample_record(batch, dt, err, retrains))
-        else:
-            warmup += 1
-        x1 = att.x.detach()[0].to(torch.float64).cpu().numpy()
-        v1 = att.v.detach()[0].to(torch.float64).cpu().numpy()
-        restarts += orbit.advance(x1, v1, dt)
-    samples = Samples.from_records(records, K, cfg.system.num_particles, cfg.system.dim)
+        slot = retrain_slot(model, optimizer, stepper, stepper.prepare(*systems.batch()), cfg)
+        retrains_sum += int(slot.retrains.sum())
+        retrains_max = max(retrains_max, int(slot.retrains.max(initial=0)))
+        retrain_steps, rejected_total, attempts = (retrain_steps + slot.retrain_steps,
+                                                   rejected_total + slot.rejected_total, attempts + slot.attempts)
+        limit_hits += int(slot.lost.sum())
+        stuck = np.nonzero(slot.stuck)[0]
+        nonfinite += len(stuck)
+        systems.restart(stuck)
+        restarts += len(stuck)
+        acc = np.nonzero(slot.accepted)[0]
+        accepted += len(acc)
+        dt_sum += float(slot.dt[acc].sum())
+        err_sum += float(slot.rel_dE[acc].sum())
+        ship = acc[systems.steps[acc] >= K]
+        warmup += len(acc) - len(ship)
+        n = systems.write_samples(out, n, ship, slot.dt[ship], slot.rel_dE[ship], slot.retrains[ship])
+        restarts += len(systems.advance(acc, slot.x[acc], slot.v[acc], slot.dt[acc]))
+    slots = B * t.steps_per_epoch
     metrics = {
-        "collect/accepted": len(dts),
-        "collect/samples": len(samples),
+        "collect/systems": B,
+        "collect/accepted": accepted,
+        "collect/samples": n,
         "collect/warmup_discarded": warmup,
-        "collect/mean_retrains": mean(retrain_counts),
-        "collect/max_retrains": int(max(retrain_counts, default=0)),
+        "collect/mean_retrains": ratio(retrains_sum, slots),
+        "collect/max_retrains": retrains_max,
         "collect/retrain_limit_hits": limit_hits,
         "collect/nonfinite": nonfinite,
         "collect/orbit_restarts": restarts,
-        "collect/acceptance_rate": ratio(len(dts), len(dts) + sum(retrain_counts)),
-        "collect/mean_dt": mean(dts),
-        "collect/mean_rel_dE": mean(errs),
+        "collect/acceptance_rate": ratio(accepted, accepted + retrains_sum),
+        "collect/mean_dt": ratio(dt_sum, accepted),
+        "collect/mean_rel_dE": ratio(err_sum, accepted),
+        "collect/retrain_steps": retrain_steps,
+        "collect/mean_rejected_per_retrain": ratio(rejected_total, retrain_steps),
+        "collect/attempt_calls": attempts,
     }
-    return samples, metrics
+    return out.take(slice(0, n)), metrics

@@ -33,12 +33,6 @@ class Samples:
         return len(self.dt)
 
     @classmethod
-    def from_records(cls, records: list[dict], K: int, N: int, D: int) -> "Samples":
-        if not records:
-            return cls.empty(K, N, D)
-        return cls(**{f.name: np.stack([np.asarray(r[f.name]) for r in records]) for f in fields(cls)})
-
-    @classmethod
     def empty(cls, K: int, N: int, D: int, capacity: int = 0) -> "Samples":
         """``capacity`` zero rows (float64, ints for the metadata); ``take`` trims a filled prefix."""
         shapes = {"m": (N,), "x": (N, D), "v": (N, D), "hist_x": (K, N, D), "hist_v": (K, N, D), "hist_dt": (K,)}

@@ -1,4 +1,5 @@
-"""The systems a collector integrates: initial conditions, state, history, clock and RNG."""
+"""The systems a collector integrates, as one batched state: B systems, each with its own initial
+conditions, RNG stream, clock, history and restarts (REBOUND-style: one object owns the state)."""
 from __future__ import annotations
 
 import math
@@ -6,73 +7,144 @@ import math
 import numpy as np
 
 from .config import Config
-from .features import HistoryBuffer
 from .physics import kepler_ic, load_ic_file, random_ic
+from .samples import Samples
+
+# Per-system arrays, leading dim B: (name, trailing shape from (K, N, D), dtype).
+FIELDS = (
+    ("ids", lambda K, N, D: (), np.int64),            # system id (Samples.orbit_id)
+    ("m", lambda K, N, D: (N,), np.float64),
+    ("x", lambda K, N, D: (N, D), np.float64),
+    ("v", lambda K, N, D: (N, D), np.float64),
+    ("dt", lambda K, N, D: (), np.float64),           # the step that led to the current state (0 at start)
+    ("hist_x", lambda K, N, D: (K, N, D), np.float64),  # last K accepted pre-step states, oldest first,
+    ("hist_v", lambda K, N, D: (K, N, D), np.float64),  # zero-padded at the old end
+    ("hist_dt", lambda K, N, D: (K,), np.float64),
+    ("hist_count", lambda K, N, D: (), np.int64),     # real states in the history (<= K)
+    ("t", lambda K, N, D: (), np.float64),            # clock: n_steps substeps of dt per step
+    ("steps", lambda K, N, D: (), np.int64),          # accepted steps since the last restart
+    ("period", lambda K, N, D: (), np.float64),       # Kepler period (inf for other ICs)
+    ("restarts", lambda K, N, D: (), np.int64),
+    ("e", lambda K, N, D: (), np.float64),            # Kepler eccentricity and semi-major axis (nan otherwise)
+    ("a", lambda K, N, D: (), np.float64),
+)
 
 
-class Orbit:
-    """One system integrated by a collector: its state, history, clock and RNG."""
+class Systems:
+    """B systems stepped together. ``ids[i]`` names system i, ``rngs[i]`` is its own stream.
 
-    def __init__(self, cfg: Config, orbit_id: int, rng: np.random.Generator):
+    A collector with index c owns ids ``c·B .. c·B+B-1``, seeded ``run.seed + id`` (for B = 1:
+    ``run.seed + c``, the seed's one orbit per collector).
+    """
+
+    def __init__(self, cfg: Config, ids, rngs):
         s = cfg.system
-        self.cfg, self.orbit_id, self.rng = cfg, orbit_id, rng
-        self.history = HistoryBuffer(cfg.features.history_len, s.num_particles, s.dim)
-        self.restarts = -1
-        self.restart()
+        self.cfg, self.K, self.N, self.D = cfg, cfg.features.history_len, s.num_particles, s.dim
+        self.rngs = list(rngs)
+        B = len(self.rngs)
+        for name, shape, dtype in FIELDS:
+            setattr(self, name, np.zeros((B, *shape(self.K, self.N, self.D)), dtype=dtype))
+        self.ids[:] = np.asarray(ids, dtype=np.int64)
+        self.restarts[:] = -1
+        self._file_ic = load_ic_file(s.ic_path) if s.ic == "file" else None
+        self.restart(np.arange(B))
 
-    def restart(self) -> None:
-        """Fresh initial conditions and a fresh history."""
+    @classmethod
+    def for_collector(cls, cfg: Config, index: int, count: int) -> "Systems":
+        ids = index * count + np.arange(count)
+        return cls(cfg, ids, [np.random.default_rng(cfg.run.seed + int(i)) for i in ids])
+
+    def __len__(self) -> int:
+        return len(self.rngs)
+
+    # ------------------------------------------------------------ dynamics
+    def restart(self, idx) -> None:
+        """Fresh initial conditions (from each system's own RNG), clock and history for systems ``idx``."""
         s = self.cfg.system
-        self.period = math.inf
-        if s.ic == "kepler":
-            e = self.rng.uniform(s.e_min, s.e_max)
-            a = self.rng.uniform(s.a_min, s.a_max)
-            self.m, self.x, self.v, self.period = kepler_ic(e, a, s.mass, s.dim)
-            self.params = {"e": e, "a": a}
-        elif s.ic == "random":
-            self.m, self.x, self.v = random_ic(s.num_particles, s.dim, s.mass, s.pos_scale, s.vel_scale, self.rng)
-            self.params = {}
-        else:
-            self.m, self.x, self.v = load_ic_file(s.ic_path)
-            self.params = {}
-        self.t, self.dt, self.steps = 0.0, 0.0, 0
-        self.history.clear()
-        self.restarts += 1
+        for i in np.asarray(idx, dtype=np.int64):
+            rng, period, e, a = self.rngs[i], math.inf, math.nan, math.nan
+            if s.ic == "kepler":
+                e = rng.uniform(s.e_min, s.e_max)
+                a = rng.uniform(s.a_min, s.a_max)
+                m, x, v, period = kepler_ic(e, a, s.mass, s.dim)
+            elif s.ic == "random":
+                m, x, v = random_ic(s.num_particles, s.dim, s.mass, s.pos_scale, s.vel_scale, rng)
+            else:
+                m, x, v = self._file_ic
+            self.m[i], self.x[i], self.v[i] = m, x, v
+            self.period[i], self.e[i], self.a[i] = period, e, a
+            self.t[i] = self.dt[i] = 0.0
+            self.steps[i] = self.hist_count[i] = 0
+            self.hist_x[i] = self.hist_v[i] = 0.0
+            self.hist_dt[i] = 0.0
+            self.restarts[i] += 1
 
-    def batch(self):
-        """This orbit's current state with its history, as a batch of one."""
-        hx, hv, hdt = self.history.arrays()
-        return self.m[None], self.x[None], self.v[None], np.array([self.dt]), hx[None], hv[None], hdt[None]
+    def batch(self, idx=None) -> tuple:
+        """(m, x, v, dt, hist_x, hist_v, hist_dt) of systems ``idx`` (all by default), copies, for
+        ``Stepper.prepare``."""
+        sel = slice(None) if idx is None else idx
+        return tuple(getattr(self, k)[sel].copy() for k in ("m", "x", "v", "dt", "hist_x", "hist_v", "hist_dt"))
 
-    def sample_record(self, batch, accepted_dt: float, rel_dE: float, retrains: int) -> dict:
-        """One Samples row: the pre-step ``batch`` (from :meth:`batch`) with its history and metadata."""
-        m, x, v, dt0, hx, hv, hdt = batch
-        return {"m": m[0], "x": x[0], "v": v[0], "dt": dt0[0], "hist_x": hx[0], "hist_v": hv[0], "hist_dt": hdt[0],
-                "orbit_id": self.orbit_id, "step": self.steps, "accepted_dt": accepted_dt, "rel_dE": rel_dE,
-                "retrains": retrains}
+    def advance(self, idx, x1: np.ndarray, v1: np.ndarray, dt1: np.ndarray) -> np.ndarray:
+        """Accept a step of systems ``idx`` to (x1, v1) with dt1: the pre-step state enters the history.
 
-    def advance(self, x1: np.ndarray, v1: np.ndarray, dt: float) -> bool:
-        """Accept a step; returns True when the orbit was restarted afterwards."""
-        self.history.push(self.x, self.v, self.dt)
-        self.x, self.v, self.dt = x1, v1, dt
-        self.t += dt * self.cfg.system.n_steps  # one step is n_steps leapfrog substeps of dt
-        self.steps += 1
-        if not (np.isfinite(x1).all() and np.isfinite(v1).all()) or \
-                self.t >= self.cfg.system.periods_per_orbit * self.period:
-            self.restart()
-            return True
-        return False
+        Systems whose new state is non-finite or whose clock passed ``periods_per_orbit`` periods
+        restart. Returns the restarted subset of ``idx``.
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.K:
+            for h, cur in ((self.hist_x, self.x), (self.hist_v, self.v), (self.hist_dt, self.dt)):
+                h[idx] = np.concatenate([h[idx, 1:], cur[idx, None]], axis=1)
+            self.hist_count[idx] = np.minimum(self.hist_count[idx] + 1, self.K)
+        self.x[idx], self.v[idx], self.dt[idx] = x1, v1, dt1
+        self.t[idx] += dt1 * self.cfg.system.n_steps  # one step is n_steps leapfrog substeps of dt
+        self.steps[idx] += 1
+        finite = np.isfinite(x1).all(axis=(1, 2)) & np.isfinite(v1).all(axis=(1, 2))
+        done = ~finite | (self.t[idx] >= self.cfg.system.periods_per_orbit * self.period[idx])
+        self.restart(idx[done])
+        return idx[done]
 
+    def write_samples(self, out: Samples, start: int, idx, accepted_dt, rel_dE, retrains) -> int:
+        """Write the pre-step states of systems ``idx`` with their histories and step metadata into rows
+        ``start..`` of the preallocated ``out``. Returns the next free row."""
+        end = start + len(idx)
+        rows = slice(start, end)
+        for name in ("m", "x", "v", "dt", "hist_x", "hist_v", "hist_dt", "steps", "ids"):
+            getattr(out, {"steps": "step", "ids": "orbit_id"}.get(name, name))[rows] = getattr(self, name)[idx]
+        out.accepted_dt[rows], out.rel_dE[rows], out.retrains[rows] = accepted_dt, rel_dE, retrains
+        return end
+
+    # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"orbit_id": self.orbit_id, "m": self.m.copy(), "x": self.x.copy(), "v": self.v.copy(),
-                "t": self.t, "dt": self.dt, "steps": self.steps, "period": self.period,
-                "restarts": self.restarts, "params": dict(self.params),
-                "history": self.history.snapshot(), "rng": self.rng.bit_generator.state}
+        st = {name: getattr(self, name).copy() for name, _, _ in FIELDS}
+        st["rng"] = [r.bit_generator.state for r in self.rngs]
+        return st
 
     def load_state_dict(self, st: dict) -> None:
-        self.orbit_id = st["orbit_id"]
-        self.m, self.x, self.v = (np.asarray(st[k], dtype=np.float64).copy() for k in ("m", "x", "v"))
-        self.t, self.dt, self.steps, self.period = st["t"], st["dt"], st["steps"], st["period"]
-        self.restarts, self.params = st["restarts"], dict(st["params"])
-        self.history.restore(st["history"])
-        self.rng.bit_generator.state = st["rng"]
+        """Restore every system; also reads the single-orbit state of checkpoints before B existed."""
+        if "orbit_id" in st:
+            st = _from_orbit_state(st)
+        if len(st["rng"]) != len(self):
+            raise ValueError(f"state holds {len(st['rng'])} systems, this collector steps {len(self)}")
+        for name, shape, dtype in FIELDS:
+            arr = np.asarray(st[name], dtype=dtype)
+            want = (len(self), *shape(self.K, self.N, self.D))
+            if arr.shape != want:
+                raise ValueError(f"systems state '{name}' has shape {arr.shape}, expected {want}")
+            setattr(self, name, arr.copy())
+        for r, s in zip(self.rngs, st["rng"]):
+            r.bit_generator.state = s
+
+
+def _from_orbit_state(o: dict) -> dict:
+    """An ``Orbit.state_dict()`` of checkpoints before ``ray.systems_per_collector`` -> a B = 1 state."""
+    h, p = o["history"], o.get("params") or {}
+    return {"ids": [o["orbit_id"]], "m": [o["m"]], "x": [o["x"]], "v": [o["v"]], "dt": [o["dt"]],
+            "hist_x": [h["x"]], "hist_v": [h["v"]], "hist_dt": [h["dt"]], "hist_count": [h["count"]],
+            "t": [o["t"]], "steps": [o["steps"]], "period": [o["period"]], "restarts": [o["restarts"]],
+            "e": [p.get("e", math.nan)], "a": [p.get("a", math.nan)], "rng": [o["rng"]]}
+
+
+def Orbit(cfg: Config, orbit_id: int, rng: np.random.Generator) -> Systems:  # noqa: N802 - old class name
+    """One system with the given id and RNG: ``Systems`` with B = 1 (the name of the earlier one-orbit type)."""
+    return Systems(cfg, [orbit_id], [rng])

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from actors import Collector, Learner
-from aits import (Config, Orbit, Samples, Stepper, auto_norm_scales, band_loss, build_model, make_optimizer,
+from aits import (Config, Samples, Stepper, auto_norm_scales, band_loss, build_model, make_optimizer,
                   optimizer_step)
 from aits.physics import leapfrog
+from aits.systems import Systems
 
 GOALS = {
     "generalize_speedup_vs_loop": (">=", 3.0),
@@ -82,20 +83,17 @@ def bench_config(model: dict | None = None, **train) -> Config:
 
 
 def synthetic_samples(cfg: Config, n: int, dt: float = 0.002) -> Samples:
-    """n states with full histories from fixed-dt leapfrog on the config's orbits."""
-    K, rng, records = cfg.features.history_len, np.random.default_rng(0), []
-    orbit_id = 0
-    while len(records) < n:
-        orbit = Orbit(cfg, orbit_id, rng)
-        for _ in range(K + 64):
-            batch = orbit.batch()
-            m, x, v = (torch.as_tensor(a, dtype=torch.float64) for a in batch[:3])
-            x1, v1, _ = leapfrog(x, v, m, torch.tensor([dt], dtype=torch.float64))
-            if orbit.steps >= K:
-                records.append(orbit.sample_record(batch, dt, 0.0, 0))
-            orbit.advance(x1[0].numpy(), v1[0].numpy(), dt)
-        orbit_id += 1
-    return Samples.from_records(records[:n], K, cfg.system.num_particles, cfg.system.dim)
+    """n states with full histories from fixed-dt leapfrog on the config's systems (``Systems``)."""
+    K = cfg.features.history_len
+    systems = Systems(cfg, np.arange(n), [np.random.default_rng([0, i]) for i in range(n)])
+    out = Samples.empty(K, systems.N, systems.D, capacity=n)
+    dts = np.full(n, dt)
+    for _ in range(K):
+        m, x, v = (torch.as_tensor(a) for a in systems.batch()[:3])
+        x1, v1, _ = leapfrog(x, v, m, torch.as_tensor(dts))
+        systems.advance(np.arange(n), x1.numpy(), v1.numpy(), dts)
+    systems.write_samples(out, 0, np.arange(n), dts, np.zeros(n), np.zeros(n, dtype=np.int64))
+    return out
 
 
 # ---------------------------------------------------------------- micro benchmarks

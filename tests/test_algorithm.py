@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from aits import (Config, DtModel, Orbit, Samples, Stepper, auto_norm_scales, band_loss, collect, evaluate,
-                  feature_dim, generalize, make_optimizer, retrain_until_accepted)
+from aits import (Config, DtModel, HistoryBuffer, Orbit, Samples, Stepper, auto_norm_scales, band_loss, collect,
+                  evaluate, feature_dim, generalize, make_optimizer, optimizer_step, retrain_until_accepted)
+from aits.collect import retrain_slot
+from aits.physics import kepler_ic, random_ic
+from aits.systems import Systems
 
 
 def make(overrides=None, hidden=(16, 16), init_dt=0.01):
@@ -35,14 +38,14 @@ def test_rejected_step_retrains_until_accepted():
     prep = stepper.prepare(*orbit.batch())
     first = stepper.attempt(model, prep)
     assert float(first.rel_dE.detach()[0]) > cfg.train.energy_threshold  # starts rejected
-    att, accepted, retrains, stuck = retrain_until_accepted(model, opt, stepper, prep, cfg)
-    assert accepted and not stuck and retrains > 0
-    assert float(att.rel_dE.detach()[0]) < cfg.train.energy_threshold
+    slot, accepted, retrains, stuck = retrain_until_accepted(model, opt, stepper, prep, cfg)
+    assert accepted and not stuck and retrains > 0 and slot.retrain_steps == retrains
+    assert slot.rel_dE[0] < cfg.train.energy_threshold
     # One optimiser step per retrain, none after acceptance.
     steps = [int(s["step"]) for s in opt.state_dict()["state"].values()]
     assert steps and all(s == retrains for s in steps)
     # The dt that passes is smaller than the one that failed.
-    assert float(att.dt.detach()[0]) < float(first.dt.detach()[0])
+    assert slot.dt[0] < float(first.dt.detach()[0])
 
 
 def test_retrain_limit_is_reported_not_raised():
@@ -79,22 +82,27 @@ def test_orbit_restarts_after_periods_and_on_nonfinite():
                                     init_dt=0.003)
     orbit = Orbit(cfg, 0, np.random.default_rng(2))
     _, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["collect/orbit_restarts"] >= 1 and orbit.restarts == metrics["collect/orbit_restarts"]
-    assert orbit.t < 0.01 * orbit.period + 0.1
-    restarted = orbit.advance(np.full_like(orbit.x, np.nan), orbit.v, 0.01)
-    assert restarted and np.isfinite(orbit.x).all() and orbit.steps == 0 and orbit.history.count == 0
+    assert metrics["collect/orbit_restarts"] >= 1 and orbit.restarts[0] == metrics["collect/orbit_restarts"]
+    assert orbit.t[0] < 0.01 * orbit.period[0] + 0.1
+    restarted = orbit.advance([0], np.full_like(orbit.x, np.nan), orbit.v, np.array([0.01]))
+    assert list(restarted) == [0] and np.isfinite(orbit.x).all() and orbit.steps[0] == 0
+    assert orbit.hist_count[0] == 0 and not orbit.hist_x.any()
 
 
 def test_orbit_state_round_trip():
     cfg, *_ = make()
-    a = Orbit(cfg, 0, np.random.default_rng(3))
-    a.advance(a.x * 1.001, a.v, 0.01)
-    b = Orbit(cfg, 1, np.random.default_rng(99))
+    a = Systems(cfg, [0, 1, 2], [np.random.default_rng(3 + i) for i in range(3)])
+    a.advance([1], a.x[1:2] * 1.001, a.v[1:2], np.array([0.01]))
+    b = Systems(cfg, [5, 6, 7], [np.random.default_rng(99 + i) for i in range(3)])
     b.load_state_dict(a.state_dict())
-    for o in (a, b):
-        o.restart()
-    np.testing.assert_array_equal(a.x, b.x)  # same RNG state -> same next orbit
-    assert a.params == b.params
+    for s in (a, b):
+        s.restart([0, 2])
+    for name, value in a.state_dict().items():
+        if name != "rng":
+            np.testing.assert_array_equal(getattr(b, name), value, err_msg=name)  # same RNG state -> same orbits
+    assert b.steps[1] == 1 and b.hist_count[1] == 1
+    with pytest.raises(ValueError):
+        Systems(cfg, [0], [np.random.default_rng(0)]).load_state_dict(a.state_dict())
 
 
 def _samples(cfg, stepper, model, opt, n_orbits=3):
@@ -191,3 +199,174 @@ def test_float32_model_with_float64_physics(dtype):
     assert metrics["collect/accepted"] == 10
     assert samples.x.dtype == np.float64
     assert evaluate(model, stepper, samples).dtype == torch.float64
+
+
+# ---------------------------------------------------------------- B systems per collector
+class RefOrbit:
+    """The one-orbit environment as it was before batched systems (reference for B = 1)."""
+
+    def __init__(self, cfg, orbit_id, rng):
+        s = cfg.system
+        self.cfg, self.orbit_id, self.rng = cfg, orbit_id, rng
+        self.history = HistoryBuffer(cfg.features.history_len, s.num_particles, s.dim)
+        self.restart()
+
+    def restart(self):
+        s, self.period = self.cfg.system, math.inf
+        if s.ic == "kepler":
+            e, a = self.rng.uniform(s.e_min, s.e_max), self.rng.uniform(s.a_min, s.a_max)
+            self.m, self.x, self.v, self.period = kepler_ic(e, a, s.mass, s.dim)
+        else:
+            self.m, self.x, self.v = random_ic(s.num_particles, s.dim, s.mass, s.pos_scale, s.vel_scale, self.rng)
+        self.t, self.dt, self.steps = 0.0, 0.0, 0
+        self.history.clear()
+
+    def advance(self, x1, v1, dt):
+        self.history.push(self.x, self.v, self.dt)
+        self.x, self.v, self.dt = x1, v1, dt
+        self.t += dt * self.cfg.system.n_steps
+        self.steps += 1
+        if not (np.isfinite(x1).all() and np.isfinite(v1).all()) or \
+                self.t >= self.cfg.system.periods_per_orbit * self.period:
+            self.restart()
+
+
+def ref_collect(model, optimizer, orbit, stepper, cfg):
+    """The seed's collect loop on one orbit, as it was before batched systems: (rows, retrain counts)."""
+    t, K, rows, counts = cfg.train, cfg.features.history_len, [], []
+    for _ in range(t.steps_per_epoch):
+        hx, hv, hdt = orbit.history.arrays()
+        batch = (orbit.m[None], orbit.x[None], orbit.v[None], np.array([orbit.dt]), hx[None], hv[None], hdt[None])
+        prep, retrains = stepper.prepare(*batch), 0
+        while True:
+            att = stepper.attempt(model, prep)
+            if bool(att.passed(t.energy_threshold).all()):
+                accepted, stuck = True, False
+                break
+            if not bool(torch.isfinite(att.rel_dE.detach()).all()):
+                accepted, stuck = False, True
+                break
+            if t.max_retrain_steps and retrains >= t.max_retrain_steps:
+                accepted, stuck = False, False
+                break
+            if not optimizer_step(model, optimizer, band_loss(att.rel_dE, t.E_lower, t.E_upper).mean()):
+                accepted, stuck = False, True
+                break
+            retrains += 1
+        counts.append(retrains)
+        if not accepted:
+            if stuck:
+                orbit.restart()
+            continue
+        dt, err = float(att.dt.detach()[0]), float(att.rel_dE.detach()[0])
+        if t.band_on_accept and err < t.E_lower:
+            optimizer_step(model, optimizer, band_loss(att.rel_dE, t.E_lower, t.E_upper, lower_only=True).mean())
+        if orbit.steps >= K:
+            rows.append((orbit.x.copy(), orbit.steps, dt, err, retrains, hx))
+        orbit.advance(att.x.detach()[0].numpy(), att.v.detach()[0].numpy(), dt)
+    return rows, counts
+
+
+@pytest.mark.parametrize("case", [
+    {},
+    {"train": {"band_on_accept": True, "E_lower": 1e-5}},
+    {"system": {"periods_per_orbit": 0.002}},  # restarts
+    {"train": {"max_retrain_steps": 3}, "system": {"e_min": 0.9, "e_max": 0.95}},  # lost slots
+    {"system": {"ic": "random", "num_particles": 3}, "features": {"feature_type": "basic"}},
+])
+def test_one_system_per_collector_is_the_seed_loop_bit_for_bit(case):
+    cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 25}, **case}, init_dt=0.02)
+    ref_model = DtModel.from_config(cfg, model.input_dim).double()
+    ref_model.load_state_dict(model.state_dict())
+    ref_opt = make_optimizer(ref_model, cfg)
+    systems, orbit = Systems.for_collector(cfg, 4, 1), RefOrbit(cfg, 4, np.random.default_rng(cfg.run.seed + 4))
+    for _ in range(3):  # epochs: state carries over
+        samples, metrics = collect(model, opt, systems, stepper, cfg)
+        rows, counts = ref_collect(ref_model, ref_opt, orbit, stepper, cfg)
+        assert len(samples) == len(rows) == metrics["collect/samples"]
+        if rows:
+            np.testing.assert_array_equal(samples.x, np.stack([r[0] for r in rows]))
+            np.testing.assert_array_equal(samples.step, [r[1] for r in rows])
+            np.testing.assert_array_equal(samples.accepted_dt, [r[2] for r in rows])
+            np.testing.assert_array_equal(samples.rel_dE, [r[3] for r in rows])
+            np.testing.assert_array_equal(samples.retrains, [r[4] for r in rows])
+            np.testing.assert_array_equal(samples.hist_x, np.stack([r[5] for r in rows]))
+        assert metrics["collect/max_retrains"] == max(counts)
+        assert metrics["collect/retrain_steps"] == sum(counts)  # B = 1: one step per retrain
+        np.testing.assert_array_equal(systems.x[0], orbit.x)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ref_model.state_dict()[k]), k
+    if "periods_per_orbit" in case.get("system", {}):
+        assert systems.restarts[0] > 0
+    if "max_retrain_steps" in case.get("train", {}):
+        assert metrics["collect/retrain_limit_hits"] > 0
+
+
+def test_systems_have_independent_streams():
+    cfg, *_ = make({"system": {"ic": "random", "num_particles": 3}})
+    many = Systems.for_collector(cfg, 1, 4)
+    assert list(many.ids) == [4, 5, 6, 7]
+    for j in range(4):  # system j of collector 1 (B = 4) is the system with id 4 + j alone
+        one = Systems(cfg, [4 + j], [np.random.default_rng(cfg.run.seed + 4 + j)])
+        np.testing.assert_array_equal(many.x[j], one.x[0])
+    assert len({many.x[j].tobytes() for j in range(4)}) == 4
+    # Restarting one system draws from its stream only.
+    before = many.state_dict()
+    many.restart([2])
+    for j in (0, 1, 3):
+        np.testing.assert_array_equal(many.x[j], before["x"][j])
+        assert many.rngs[j].bit_generator.state == before["rng"][j]
+    assert not np.array_equal(many.x[2], before["x"][2]) and many.restarts[2] == 1
+
+
+def test_collect_on_many_systems_ships_each_systems_own_history():
+    cfg, stepper, model, opt = make({"features": {"history_len": 3}, "train": {"steps_per_epoch": 12,
+                                                                              "max_retrain_steps": 0}})
+    systems = Systems.for_collector(cfg, 0, 5)
+    samples, metrics = collect(model, opt, systems, stepper, cfg)
+    assert metrics["collect/accepted"] == 60 and metrics["collect/samples"] == len(samples) == 45
+    assert metrics["collect/systems"] == 5 and metrics["collect/warmup_discarded"] == 15
+    for j in range(5):
+        s = samples.take(samples.orbit_id == j)
+        np.testing.assert_array_equal(s.step, np.arange(3, 12))
+        np.testing.assert_array_equal(s.hist_x[1:, -1], s.x[:-1])  # each system's chain is its own
+        np.testing.assert_array_equal(s.dt[1:], s.accepted_dt[:-1])
+    assert np.all(samples.rel_dE < cfg.train.energy_threshold)
+    assert metrics["collect/retrain_steps"] <= metrics["collect/max_retrains"] * 12
+    if metrics["collect/retrain_steps"]:
+        assert 1 <= metrics["collect/mean_rejected_per_retrain"] <= 5
+
+
+def test_rejected_subset_retrains_together_on_its_mean_loss():
+    cfg, stepper, model, opt = make({"train": {"max_retrain_steps": 1}}, init_dt=0.005)
+    systems = Systems.for_collector(cfg, 0, 8)
+    prep = stepper.prepare(*systems.batch())
+    ref = DtModel.from_config(cfg, model.input_dim).double()
+    ref.load_state_dict(model.state_dict())
+    ref_opt = make_optimizer(ref, cfg)
+    att = stepper.attempt(ref, prep)
+    passed = att.passed(cfg.train.energy_threshold)
+    assert 0 < int(passed.sum()) < 8  # a mixed slot
+    t = cfg.train
+    optimizer_step(ref, ref_opt, band_loss(att.rel_dE[~passed], t.E_lower, t.E_upper).mean())
+    slot = retrain_slot(model, opt, stepper, prep, cfg)
+    # One shared step on the rejected subset's mean loss, then that subset alone attempted again.
+    assert slot.retrain_steps == 1 and slot.rejected_total == int((~passed).sum()) and slot.attempts == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k]), k
+    first_pass = passed.numpy()
+    assert slot.accepted[first_pass].all() and (slot.retrains[first_pass] == 0).all()
+    assert (slot.retrains[~first_pass] == 1).all()
+    again = stepper.attempt(ref, prep.take(torch.as_tensor(np.nonzero(~first_pass)[0])))
+    np.testing.assert_array_equal(slot.accepted[~first_pass], again.passed(t.energy_threshold).numpy())
+    assert (slot.lost == (~slot.accepted)).all() and not slot.stuck.any()
+
+
+def test_epoch_without_usable_attempts_reports_zero_rates():
+    cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 4}})
+    with torch.no_grad():
+        model.net[-1].bias.fill_(float("nan"))  # every attempt non-finite: nothing accepted, nothing retrained
+    samples, metrics = collect(model, opt, Systems.for_collector(cfg, 0, 3), stepper, cfg)
+    assert len(samples) == 0 and metrics["collect/accepted"] == 0 and metrics["collect/nonfinite"] == 12
+    assert metrics["collect/acceptance_rate"] == 0.0 and metrics["collect/mean_dt"] == 0.0
+    assert metrics["collect/mean_rejected_per_retrain"] == 0.0 and metrics["collect/mean_retrains"] == 0.0

@@ -73,9 +73,11 @@ def test_dt_after_broadcast_equals_learner(ray_session):
     np.testing.assert_array_equal(dt_collector, dt_learner)
 
 
-def test_collector_state_restore_round_trip(ray_session):
+@pytest.mark.parametrize("systems", [1, 3])
+def test_collector_state_restore_round_trip(ray_session, systems):
     ray = ray_session
-    cfg, conf, scales = _setup(model={"dropout": 0.1})  # dropout: the torch RNG matters too
+    # dropout: the torch RNG matters too
+    cfg, conf, scales = _setup(model={"dropout": 0.1}, ray={"systems_per_collector": systems})
     weights = ray.put(Learner(conf, scales).weights())
     first = ray.remote(num_cpus=1)(Collector).remote(conf, scales, 0)
     ray.get(first.collect.options(num_returns=2).remote(weights))  # move the orbit on
@@ -85,7 +87,8 @@ def test_collector_state_restore_round_trip(ray_session):
     second = ray.remote(num_cpus=1)(Collector).remote(conf, scales, 0)
     ray.get(second.restore.remote(state))
     samples, metrics = ray.get(second.collect.options(num_returns=2).remote(weights))
-    assert len(samples) > 0
+    assert len(samples) > 0 and set(samples.orbit_id) == set(range(systems))
+    np.testing.assert_array_equal(state["systems"]["ids"], np.arange(systems))
     for name, value in expect_samples.to_dict().items():
         np.testing.assert_array_equal(getattr(samples, name), value, err_msg=name)
     metrics.pop("system/collect_time"), expect_metrics.pop("system/collect_time")
