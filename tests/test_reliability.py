@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import actors.learner
+import driver.trainer
 from actors import Collector, Learner
 from aits import Config, auto_norm_scales, latest_checkpoint, load_checkpoint
 from driver.train import main, train
@@ -69,14 +70,37 @@ def test_killed_collector_is_replaced_and_run_matches_clean_run(ray_session, tmp
     assert metrics[0]["system/collector_restarts"] == 0
     # collector 1 got a new process, collector 0 kept its own
     assert pids[0][0] == pids[-1][0] and pids[0][1] != pids[-1][1]
-    # the replacement repeated Part 1 from the saved orbit state: nothing differs from a clean run
+    # the replacement repeated collect from the saved orbit state: nothing differs from a clean run
     assert_same_weights(final_weights(run_dir), clean_weights)
     assert all(load_checkpoint(p)["epoch"] == i + 1 for i, p in enumerate(sorted((run_dir / "model").iterdir())))
 
 
-def test_killed_learner_stops_with_intact_checkpoint_and_resume_completes(ray_session, tmp_path, capsys,
-                                                                         clean_weights):
+def test_killed_learner_is_rebuilt_from_checkpoint_and_run_matches_clean_run(ray_session, tmp_path, capsys,
+                                                                            clean_weights):
     cfg = fault_cfg(tmp_path, "learner_kill")
+    pids = []
+
+    def on_epoch(epoch, row, backend, learner, collectors):
+        pids.append(backend.get(backend.call(learner, "pid")))
+        if epoch == 2 and len(pids) == 2:  # once: epoch 2 is not logged again after the rebuild
+            kill_later(backend, learner, 0.05)
+
+    assert train(cfg, None, on_epoch=on_epoch) == 0
+    out = capsys.readouterr().out
+    assert "learner died during epoch 3" in out and "rebuilt from checkpoint 2, repeating epochs 3-3" in out
+    run_dir = tmp_path / "runs" / "learner_kill"
+    metrics = rows(run_dir)
+    assert [r["epoch"] for r in metrics] == [1, 2, 3, 4]  # epoch 3 logged once, after the repeat
+    assert [r["system/learner_restarts"] for r in metrics] == [0, 0, 1, 0]
+    assert pids[0] == pids[1] != pids[-1]  # a new learner process
+    assert [load_checkpoint(p)["epoch"] for p in sorted((run_dir / "model").iterdir())] == [1, 2, 3, 4]
+    assert_same_weights(final_weights(run_dir), clean_weights)
+
+
+def test_learner_rebuilds_are_bounded_then_stop_with_intact_checkpoint(ray_session, tmp_path, capsys,
+                                                                        clean_weights, monkeypatch):
+    monkeypatch.setattr(driver.trainer, "MAX_LEARNER_RESTARTS", 0)  # no rebuild allowed: stop at once
+    cfg = fault_cfg(tmp_path, "learner_stop")
 
     def on_epoch(epoch, row, backend, learner, collectors):
         if epoch == 2:
@@ -86,10 +110,10 @@ def test_killed_learner_stops_with_intact_checkpoint_and_resume_completes(ray_se
     err = message_lines(capsys.readouterr().err)
     assert len(err) == 1
     assert "learner died during epoch 3" in err[0] and "--resume auto" in err[0]
-    run_dir = tmp_path / "runs" / "learner_kill"
+    run_dir = tmp_path / "runs" / "learner_stop"
     assert [load_checkpoint(p)["epoch"] for p in sorted((run_dir / "model").iterdir())] == [1, 2]
 
-    config = write_config(tmp_path, name="learner_kill", **FAULT_RUN)
+    config = write_config(tmp_path, name="learner_stop", **FAULT_RUN)
     assert main(["--config", config, "--resume", "auto"]) == 0
     assert "Resumed from epoch 2" in capsys.readouterr().out
     assert [r["epoch"] for r in rows(run_dir)] == [1, 2, 3, 4]
@@ -104,7 +128,7 @@ def test_nonfinite_weights_stop_run_and_keep_last_good_checkpoint(tmp_path, caps
     def poisoned(self, *parts):
         metrics = original(self, *parts)
         calls.append(1)
-        if len(calls) == 3:  # epoch 3's Part 2 leaves a NaN in the first layer
+        if len(calls) == 3:  # epoch 3's generalize leaves a NaN in the first layer
             with torch.no_grad():
                 next(self.model.parameters())[0, 0] = float("nan")
         return metrics
