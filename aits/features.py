@@ -5,6 +5,7 @@ past states are zero states (zero x, v, dt; real masses).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,6 +15,8 @@ from .physics import acceleration
 
 STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
+SCALE_FREE_DIM = 8
+FEATURE_TYPES = ("basic", "rich", "delta_mag", "scale_free")
 
 
 @dataclass
@@ -47,6 +50,8 @@ def feature_dim(feature_type: str, history_len: int) -> int:
     """Length of the feature vector for one state with its history."""
     if feature_type == "delta_mag":
         return DELTA_DIM * history_len
+    if feature_type == "scale_free":
+        return SCALE_FREE_DIM
     return STATE_DIMS[feature_type] * (history_len + 1)
 
 
@@ -110,6 +115,8 @@ def build_features(x, v, m, dt, hist_x, hist_v, hist_dt, eps: float, scales: Nor
     """
     with torch.no_grad():
         b, n, d = x.shape
+        if feature_type == "scale_free":  # the current state only; see scale_free_torch
+            return scale_free_torch(x, v, acceleration(x, m, eps), m, eps)[0]
         seq_x = torch.cat([hist_x, x.unsqueeze(1)], 1)
         seq_v = torch.cat([hist_v, v.unsqueeze(1)], 1)
         if feature_type == "delta_mag":
@@ -119,6 +126,88 @@ def build_features(x, v, m, dt, hist_x, hist_v, hist_dt, eps: float, scales: Nor
         feats = state_features(seq_x.reshape(b * s, n, d), seq_v.reshape(b * s, n, d),
                                m.repeat_interleave(s, 0), eps, scales, feature_type)
         return feats.reshape(b, -1)
+
+
+# ---------------------------------------------------------------- scale-free features
+# The classical timescale tau = min_i sqrt(r_i,nn / |a_i|) and 8 dimensionless numbers of the
+# pair that sets it (body i* with the smallest tau_i and its nearest neighbour j*), each even
+# under time reversal (v -> -v), so a step function h = g(features) * tau is unchanged when the
+# motion is reversed, and scaling lengths by L and masses by M scales h by sqrt(L^3 / M):
+#   0  u^2 r / mu                 pair's kinetic over potential (2 - r/a on a Kepler orbit)
+#   1  (r.u)^2 / (r^2 u^2)        squared cosine between separation and relative velocity
+#   2  |a_i*| r^2 / m_j*          acceleration of i* over its pair's own (1 for an isolated pair)
+#   3  log(tau_others / tau)      next-smallest tau among the other bodies (capped at 5; 5 for N = 2)
+#   4  mu / M                     the pair's share of the total mass
+#   5  min(m_i*, m_j*) / max      mass ratio of the pair
+#   6  eps / (r + eps)            softening against the pair's separation
+#   7  log(r / L)                 pair separation over the mean pair distance (0 for N = 2)
+# r, u: the pair's separation and relative speed; mu = m_i* + m_j*; M the total mass.
+TAU_RATIO_CAP = 5.0
+
+
+def scale_free_torch(x, v, a, m, eps: float):
+    """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a."""
+    b, n, _ = x.shape
+    ar = torch.arange(b, device=x.device)
+    d = x.unsqueeze(-3) - x.unsqueeze(-2)  # d[b,i,j] = x_j - x_i
+    r2 = (d * d).sum(-1)
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    r2nn, jnn = torch.where(eye, torch.full_like(r2, math.inf), r2).min(-1)
+    tau_i = torch.sqrt(torch.sqrt(r2nn) / a.norm(dim=-1).clamp_min(1e-300))
+    tau, i = tau_i.min(-1)
+    j = jnn[ar, i]
+    rvec = x[ar, j] - x[ar, i]
+    uvec = v[ar, j] - v[ar, i]
+    r = rvec.norm(dim=-1)
+    u2 = (uvec * uvec).sum(-1)
+    mi, mj = m[ar, i], m[ar, j]
+    mu = mi + mj
+    if n > 2:
+        others = torch.ones_like(tau_i, dtype=torch.bool)
+        others[ar, i] = False
+        others[ar, j] = False
+        tau2 = torch.where(others, tau_i, torch.full_like(tau_i, math.inf)).min(-1).values
+        f3 = torch.log(tau2 / tau).clamp(0.0, TAU_RATIO_CAP)
+        pair = torch.sqrt(torch.where(eye, torch.ones_like(r2), r2))
+        mean = torch.where(eye, torch.zeros_like(pair), pair).sum((-1, -2)) / (n * (n - 1))
+        f7 = torch.log(r / mean)
+    else:
+        f3 = torch.full_like(tau, TAU_RATIO_CAP)
+        f7 = torch.zeros_like(tau)
+    cols = [u2 * r / mu, (rvec * uvec).sum(-1) ** 2 / (r * r * u2 + 1e-300), a[ar, i].norm(dim=-1) * r * r / mj,
+            f3, mu / m.sum(-1), torch.minimum(mi, mj) / torch.maximum(mi, mj), eps / (r + eps), f7]
+    return torch.stack(cols, -1), tau
+
+
+def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float):
+    """(features (8,), tau) of one state x, v, a (N,D), m (N,): the same numbers as
+    :func:`scale_free_torch`, for fast inference at batch 1."""
+    n = len(m)
+    d = x[None, :, :] - x[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d)
+    np.fill_diagonal(r2, np.inf)
+    jnn = r2.argmin(1)
+    r2nn = r2[np.arange(n), jnn]
+    tau_i = np.sqrt(np.sqrt(r2nn) / np.maximum(np.sqrt(np.einsum("ij,ij->i", a, a)), 1e-300))
+    i = int(tau_i.argmin())
+    tau = float(tau_i[i])
+    j = int(jnn[i])
+    rvec, uvec = x[j] - x[i], v[j] - v[i]
+    r = math.sqrt(float(rvec @ rvec))
+    u2 = float(uvec @ uvec)
+    mu = float(m[i] + m[j])
+    if n > 2:
+        mask = np.ones(n, dtype=bool)
+        mask[[i, j]] = False
+        f3 = min(max(math.log(float(tau_i[mask].min()) / tau), 0.0), TAU_RATIO_CAP)
+        np.fill_diagonal(r2, 0.0)
+        f7 = math.log(r / (float(np.sqrt(r2).sum()) / (n * (n - 1))))
+    else:
+        f3, f7 = TAU_RATIO_CAP, 0.0
+    feats = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
+                      math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
+                      float(min(m[i], m[j]) / max(m[i], m[j])), eps / (r + eps), f7])
+    return feats, tau
 
 
 class HistoryBuffer:

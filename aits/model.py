@@ -51,8 +51,9 @@ class DtModel(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_dim: int) -> "DtModel":
         m = cfg.model
+        init = m.init_factor if getattr(m, "output", "dt") == "factor" else m.init_dt
         return cls(input_dim, m.hidden_dims, m.activation, m.dropout, m.fourier_scale, m.fourier_dim,
-                   m.init_dt, seed=cfg.run.seed)
+                   init, seed=cfg.run.seed)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         h = feats

@@ -5,12 +5,14 @@ rules it defines, keyed by scoreboard method name (``learned`` first: the rule a
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from . import integrators as I
 from .config import Config
-from .features import HistoryBuffer, NormScales, build_features
+from .features import HistoryBuffer, NormScales, build_features, scale_free_numpy
 from .model import build_model
 from .physics import resolve_dtype
 
@@ -49,12 +51,66 @@ class SeedPolicy:
         self.history.push(x_prev, v_prev, dt_prev)
 
 
+class NumpyMLP:
+    """The eval-mode forward pass of a :class:`DtModel` in float64 numpy, for one input vector:
+    no autograd graph and no torch dispatch per layer (a few microseconds at batch 1)."""
+
+    ACT = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "silu": lambda z: z / (1.0 + np.exp(-z)),
+           "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z))}
+
+    def __init__(self, model: torch.nn.Module, activation: str):
+        self.layers = [(mod.weight.detach().double().numpy().T.copy(), mod.bias.detach().double().numpy().copy())
+                       for mod in model.net if isinstance(mod, torch.nn.Linear)]
+        proj = getattr(model, "fourier_proj", None)
+        self.proj = None if proj is None else proj.detach().double().numpy()
+        self.act = self.ACT[activation]
+
+    def __call__(self, f: np.ndarray) -> float:
+        h = f
+        if self.proj is not None:
+            z = 2 * np.pi * (h @ self.proj)
+            h = np.concatenate([np.sin(z), np.cos(z)])
+        for w, b in self.layers[:-1]:
+            h = self.act(h @ w + b)
+        w, b = self.layers[-1]
+        z = float(h @ w[:, 0] + b[0])
+        return (z if z > 30 else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
+
+
+class FactorStep:
+    """h(state) = g(scale-free features) * tau: the learned step function of a factor model."""
+
+    def __init__(self, mlp: NumpyMLP, eps: float):
+        self.mlp, self.eps = mlp, eps
+
+    def __call__(self, x, v, a, m) -> float:
+        feats, tau = scale_free_numpy(x, v, a, m, self.eps)
+        return self.mlp(feats) * tau
+
+
 def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method]:
-    """Step rules of a training checkpoint: ``{"learned": ...}`` (plus further learned modes when the
-    model defines them)."""
+    """Step rules of a training checkpoint, ``learned`` first (the rule as trained).
+
+    Seed-mode models (output 'dt'): ``learned`` only. Factor models with scale-free features:
+    ``learned`` and the other of the explicit / time-symmetric forms (``learned_explicit`` or
+    ``learned_symmetric``), both with the same step function h.
+    """
     cfg = cfg or Config.from_dict(ckpt["config"])
     scales = NormScales(**ckpt["norm_scales"]) if ckpt.get("norm_scales") else NormScales()
     model = build_model(cfg)
     model.load_state_dict(ckpt["model_state_dict"])
     model.eval()
-    return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales), "learned")}
+    mc = cfg.model
+    if mc.output != "factor" or cfg.features.feature_type != "scale_free":
+        if mc.output == "factor":
+            raise ValueError("evaluation of factor models needs features.feature_type scale_free")
+        return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales), "learned")}
+    h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening))
+    explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
+    k = mc.symmetric_iterations
+    symmetric = I.SymmetricPolicy(h, k or 2, "learned")
+    if k:
+        explicit.name = "learned_explicit"
+        return {"learned": symmetric, "learned_explicit": explicit}
+    symmetric.name = "learned_symmetric"
+    return {"learned": explicit, "learned_symmetric": symmetric}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .features import NormScales, build_features
+from .features import NormScales, build_features, scale_free_torch
 from .physics import acceleration, energy, leapfrog, rel_energy_error, resolve_dtype
 from .samples import Samples
 
@@ -24,9 +24,18 @@ class Prepared:
     feats: torch.Tensor
     e0: torch.Tensor
     acc0: torch.Tensor
+    tau: torch.Tensor  # (B,) classical timescale min_i sqrt(r_i,nn / |a_i|)
 
     def take(self, idx) -> "Prepared":
         return Prepared(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+
+def classical_timescale(x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """tau = min_i sqrt(r_i,nn / |a_i|) per system, x and acc (B,N,D) -> (B,)."""
+    n = x.shape[-2]
+    d = x.unsqueeze(-3) - x.unsqueeze(-2)
+    r2 = (d * d).sum(-1) + torch.where(torch.eye(n, dtype=torch.bool, device=x.device), math.inf, 0.0)
+    return torch.sqrt(r2.min(-1).values.sqrt() / acc.norm(dim=-1).clamp_min(1e-300)).min(-1).values
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Stepper:
         self.dtype = resolve_dtype(cfg.run.dtype)
         self.model_dtype = resolve_dtype(cfg.model.dtype or cfg.run.dtype)
         self.threshold = cfg.train.energy_threshold
+        self.factor = cfg.model.output == "factor"  # dt = g(features) * tau
+        self.symmetric = cfg.model.symmetric_iterations  # 0: explicit step
 
     def tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
@@ -63,19 +74,39 @@ class Stepper:
         """Arrays with a leading batch dim -> Prepared (features, E0, a(x0)), no grad."""
         m, x, v, dt = self.tensor(m), self.tensor(x), self.tensor(v), self.tensor(dt)
         with torch.no_grad():
-            feats = build_features(x, v, m, dt, self.tensor(hist_x), self.tensor(hist_v), self.tensor(hist_dt),
-                                   self.eps, self.scales, self.feature_type).to(self.model_dtype)
-            e0 = energy(x, v, m, self.eps)
             acc0 = acceleration(x, m, self.eps)
-        return Prepared(x, v, m, feats, e0, acc0)
+            if self.feature_type == "scale_free":
+                feats, tau = scale_free_torch(x, v, acc0, m, self.eps)
+            else:
+                feats = build_features(x, v, m, dt, self.tensor(hist_x), self.tensor(hist_v),
+                                       self.tensor(hist_dt), self.eps, self.scales, self.feature_type)
+                tau = classical_timescale(x, acc0)
+            e0 = energy(x, v, m, self.eps)
+        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau)
 
     def prepare_samples(self, s: Samples) -> Prepared:
         return self.prepare(s.m, s.x, s.v, s.dt, s.hist_x, s.hist_v, s.hist_dt)
 
+    def step_size(self, model, feats: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """h = model output (output 'dt') or model output * tau (output 'factor'), (B,)."""
+        out = model(feats).to(self.dtype)
+        return out * tau if self.factor else out
+
     def attempt(self, model, prep: Prepared) -> Attempt:
-        """Predict dt from features, integrate; the graph runs dt -> leapfrog -> E1 only."""
-        dt = model(prep.feats).to(self.dtype)
-        x1, v1, _ = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.n_steps, acc0=prep.acc0)
+        """Predict dt from features, integrate; the graph runs dt -> leapfrog -> E1 only.
+
+        Time-symmetric mode: dt = (h(start) + h(end)) / 2 by ``symmetric_iterations`` fixed-point
+        iterations, each a trial leapfrog step whose end state's features stay in the graph.
+        """
+        dt = self.step_size(model, prep.feats, prep.tau)
+        if self.symmetric:
+            h0 = dt
+            for _ in range(self.symmetric):
+                xt, vt, at = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1, acc0=prep.acc0)
+                feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps)
+                dt = 0.5 * (h0 + self.step_size(model, feats.to(self.model_dtype), tau))
+        x1, v1, _ = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1 if self.symmetric else self.n_steps,
+                             acc0=prep.acc0)
         e1 = energy(x1, v1, prep.m, self.eps)
         return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1))
 
@@ -114,7 +145,8 @@ def optimizer_step(model, optimizer, loss: torch.Tensor) -> bool:
 def predict_dt(model, stepper: Stepper, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
     """dt (B,) the model picks for B states with their histories (arrays shaped as in Samples)."""
     with torch.no_grad():
-        return model(stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt).feats).double().cpu().numpy()
+        prep = stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
+        return stepper.step_size(model, prep.feats, prep.tau).double().cpu().numpy()
 
 
 def evaluate(model, stepper: Stepper, samples: Samples) -> torch.Tensor:
