@@ -1,0 +1,235 @@
+"""Scoreboard (driver/evaluate.py, aits/scoreboard.py, aits/integrators.py) and the learned
+scale-free, time-symmetric step (aits/policy.py, the factor mode of aits/stepper.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aits import Config, NormScales, Stepper, build_payload, save_checkpoint
+from aits import integrators as I
+from aits import scoreboard as S
+from aits.features import scale_free_numpy, scale_free_torch
+from aits.model import build_model
+from aits.physics import acceleration, kepler_ic
+from aits.policy import FactorStep, NumpyMLP, learned_methods
+from driver import evaluate
+
+
+def factor_cfg(**model) -> Config:
+    return Config.from_dict({"features": {"feature_type": "scale_free"},
+                             "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": 0.02,
+                                       "symmetric_iterations": 1, **model},
+                             "run": {"seed": 5}})
+
+
+def perturbed_model(cfg: Config) -> torch.nn.Module:
+    """A factor model whose g really depends on the features (an untrained one is ~ constant)."""
+    model = build_model(cfg)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def forward_back(method: I.Method, m, x, v, steps: int) -> float:
+    """Integrate ``steps`` steps, reverse the velocities, integrate ``steps`` back; return the
+    relative distance to the start."""
+    fwd = I.integrate(method, m, x, v, 1e9, max_steps=steps)
+    back = I.integrate(method, m, fwd.trajectory["x"][-1], -fwd.trajectory["v"][-1], 1e9, max_steps=steps)
+    assert fwd.metrics["status"] == back.metrics["status"] == "max_steps"
+    return float(np.abs(back.trajectory["x"][-1] - x).max() / np.abs(x).max())
+
+
+# ---------------------------------------------------------------- integrators
+def test_numpy_kernels_equal_torch_physics():
+    rng = np.random.default_rng(0)
+    x, m = rng.normal(size=(5, 3)), rng.uniform(0.5, 2.0, 5)
+    ref = acceleration(torch.tensor(x)[None], torch.tensor(m)[None], 0.1)[0].numpy()
+    np.testing.assert_allclose(I.accel(x, m, 0.1), ref, rtol=1e-13, atol=1e-15)
+    a, u = I.accel_pot(x, m, 0.1)
+    np.testing.assert_allclose(a, ref, rtol=1e-13, atol=1e-15)
+    d = np.sqrt(((x[None] - x[:, None]) ** 2).sum(-1) + 0.01)
+    u_ref = -sum(m[i] * m[j] / d[i, j] for i in range(5) for j in range(i + 1, 5))
+    assert u == pytest.approx(u_ref, rel=1e-13)
+
+
+def test_symmetric_adaptive_is_time_reversible():
+    m, x, v, _ = kepler_ic(0.9, 1.0)
+    # Converged fixed-point iterations make the step exactly symmetric (to round-off).
+    assert forward_back(I.SymmetricAdaptive(0.03, k=10), m, x, v, 300) < 1e-10
+    # The explicit rule is not: the same test fails by orders of magnitude.
+    assert forward_back(I.Adaptive(0.01), m, x, v, 900) > 1e-6
+
+
+def test_logh_keeps_kepler_energy_over_ten_periods():
+    m, x, v, period = kepler_ic(0.9, 1.0)
+    run = I.integrate(I.LogH(0.05), m, x, v, 10 * period)
+    assert run.metrics["status"] == "ok" and run.metrics["end_time"] == pytest.approx(10 * period, rel=1e-12)
+    assert run.metrics["max_rel_dE"] < 1e-12
+    # The plain adaptive leapfrog at similar cost is many orders worse.
+    ad = I.integrate(I.Adaptive(0.03), m, x, v, 10 * period)
+    assert ad.metrics["max_rel_dE"] > 1e-6
+
+
+def test_force_evaluation_counts_equal_the_accelerations_computed(monkeypatch):
+    calls = {"n": 0}
+    plain, with_pot = I.accel, I.accel_pot
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return plain(*a, **k)
+
+    def counted_pot(*a, **k):
+        calls["n"] += 1
+        return with_pot(*a, **k)
+
+    monkeypatch.setattr(I, "accel", counted)
+    monkeypatch.setattr(I, "accel_pot", counted_pot)
+    m, x, v, period = kepler_ic(0.8, 1.0)
+    cfg = factor_cfg()
+    h = FactorStep(NumpyMLP(perturbed_model(cfg), "tanh"), 0.0)
+    methods = [I.FixedStep(period / 700), I.Adaptive(0.05), I.SymmetricAdaptive(0.05, 2), I.LogH(0.1),
+               I.SymmetricPolicy(h, 1), I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m))]
+    for method in methods:
+        calls["n"] = 0
+        run = I.integrate(method, m, x, v, 2.3 * period)  # ends mid-orbit: the clipped last step counts
+        assert run.metrics["status"] == "ok"
+        # logh's start-up U evaluation is one more pass over the pairs than its steps spend
+        extra = 1 if method.name == "logh" else 0
+        assert run.metrics["force_evals"] + extra == calls["n"], method.name
+
+
+def test_equal_cost_tuning_lands_within_two_percent():
+    sys = S.kepler_system(0.9, 1.0, 3, "kepler_long")
+    for family in S.BASELINES:
+        run, trials = S.match_evals(family, sys, 4000, 1)
+        assert abs(run.metrics["force_evals"] - 4000) <= 0.02 * 4000, (family, run.metrics["force_evals"])
+        assert run in trials
+
+
+# ---------------------------------------------------------------- learned step
+def test_scale_free_features_numpy_equal_torch_and_are_even_in_time():
+    rng = np.random.default_rng(2)
+    for n in (2, 3, 5):
+        x, v, m = rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), rng.uniform(0.5, 2, n)
+        a = I.accel(x, m, 0.05)
+        fn, tn = scale_free_numpy(x, v, a, m, 0.05)
+        ft, tt = scale_free_torch(*(torch.tensor(y)[None] for y in (x, v, a, m)), 0.05)
+        np.testing.assert_allclose(fn, ft[0].numpy(), rtol=1e-12, atol=1e-14)
+        assert tn == pytest.approx(float(tt[0]), rel=1e-14)
+        fr, _ = scale_free_numpy(x, -v, a, m, 0.05)
+        np.testing.assert_array_equal(fn, fr)
+
+
+def test_learned_factor_step_is_scale_invariant():
+    """Lengths x L and masses x M: the learned dt scales by sqrt(L^3 / M), in training and inference."""
+    cfg = factor_cfg(symmetric_iterations=0)
+    model = perturbed_model(cfg)
+    stepper = Stepper(cfg, NormScales())
+    rng = np.random.default_rng(4)
+    m, x, v = rng.uniform(0.5, 2, 3), rng.normal(size=(3, 2)), rng.normal(size=(3, 2)) * 0.5
+    L, M = 7.3, 0.21
+    ms, xs, vs = m * M, x * L, v * math.sqrt(M / L)
+
+    def dt_torch(mm, xx, vv):
+        z = np.zeros((1, 0, 3, 2))
+        prep = stepper.prepare(mm[None], xx[None], vv[None], np.zeros(1), z, z, np.zeros((1, 0)))
+        with torch.no_grad():
+            return float(stepper.step_size(model, prep.feats, prep.tau)[0])
+
+    ratio = dt_torch(ms, xs, vs) / dt_torch(m, x, v)
+    assert ratio == pytest.approx(math.sqrt(L ** 3 / M), rel=1e-10)
+    h = FactorStep(NumpyMLP(model, "tanh"), 0.0)
+    num = h(xs, vs, I.accel(xs, ms), ms) / h(x, v, I.accel(x, m), m)
+    assert num == pytest.approx(math.sqrt(L ** 3 / M), rel=1e-10)
+    # and the numpy forward pass is the model's
+    assert h(x, v, I.accel(x, m), m) == pytest.approx(dt_torch(m, x, v), rel=1e-12)
+
+
+def test_learned_symmetric_is_time_reversible():
+    cfg = factor_cfg()
+    h = FactorStep(NumpyMLP(perturbed_model(cfg), "tanh"), 0.0)
+    m, x, v, _ = kepler_ic(0.9, 1.0)
+    assert forward_back(I.SymmetricPolicy(h, k=12), m, x, v, 300) < 1e-10
+
+
+def test_symmetric_training_attempt_matches_inference_and_has_gradient():
+    """The differentiable training attempt takes the same dt as the numpy inference rule."""
+    cfg = factor_cfg(symmetric_iterations=2)
+    model = perturbed_model(cfg)
+    stepper = Stepper(cfg, NormScales())
+    m, x, v, _ = kepler_ic(0.7, 1.0)
+    z = np.zeros((1, 0, 2, 2))
+    att = stepper.attempt(model, stepper.prepare(m[None], x[None], v[None], np.zeros(1), z, z, np.zeros((1, 0))))
+    att.rel_dE.sum().backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
+    state = I.State(m, x.copy(), v.copy(), I.accel(x, m))
+    rule = I.SymmetricPolicy(FactorStep(NumpyMLP(model, "tanh"), 0.0), 2)
+    rule.step(state, 1e9)
+    assert state.dt == pytest.approx(float(att.dt.detach()[0]), rel=1e-12)
+    np.testing.assert_allclose(state.x, att.x.detach()[0].numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- the quick suite end to end
+def write_ckpt(tmp_path, name: str, cfg: Config) -> str:
+    model = perturbed_model(cfg)
+    payload = build_payload(7, model.state_dict(), None, cfg, NormScales().to_dict())
+    return str(save_checkpoint(tmp_path / name / "model" / "model_epoch_0007.pt", payload))
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_quick_suite_end_to_end(tmp_path, several):
+    paths = [write_ckpt(tmp_path, "a", factor_cfg())]
+    if several:
+        paths.append(write_ckpt(tmp_path, "b", factor_cfg(symmetric_iterations=0)))
+    out = tmp_path / "board"
+    assert evaluate.main(["--checkpoint", *paths, "--suite", "quick", "--workers", "1", "--out", str(out),
+                          *([] if several else ["--no-plots"])]) == 0
+    board = json.loads((out / "scoreboard.json").read_text())
+    assert set(board) >= {"suite", "checkpoints", "systems", "summary"}
+    assert board["suite"] == "quick" and len(board["checkpoints"]) == len(paths)
+    per_ckpt = board["systems"] if several else {"only": board["systems"]}
+    assert len(per_ckpt) == len(paths)
+    for systems in per_ckpt.values():
+        assert set(systems) == {s.name for s in S.suite_systems("quick", 2, 2, 0.0)}
+        for entry in systems.values():
+            assert set(entry) >= {"kind", "params", "duration", "methods", "ratios"}
+            assert set(entry["methods"]) >= {"learned", "fixed", "adaptive", "symmetric_adaptive", "logh", "ias15"}
+            lm = entry["methods"]["learned"]
+            for key in ("force_evals", "steps", "wall_time_s", "max_rel_dE", "final_rel_dE", "drift_slope",
+                        "final_position_error", "status"):
+                assert key in lm
+            for base in S.BASELINES:
+                b = entry["methods"][base]
+                assert b["evals_matched"], (base, b["force_evals"], lm["force_evals"])
+                r = entry["ratios"]["equal_force_evals"][base]
+                assert r == pytest.approx(lm["max_rel_dE"] / b["max_rel_dE"], rel=1e-9)
+                assert entry["ratios"]["equal_wall_time"][base] > 0
+            # logh is the physical limit on Kepler orbits, far below any leapfrog
+            assert entry["methods"]["logh"]["max_rel_dE"] < 1e-10
+    if several:
+        assert "across_checkpoints" in board["summary"] and (out / "cost.png").stat().st_size > 0
+    assert "| system |" in (out / "scoreboard.md").read_text()
+
+
+def test_evaluate_rejects_a_missing_checkpoint(tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.pt" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_seed_mode_checkpoint_counts_feature_accelerations(tmp_path):
+    """The seed's mode rebuilds features from K + 1 states each step: K + 1 more evaluations per step."""
+    cfg = Config.from_dict({"features": {"history_len": 2}, "model": {"hidden_dims": [8], "init_dt": 0.01}})
+    model = build_model(cfg)
+    ckpt = build_payload(1, model.state_dict(), None, cfg, NormScales().to_dict())
+    (method,) = learned_methods(ckpt).values()
+    m, x, v, period = kepler_ic(0.5, 1.0)
+    run = I.integrate(method, m, x, v, 0.5)
+    assert run.metrics["force_evals"] == 1 + run.metrics["steps"] * (1 + 3)
