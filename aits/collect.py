@@ -37,6 +37,9 @@ METRICS = declare({
     "collect/retrain_steps": "sum",              # shared optimiser steps on rejected subsets
     "collect/mean_rejected_per_retrain": "mean",  # systems served by one retrain step (1 at B = 1)
     "collect/attempt_calls": "sum",              # batched attempts (model forward + leapfrog + energy)
+    # median accepted dt over the classical timescale min_i sqrt(r_i,nn / |a_i|) of its state: the
+    # classical rule's eta; a collapsing policy shows here first (driver warns below a floor)
+    "collect/dt_over_classical": "median",
 })
 
 
@@ -48,6 +51,7 @@ class Slot:
     stuck: np.ndarray      # (B,) bool: non-finite attempt or no usable gradient
     retrains: np.ndarray   # (B,) int: retrain steps this system took part in
     dt: np.ndarray         # (B,) accepted dt (0 where not accepted)
+    tau: np.ndarray        # (B,) classical timescale of the pre-step state
     rel_dE: np.ndarray     # (B,)
     x: np.ndarray          # (B,N,D) accepted state (0 where not accepted)
     v: np.ndarray
@@ -72,8 +76,9 @@ def retrain_slot(model, optimizer, stepper: Stepper, prep: Prepared, cfg: Config
     t = cfg.train
     B = prep.x.shape[0]
     x_shape = tuple(prep.x.shape[1:])
-    slot = Slot(np.zeros(B, bool), np.zeros(B, bool), np.zeros(B, np.int64), np.zeros(B), np.zeros(B),
-                np.zeros((B, *x_shape)), np.zeros((B, *x_shape)))
+    slot = Slot(np.zeros(B, bool), np.zeros(B, bool), np.zeros(B, np.int64), np.zeros(B),
+                prep.tau.detach().double().cpu().numpy().copy(), np.zeros(B), np.zeros((B, *x_shape)),
+                np.zeros((B, *x_shape)))
     pending, sub, rounds = np.arange(B), prep, 0
     while True:
         att = stepper.attempt(model, sub)
@@ -143,6 +148,7 @@ def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -
     out = Samples.empty(K, systems.N, systems.D, capacity=B * t.steps_per_epoch)
     n = accepted = warmup = limit_hits = nonfinite = restarts = retrain_steps = rejected_total = attempts = 0
     retrains_sum, retrains_max, dt_sum, err_sum = 0, 0, 0.0, 0.0
+    dt_over_tau = []
     for _ in range(t.steps_per_epoch):
         slot = retrain_slot(model, optimizer, stepper, stepper.prepare(*systems.batch()), cfg)
         retrains_sum += int(slot.retrains.sum())
@@ -157,6 +163,7 @@ def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -
         acc = np.nonzero(slot.accepted)[0]
         accepted += len(acc)
         dt_sum += float(slot.dt[acc].sum())
+        dt_over_tau.append(slot.dt[acc] / slot.tau[acc])
         err_sum += float(slot.rel_dE[acc].sum())
         ship = acc[systems.steps[acc] >= K]
         warmup += len(acc) - len(ship)
@@ -179,5 +186,6 @@ def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -
         "collect/retrain_steps": retrain_steps,
         "collect/mean_rejected_per_retrain": ratio(rejected_total, retrain_steps),
         "collect/attempt_calls": attempts,
+        "collect/dt_over_classical": float(np.median(np.concatenate(dt_over_tau))) if accepted else 0.0,
     }
     return out.take(slice(0, n)), metrics

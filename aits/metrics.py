@@ -14,6 +14,8 @@ REDUCERS = {
     "max": max,
     "min": min,
     "mean": lambda vals: float(sum(vals) / len(vals)),
+    "median": lambda vals: float(sorted(vals)[len(vals) // 2] if len(vals) % 2 else
+                                 0.5 * (sorted(vals)[len(vals) // 2 - 1] + sorted(vals)[len(vals) // 2])),
 }
 
 _RULES: dict[str, str] = {}
