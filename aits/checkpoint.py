@@ -94,3 +94,34 @@ def latest_checkpoint(run_dir) -> Path | None:
     """Newest ``model_epoch_*.pt`` of a run folder (by epoch number), or None."""
     files = sorted((Path(run_dir) / "model").glob("model_epoch_*.pt"))
     return files[-1] if files else None
+
+
+def check_training_state(ckpt: dict, cfg: Config, path) -> None:
+    """CheckpointError unless the checkpoint's model, optimiser, replay and collector states load
+    under ``cfg`` in this version (an older layout or another program's file fails here, in one
+    line, before anything is started or written)."""
+    from .model import build_model
+    from .samples import Samples
+    from .stepper import make_optimizer
+    from .systems import Systems
+
+    extra = ckpt["extra"]
+    try:
+        model = build_model(cfg)
+        model.load_state_dict(ckpt["model_state_dict"])
+        make_optimizer(model, cfg).load_state_dict(ckpt["optimizer_state_dict"])
+        learner = extra["learner"]
+        for key in ("rng", "torch_rng", "replay"):
+            if key not in learner:
+                raise KeyError(f"extra.learner.{key}")
+        if learner["replay"] is not None:
+            Samples(**learner["replay"])
+        for i, st in enumerate(extra["collectors"]):
+            if st.get("index") != i or "torch_rng" not in st:
+                raise ValueError(f"collector state {i} is not collector {i}'s")
+            systems = Systems.for_collector(cfg, i, cfg.ray.systems_per_collector)
+            systems.load_state_dict(st["systems"] if "systems" in st else st["orbit"])
+    except Exception as exc:  # noqa: BLE001 - whatever does not fit is one line
+        what = " ".join(line.strip() for line in str(exc).splitlines())[:200]
+        raise CheckpointError(f"checkpoint {path}: its training state does not fit this version and config "
+                              f"({type(exc).__name__}: {what})") from None

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import yaml
 
 
@@ -32,92 +34,118 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+# Every field: default, one-line doc and its bounds (ge/gt/le/lt or choices), checked generically by
+# Config.validate. Integers without an upper bound get BIG. Rules between fields are in validate.
+BIG = 10 ** 9  # upper bound of every count that names none: 10**30 epochs is a typo, not a plan
+
+
+def opt(default, doc: str, **bounds):
+    """A config field with its one-line ``doc`` and ``bounds`` (ge, gt, le, lt, choices)."""
+    meta = {"doc": doc, **bounds}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+FLOATS = ("float64", "float32")
+
+
 @dataclass
 class RunConfig:
-    name: str = "ray_run"
-    output_dir: str = "runs"
-    seed: int = 0
-    dtype: str = "float64"
-    checkpoint_interval: int = 10
-    duration: Optional[float] = None  # seconds; stop after the current epoch
+    name: str = opt("ray_run", "run folder name under output_dir (non-empty, no '/')")
+    output_dir: str = opt("runs", "where runs are written (absolute, on shared storage, on a cluster)")
+    seed: int = opt(0, "seeds systems (collector i uses seed + i), model init and minibatches", ge=0, le=2 ** 31 - 1)
+    dtype: str = opt("float64", "physics precision", choices=FLOATS)
+    checkpoint_interval: int = opt(10, "epochs between checkpoints (and the most a learner rebuild repeats)", ge=1)
+    duration: Optional[float] = opt(None, "seconds; stop after the current epoch with a final checkpoint", gt=0)
 
 
 @dataclass
 class SystemConfig:
-    ic: str = "kepler"  # kepler | random | file
-    num_particles: int = 2
-    dim: int = 2
-    mass: Union[float, list[float]] = 1.0
-    softening: float = 0.0
-    n_steps: int = 1  # leapfrog substeps per predicted dt
-    e_min: float = 0.6
-    e_max: float = 0.95
-    a_min: float = 0.8
-    a_max: float = 1.2
-    pos_scale: float = 1.0
-    vel_scale: float = 0.5
-    ic_path: Optional[str] = None
-    periods_per_orbit: float = 3.0
+    ic: str = opt("kepler", "initial conditions: Kepler orbits, random N-body or a file",
+                  choices=("kepler", "random", "file"))
+    num_particles: int = opt(2, "bodies per system (kepler needs 2)", ge=2, le=10_000)
+    dim: int = opt(2, "space dimension", choices=(2, 3))
+    mass: Union[float, list[float]] = opt(1.0, "mass of every body, or one per body", gt=0)
+    softening: float = opt(0.0, "Plummer softening length eps", ge=0)
+    n_steps: int = opt(1, "leapfrog substeps per predicted dt", ge=1, le=1_000_000)
+    e_min: float = opt(0.6, "smallest Kepler eccentricity", ge=0, lt=1)
+    e_max: float = opt(0.95, "largest Kepler eccentricity", ge=0, lt=1)
+    a_min: float = opt(0.8, "smallest Kepler semi-major axis", gt=0)
+    a_max: float = opt(1.2, "largest Kepler semi-major axis", gt=0)
+    pos_scale: float = opt(1.0, "position scale of random ICs", gt=0)
+    vel_scale: float = opt(0.5, "velocity scale of random ICs", gt=0)
+    ic_path: Optional[str] = opt(None, "IC file for ic 'file': .npy or text rows [m, x..., v...]")
+    periods_per_orbit: float = opt(3.0, "a Kepler orbit restarts after this many periods", gt=0)
+    restart_after: float = opt(20.0, "a random or file system restarts after this many crossing times "
+                                     "sqrt(L^3/M) (L: mean pair distance, M: total mass)", gt=0)
 
 
 @dataclass
 class FeaturesConfig:
-    history_len: int = 0
-    feature_type: str = "basic"  # basic | rich | delta_mag
-    normalize_inputs: str = "none"  # none | auto | manual
-    L0: float = 1.0
-    V0: float = 1.0
-    A0: float = 1.0
-    T0: float = 1.0
+    history_len: int = opt(0, "K past states fed to the model", ge=0, le=1000)
+    feature_type: str = opt("basic", "per-state features", choices=("basic", "rich", "delta_mag", "scale_free"))
+    normalize_inputs: str = opt("none", "input scales: none, from the ICs (auto) or L0..T0 (manual)",
+                                choices=("none", "auto", "manual"))
+    L0: float = opt(1.0, "manual length scale", gt=0)
+    V0: float = opt(1.0, "manual velocity scale", gt=0)
+    A0: float = opt(1.0, "manual acceleration scale", gt=0)
+    T0: float = opt(1.0, "manual time scale", gt=0)
 
 
 @dataclass
 class ModelConfig:
-    hidden_dims: list[int] = field(default_factory=lambda: [200, 1000, 1000, 200])
-    activation: str = "tanh"
-    dropout: float = 0.0
-    fourier_scale: float = 0.0
-    fourier_dim: int = 16
-    init_dt: Optional[float] = None  # initial dt of an untrained model (output bias)
-    dtype: Optional[str] = None  # model precision; None = run.dtype (physics stays run.dtype)
+    hidden_dims: list[int] = opt([200, 1000, 1000, 200], "MLP hidden widths (non-empty)", ge=1, le=65_536)
+    activation: str = opt("tanh", "hidden activation", choices=("tanh", "relu", "silu", "sigmoid"))
+    dropout: float = opt(0.0, "dropout after each hidden layer", ge=0, lt=1)
+    fourier_scale: float = opt(0.0, "Gaussian Fourier feature scale; 0 = off", ge=0)
+    fourier_dim: int = opt(16, "Fourier features when fourier_scale > 0", ge=1, le=65_536)
+    init_dt: Optional[float] = opt(None, "dt an untrained model predicts (output bias); output 'dt' only", gt=0)
+    output: str = opt("dt", "'dt': the model's dt; 'factor': dt = g(features) * min_i sqrt(r_i,nn / |a_i|)",
+                      choices=("dt", "factor"))
+    init_factor: Optional[float] = opt(None, "g an untrained factor model predicts (output bias)", gt=0)
+    symmetric_iterations: int = opt(0, "0: explicit dt = h(start); k: time-symmetric (h(start) + h(end)) / 2 "
+                                       "by k fixed-point iterations", ge=0, le=20)
+    dtype: Optional[str] = opt(None, "model precision; null = run.dtype (physics stays run.dtype)", choices=FLOATS)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1000
-    energy_threshold: float = 2e-4
-    steps_per_epoch: int = 1
-    generalize_steps: int = 1000
-    generalize_batch_size: int = 512
-    generalize_min_samples: int = 2
-    E_lower: float = 1e-6
-    E_upper: float = 1e-4
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    max_retrain_steps: int = 0  # 0 = unlimited
-    generalize_capacity: int = 0  # 0 = this epoch's samples only (seed)
-    band_on_accept: bool = False  # opt-in: lower band edge also trains accepted samples
+    epochs: int = opt(1000, "epochs of collect + generalize", ge=1)
+    energy_threshold: float = opt(2e-4, "a step is accepted when rel_dE is below it", gt=0)
+    steps_per_epoch: int = opt(1, "accepted steps per system and epoch", ge=1)
+    generalize_steps: int = opt(1000, "most generalize iterations per epoch", ge=0)
+    generalize_batch_size: int = opt(512, "generalize minibatch size (drawn without replacement)", ge=1)
+    generalize_min_samples: int = opt(2, "fewer samples: generalize is skipped", ge=0)
+    E_lower: float = opt(1e-6, "lower edge of the loss band", gt=0)
+    E_upper: float = opt(1e-4, "upper edge of the loss band (<= energy_threshold)", gt=0)
+    lr: float = opt(1e-4, "Adam learning rate", gt=0)
+    weight_decay: float = opt(1e-2, "Adam weight decay", ge=0)
+    max_retrain_steps: int = opt(0, "bound of the retrain loop of one step; 0 = unlimited", ge=0)
+    generalize_capacity: int = opt(0, "samples the learner keeps across epochs; 0 = this epoch's only", ge=0)
+    band_on_accept: bool = opt(False, "the band's lower edge also trains accepted steps (pushes small dt up)")
 
 
 @dataclass
 class RayConfig:
-    address: str = ""  # "" local; "auto" or host:port joins a cluster
-    num_collectors: int = 2
-    systems_per_collector: int = 1  # B systems stepped at once by each collector
-    inprocess: bool = False
-    learner_gpus: float = 0.0
-    collector_cpus: float = 1.0
-    learner_cpus: float = 1.0
-    pipeline: bool = False  # opt-in: collect epoch e+1 with the weights of epoch e-1 while the learner trains
+    address: str = opt("", "'' starts a local Ray (or joins ray job submit's); 'auto' or host:port joins one")
+    num_collectors: int = opt(2, "collector actors", ge=1, le=100_000)
+    systems_per_collector: int = opt(1, "B systems stepped at once by each collector", ge=1, le=1_000_000)
+    inprocess: bool = opt(False, "run the actor classes in the driver process, without Ray")
+    learner_gpus: float = opt(0.0, "GPUs for the learner (used when present)", ge=0)
+    collector_cpus: float = opt(1.0, "CPUs reserved per collector", ge=0)
+    learner_cpus: float = opt(1.0, "CPUs reserved for the learner (its torch threads: max(1, this))", ge=0)
+    pipeline: bool = opt(False, "collect epoch e+1 with the weights of epoch e-1 while the learner trains")
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "AITimeStepper"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
+    mode: str = opt("offline", "W&B: files under the run folder, online, or off",
+                    choices=("offline", "online", "disabled"))
+    project: str = opt("AITimeStepper", "W&B project")
+    entity: Optional[str] = opt(None, "W&B entity (team or user)")
+    name: Optional[str] = opt(None, "W&B run name; null = run.name")
+    tags: list[str] = opt([], "W&B tags")
 
 
 @dataclass
@@ -172,10 +200,10 @@ class Config:
     @classmethod
     def load(cls, path, overrides: list[str] | None = None) -> "Config":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError([f"config file {path}: not found"])
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(read_text_file(path, "config file"))
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "parse error"
             raise ConfigError([f"config file {path}: invalid YAML ({first})"]) from None
@@ -195,129 +223,141 @@ class Config:
 
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
-        p: list[str] = []
-        r, s, f, m, t, ry, w = self.run, self.system, self.features, self.model, self.train, self.ray, self.wandb
-
-        def choice(key, value, options):
-            if value not in options:
-                p.append(f"{key}: '{value}' is not one of {', '.join(options)}")
-
-        choice("run.dtype", r.dtype, ("float64", "float32"))
+        """Every field against its declared bounds, then the rules between fields."""
+        p = [line for sec in dataclasses.fields(self) for line in _check_section(sec.name, getattr(self, sec.name))]
+        r, s, f, m, t = self.run, self.system, self.features, self.model, self.train
         if not r.name or "/" in r.name:
             p.append(f"run.name: '{r.name}' must be a non-empty name without '/'")
-        if r.checkpoint_interval < 1:
-            p.append(f"run.checkpoint_interval: must be >= 1, got {r.checkpoint_interval}")
-        if r.duration is not None and r.duration <= 0:
-            p.append(f"run.duration: must be > 0 seconds, got {r.duration}")
-
-        choice("system.ic", s.ic, ("kepler", "random", "file"))
-        if s.num_particles < 2:
-            p.append(f"system.num_particles: must be >= 2, got {s.num_particles}")
-        if s.dim not in (2, 3):
-            p.append(f"system.dim: must be 2 or 3, got {s.dim}")
-        masses = s.mass if isinstance(s.mass, list) else [s.mass]
-        if any(mm <= 0 for mm in masses):
-            p.append(f"system.mass: masses must be > 0, got {s.mass}")
-        elif isinstance(s.mass, list) and len(s.mass) not in (1, s.num_particles):
+        if isinstance(s.mass, list) and len(s.mass) not in (1, s.num_particles):
             p.append(f"system.mass: {len(s.mass)} values for {s.num_particles} particles")
-        if s.softening < 0:
-            p.append(f"system.softening: must be >= 0, got {s.softening}")
-        if s.n_steps < 1:
-            p.append(f"system.n_steps: must be >= 1, got {s.n_steps}")
-        if s.ic == "kepler":
-            if s.num_particles != 2:
-                p.append(f"system.num_particles: kepler needs exactly 2 bodies, got {s.num_particles}")
-            for key in ("e_min", "e_max"):
-                val = getattr(s, key)
-                if not 0 <= val < 1:
-                    p.append(f"system.{key}: eccentricity must lie in [0, 1), got {val}")
-            for key in ("a_min", "a_max"):
-                val = getattr(s, key)
-                if val <= 0:
-                    p.append(f"system.{key}: semi-major axis must be > 0, got {val}")
-            if s.e_min > s.e_max:
-                p.append(f"system.e_min: {s.e_min} is above system.e_max {s.e_max}")
-            if s.a_min > s.a_max:
-                p.append(f"system.a_min: {s.a_min} is above system.a_max {s.a_max}")
-            if s.periods_per_orbit <= 0:
-                p.append(f"system.periods_per_orbit: must be > 0, got {s.periods_per_orbit}")
-        if s.ic == "random" and (s.pos_scale <= 0 or s.vel_scale <= 0):
-            p.append("system.pos_scale/vel_scale: must be > 0 for random ICs")
+        if s.ic == "kepler" and s.num_particles != 2:
+            p.append(f"system.num_particles: kepler needs exactly 2 bodies, got {s.num_particles}")
+        if s.e_min > s.e_max:
+            p.append(f"system.e_min: {s.e_min} is above system.e_max {s.e_max}")
+        if s.a_min > s.a_max:
+            p.append(f"system.a_min: {s.a_min} is above system.a_max {s.a_max}")
         if s.ic == "file":
-            if not s.ic_path:
-                p.append("system.ic_path: required when system.ic is 'file'")
-            else:
-                from .physics import load_ic_file
-
-                try:
-                    mm, xx, _ = load_ic_file(s.ic_path)
-                    if xx.shape != (s.num_particles, s.dim):
-                        p.append(f"system.ic_path: file {s.ic_path} holds N={xx.shape[0]} D={xx.shape[1]}, "
-                                 f"config says N={s.num_particles} D={s.dim}")
-                except ValueError as exc:
-                    p.append(f"system.ic_path: {exc}")
-
-        choice("features.feature_type", f.feature_type, ("basic", "rich", "delta_mag"))
-        choice("features.normalize_inputs", f.normalize_inputs, ("none", "auto", "manual"))
-        if f.history_len < 0:
-            p.append(f"features.history_len: must be >= 0, got {f.history_len}")
+            problem = _ic_file_problem(s) if s.ic_path else "required when system.ic is 'file'"
+            if problem:
+                p.append(f"system.ic_path: {problem}")
         if f.feature_type == "delta_mag" and f.history_len < 1:
-            p.append("features.feature_type: delta_mag needs features.history_len >= 1, got "
-                     f"{f.history_len}")
-        if f.normalize_inputs == "manual":
-            for key in ("L0", "V0", "A0", "T0"):
-                if getattr(f, key) <= 0:
-                    p.append(f"features.{key}: manual scale must be > 0, got {getattr(f, key)}")
-
-        if not m.hidden_dims or any(h < 1 for h in m.hidden_dims):
-            p.append(f"model.hidden_dims: must be a non-empty list of positive ints, got {m.hidden_dims}")
-        if m.dtype is not None:
-            choice("model.dtype", m.dtype, ("float64", "float32"))
-        choice("model.activation", m.activation, ("tanh", "relu", "silu", "sigmoid"))
-        if not 0 <= m.dropout < 1:
-            p.append(f"model.dropout: must lie in [0, 1), got {m.dropout}")
-        if m.fourier_scale < 0:
-            p.append(f"model.fourier_scale: must be >= 0, got {m.fourier_scale}")
-        if m.fourier_scale > 0 and m.fourier_dim < 1:
-            p.append(f"model.fourier_dim: must be >= 1 with Fourier features, got {m.fourier_dim}")
-        if m.init_dt is not None and m.init_dt <= 0:
-            p.append(f"model.init_dt: must be > 0, got {m.init_dt}")
-
-        if t.epochs < 1:
-            p.append(f"train.epochs: must be >= 1, got {t.epochs}")
-        if t.energy_threshold <= 0:
-            p.append(f"train.energy_threshold: must be > 0, got {t.energy_threshold}")
-        if t.E_lower <= 0:
-            p.append(f"train.E_lower: must be > 0, got {t.E_lower}")
-        if t.E_upper <= 0:
-            p.append(f"train.E_upper: must be > 0, got {t.E_upper}")
+            p.append(f"features.feature_type: delta_mag needs features.history_len >= 1, got {f.history_len}")
+        if f.feature_type == "scale_free" and f.history_len != 0:
+            p.append(f"features.history_len: scale_free features use the current state only, got {f.history_len}")
+        if m.symmetric_iterations and not (m.output == "factor" and f.feature_type == "scale_free"):
+            p.append("model.symmetric_iterations: the time-symmetric step needs model.output factor and "
+                     "features.feature_type scale_free (inputs even under time reversal)")
+        if not m.hidden_dims:
+            p.append("model.hidden_dims: must be a non-empty list of positive ints, got []")
         if t.E_lower >= t.E_upper:
             p.append(f"train.E_lower: {t.E_lower:g} must be below train.E_upper {t.E_upper:g}")
-        if t.energy_threshold > 0 and t.E_upper > t.energy_threshold:
+        if t.E_upper > t.energy_threshold > 0:
             p.append(f"train.E_upper: {t.E_upper:g} exceeds train.energy_threshold {t.energy_threshold:g}; "
                      "a rejected step could have zero loss and retrain for ever")
-        if t.steps_per_epoch < 1:
-            p.append(f"train.steps_per_epoch: must be >= 1, got {t.steps_per_epoch}")
-        for key in ("generalize_steps", "generalize_min_samples", "max_retrain_steps", "generalize_capacity"):
-            if getattr(t, key) < 0:
-                p.append(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-        if t.generalize_batch_size < 1:
-            p.append(f"train.generalize_batch_size: must be >= 1, got {t.generalize_batch_size}")
-        if t.lr <= 0:
-            p.append(f"train.lr: must be > 0, got {t.lr}")
-        if t.weight_decay < 0:
-            p.append(f"train.weight_decay: must be >= 0, got {t.weight_decay}")
-
-        if ry.num_collectors < 1:
-            p.append(f"ray.num_collectors: must be >= 1, got {ry.num_collectors}")
-        if ry.systems_per_collector < 1:
-            p.append(f"ray.systems_per_collector: must be >= 1, got {ry.systems_per_collector}")
-        for key in ("learner_gpus", "collector_cpus", "learner_cpus"):
-            if getattr(ry, key) < 0:
-                p.append(f"ray.{key}: must be >= 0, got {getattr(ry, key)}")
-        choice("wandb.mode", w.mode, ("offline", "online", "disabled"))
         if p:
             raise ConfigError(p)
+
+
+# ---------------------------------------------------------------- generic checks
+def _check_section(name: str, section) -> list[str]:
+    """One line per field of ``section`` outside its declared bounds."""
+    out = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        values = value if isinstance(value, list) else [value]
+        problem = next((q for q in (_check_value(v, f.metadata) for v in values) if q), None)
+        if problem:
+            text, shown = problem
+            every = "every value " if isinstance(value, list) else ""
+            out.append(f"{name}.{f.name}: {every}{text}" + (f", got {value!r}" if shown else ""))
+    return out
+
+
+def _check_value(v, meta) -> tuple[str, bool] | None:
+    """(what is wrong with one value under the bounds ``meta``, whether to append the value), or None."""
+    if v is None:
+        return None
+    choices = meta.get("choices")
+    if choices is not None:
+        shown = f"'{v}'" if isinstance(v, str) else str(v)
+        return None if v in choices else (f"{shown} is not one of {', '.join(map(str, choices))}", False)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return "must be a finite number", True
+    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
+    # a float range reads as a range ("lie in [0, 1)"); a count names the side it broke ("be >= 1")
+    two_sided = isinstance(v, float) and (ge is not None or gt is not None) and (le is not None or lt is not None)
+    if isinstance(v, int) and le is None and lt is None:
+        le = BIG
+    low_ok = (ge is None or v >= ge) and (gt is None or v > gt)
+    if low_ok and (le is None or v <= le) and (lt is None or v < lt):
+        return None
+    if two_sided:
+        return f"must {_bounds_text(ge, gt, le, lt)}", True
+    return f"must {_bounds_text(ge, gt, None, None) if not low_ok else _bounds_text(None, None, le, lt)}", True
+
+
+def _bounds_text(ge, gt, le, lt) -> str:
+    lo, hi = _num(ge if ge is not None else gt), _num(le if le is not None else lt)
+    if lo is not None and hi is not None:
+        return f"lie in {'[' if ge is not None else '('}{lo}, {hi}{']' if le is not None else ')'}"
+    if lo is not None:
+        return f"be {'>=' if ge is not None else '>'} {lo}"
+    return f"be {'<=' if le is not None else '<'} {hi}"
+
+
+def _num(x) -> str | None:
+    return None if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of a file the user named, or ValueError with one line saying why it cannot be read."""
+    if not path.exists():
+        raise ValueError(f"{what} {path}: not found")
+    if path.is_dir():
+        raise ValueError(f"{what} {path}: is a directory, not a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a file the user named, or ValueError with one line (unreadable, binary, ...)."""
+    data = read_bytes(path, what)
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path}: not a text file (binary data)") from None
+
+
+def _ic_file_problem(s: "SystemConfig") -> str | None:
+    """Why the IC file cannot start a run (unreadable, wrong shape, coincident bodies, zero energy)."""
+    from .physics import load_ic_file
+
+    path = Path(s.ic_path)
+    try:
+        (read_bytes if path.suffix == ".npy" else read_text_file)(path, "IC file")
+        m, x, v = load_ic_file(path)
+    except ValueError as exc:
+        return str(exc)
+    if x.shape != (s.num_particles, s.dim):
+        return f"file {path} holds N={x.shape[0]} D={x.shape[1]}, config says N={s.num_particles} D={s.dim}"
+    r = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
+    i, j = np.triu_indices(len(m), 1)
+    if s.softening == 0 and (r[i, j] == 0).any():
+        k = int(np.argmin(r[i, j]))
+        return f"file {path}: bodies {i[k]} and {j[k]} coincide (infinite force without system.softening)"
+    kinetic = 0.5 * float(np.sum(m[:, None] * v ** 2))
+    potential = -float(np.sum(m[i] * m[j] / np.sqrt(r[i, j] ** 2 + s.softening ** 2)))
+    energy = kinetic + potential
+    if not math.isfinite(energy) or abs(energy) <= 1e-12 * (kinetic + abs(potential)):
+        return (f"file {path}: total energy is zero or not finite (E = {energy:.3g}); the relative energy "
+                "error that accepts a step is undefined")
+    return None
 
 
 # ---------------------------------------------------------------- helpers
@@ -386,6 +426,8 @@ def _coerce(value: Any, tp) -> Any:
             return int(value)
         raise TypeError(f"expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2 ** 1000:
+            return math.inf if value > 0 else -math.inf  # beyond float range: the bounds check names it
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # PyYAML reads '2e-4' as a string

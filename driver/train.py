@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from aits import (CheckpointError, Config, ConfigError, NormScales, auto_norm_scales, config_from_checkpoint,
                   latest_checkpoint, load_checkpoint)
+from aits.checkpoint import check_training_state
 from driver.backends import make_backend
 from driver.trainer import RunFailure, Trainer
 
@@ -52,7 +53,8 @@ def setup(args) -> tuple[Config, dict | None]:
     """The validated config and the checkpoint to resume from (or None)."""
     if args.resume and args.resume != "auto" and not args.config:
         ckpt = resumable(load_checkpoint(args.resume), args.resume)
-        return config_from_checkpoint(ckpt, args.overrides), ckpt
+        cfg = config_from_checkpoint(ckpt, args.overrides)
+        return cfg, fits(cfg, ckpt, args.resume)
     if not args.config:
         raise ConfigError(["--config: required (or --resume PATH to take the config from a checkpoint)"])
     cfg = Config.load(args.config, args.overrides)
@@ -61,9 +63,9 @@ def setup(args) -> tuple[Config, dict | None]:
         last = latest_checkpoint(run_dir)
         if last is None:
             print(f"No checkpoint in {run_dir / 'model'}: starting afresh", flush=True)
-        return cfg, (resumable(load_checkpoint(last), last) if last else None)
+        return cfg, (fits(cfg, resumable(load_checkpoint(last), last), last) if last else None)
     if args.resume:
-        return cfg, resumable(load_checkpoint(args.resume), args.resume)
+        return cfg, fits(cfg, resumable(load_checkpoint(args.resume), args.resume), args.resume)
     if latest_checkpoint(run_dir) is not None:
         if not args.overwrite:
             raise ConfigError([f"run.name: {run_dir.resolve()} already holds checkpoints; continue it with "
@@ -72,11 +74,21 @@ def setup(args) -> tuple[Config, dict | None]:
     return cfg, None
 
 
+def fits(cfg: Config, ckpt: dict, path) -> dict:
+    """The checkpoint, when its states fit ``cfg`` and this version (else ConfigError/CheckpointError)."""
+    n = len(ckpt["extra"]["collectors"])
+    if n != cfg.ray.num_collectors:
+        raise ConfigError([f"ray.num_collectors: checkpoint has {n} collectors, config {cfg.ray.num_collectors}"])
+    check_training_state(ckpt, cfg, path)
+    return ckpt
+
+
 def resumable(ckpt: dict, path) -> dict:
     """The checkpoint, or CheckpointError when it lacks what a training resume needs."""
     extra = ckpt.get("extra") or {}
     missing = [k for k in ("norm_scales", "optimizer_state_dict") if ckpt.get(k) is None]
-    missing += [f"extra.{k}" for k in ("collectors", "learner") if k not in extra]
+    missing += [f"extra.{k}" for k, kind in (("collectors", list), ("learner", dict))
+                if not isinstance(extra.get(k), kind)]
     if missing:
         raise CheckpointError(f"checkpoint {path}: not a training checkpoint of driver/train.py "
                               f"(missing {', '.join(missing)})")
@@ -105,9 +117,6 @@ def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
     """Run the epochs from ``ckpt`` (None: afresh); returns the exit code. ``on_epoch(epoch, row,
     backend, learner, collectors)``, if given, is called after each epoch (soak, fault tests)."""
     run_dir = (Path(cfg.run.output_dir) / cfg.run.name).resolve()
-    if ckpt and len(ckpt["extra"]["collectors"]) != cfg.ray.num_collectors:
-        return fail(f"ray.num_collectors: checkpoint has {len(ckpt['extra']['collectors'])} collectors, config "
-                    f"{cfg.ray.num_collectors}", 2)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -133,10 +142,14 @@ def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
         backend.shutdown()
     if failure:
         return fail(failure, 3)
-    rate = 100.0 * float(np.mean(trainer.converged)) if trainer.converged else 0.0
+    had = [c for c in trainer.converged if c is not None]  # epochs that had samples to generalize on
+    rate = 100.0 * float(np.mean(had)) if had else 0.0
+    skipped = len(trainer.converged) - len(had)
     if reason != "complete":
         print(f"Stopped after epoch {epoch}: {reason}; continue with --resume auto", flush=True)
-    print(f"Training complete: {epoch} epochs, convergence rate: {rate:.1f}%, total time: {trainer.elapsed():.1f}s",
+    print(f"Training complete: {epoch} epochs, convergence rate: {rate:.1f}%"
+          + (f" (of {len(had)} epochs with samples; {skipped} skipped)" if skipped else "")
+          + f", total time: {trainer.elapsed():.1f}s",
           flush=True)
     return 0 if not trainer.stop else 128 + signal.Signals[trainer.stop["signal"]].value
 
