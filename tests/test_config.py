@@ -131,3 +131,40 @@ def test_checkpoint_errors_and_atomicity(tmp_path):
     assert sorted(p.name for p in good.parent.iterdir()) == ["model_epoch_0001.pt"]
     save_checkpoint(checkpoint_path(tmp_path, 12), _payload(cfg, 12))
     assert latest_checkpoint(tmp_path).name == "model_epoch_0012.pt"
+
+
+def test_every_field_declares_a_one_line_doc():
+    import dataclasses
+
+    for sec in dataclasses.fields(Config):
+        for f in dataclasses.fields(sec.type if isinstance(sec.type, type) else type(getattr(Config(), sec.name))):
+            doc = f.metadata.get("doc", "")
+            assert doc and "\n" not in doc, f"{sec.name}.{f.name}"
+
+
+@pytest.mark.parametrize("name", ["ray.yaml", "seed.yaml", "cluster.yaml"])
+def test_shipped_configs_load_and_list_only_what_differs(name):
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / name
+    Config.load(path)
+    defaults = Config().to_dict()
+    data = yaml.safe_load(path.read_text())
+    same = [f"{s}.{k}" for s, vals in data.items() for k, v in vals.items() if defaults[s][k] == v]
+    assert not same, same
+
+
+@pytest.mark.parametrize("spelling", ["nan", ".nan", "NaN", "inf", ".inf", "-.inf", "-inf", "1e999", "-1e999",
+                                      "9" * 400])
+def test_nonfinite_numbers_are_refused_in_every_spelling(spelling):
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict({}, [f"train.lr={spelling}"])
+    assert err.value.problems == [err.value.problems[0]] and "train.lr: must be a finite number" in err.value.problems[0]
+
+
+def test_huge_integers_are_refused():
+    for key in ("train.epochs", "ray.num_collectors", "system.n_steps", "run.seed", "train.generalize_capacity"):
+        with pytest.raises(ConfigError, match=f"{key}: must be <="):
+            Config.from_dict({}, [f"{key}={10 ** 30}"])
