@@ -151,3 +151,22 @@ def test_pipeline_is_deterministic_and_resumes_exactly(ray_session, tmp_path, ca
     assert main(["--config", cut, "--resume", "auto"]) == 0
     assert_same_weights(final_weights(runs / "plocal"), final_weights(runs / "pcut"))
     assert strip_timing(rows(runs / "plocal")) == strip_timing(rows(runs / "pcut"))
+
+
+def test_one_learner_call_per_epoch(tmp_path, monkeypatch):
+    """Generalize, weights and (on checkpoint epochs) state come back from one Learner.step call."""
+    from actors import Learner
+
+    calls = {"step": 0, "weights": 0, "state": 0, "generalize": 0}
+    for name in calls:
+        original = getattr(Learner, name)
+
+        def counted(self, *args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(Learner, name, counted)
+    cfg = write_config(tmp_path, ray={"inprocess": True}, train={"epochs": 3})  # checkpoints at 2 and 3
+    assert main(["--config", cfg]) == 0
+    # weights: once at the start plus once inside each step; state: inside the 2 checkpoint steps
+    assert calls == {"step": 3, "generalize": 3, "weights": 1 + 3, "state": 2}
