@@ -168,3 +168,26 @@ def test_huge_integers_are_refused():
     for key in ("train.epochs", "ray.num_collectors", "system.n_steps", "run.seed", "train.generalize_capacity"):
         with pytest.raises(ConfigError, match=f"{key}: must be <="):
             Config.from_dict({}, [f"{key}={10 ** 30}"])
+
+
+def test_unreadable_config_and_ic_files_give_one_line(tmp_path, monkeypatch):
+    import pathlib
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 2\n")
+    ic = tmp_path / "ic.txt"
+    ic.write_text("1 0 0 0 0.5\n1 1 0 0 -0.5\n")
+    original = pathlib.Path.read_bytes
+
+    def denied(self):  # as chmod 000 does for a non-root user (the tests may run as root)
+        if self in (cfg, ic):
+            raise PermissionError(13, "Permission denied")
+        return original(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
+    with pytest.raises(ConfigError) as err:
+        Config.load(cfg)
+    assert err.value.problems == [f"config file {cfg}: cannot read (Permission denied)"]
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict({"system": {"ic": "file", "ic_path": str(ic)}})
+    assert err.value.problems == [f"system.ic_path: IC file {ic}: cannot read (Permission denied)"]
