@@ -15,8 +15,7 @@ from aits import Config
 class InProcess:
     """The actors as plain objects in the driver, with the call shape of the Ray backend."""
 
-    actor_died = ()  # objects in this process do not die on their own
-    epoch_lost = ()
+    actor_died = work_lost = ()  # objects in this process do not die on their own
 
     def actor(self, cls, *args, num_cpus=1.0, num_gpus=0.0, spread=False):
         return cls(*args)
@@ -51,8 +50,9 @@ class RayBackend:
         self.owns_ray = owns_ray
         # ActorDiedError and ActorUnavailableError: with no Ray-side restarts both mean "gone".
         self.actor_died = (ray.exceptions.RayActorError,)
-        # A learner call can also fail because a sample it was given was lost with its node.
-        self.epoch_lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+        # A call's work is also lost when an object it made or was given is lost with its node
+        # (objects over 100 KB live in the object store of the node that made them).
+        self.work_lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
     def actor(self, cls, *args, num_cpus=1.0, num_gpus=0.0, spread=False):
         options = dict(num_cpus=num_cpus, num_gpus=num_gpus)

@@ -127,7 +127,7 @@ class Trainer:
                 try:
                     metrics, self.states[i] = self.backend.get([calls[i][1], calls[i][2]])
                     break
-                except self.backend.actor_died as exc:
+                except self.backend.work_lost as exc:  # its process or node died
                     if tries == MAX_COLLECTOR_RESTARTS:
                         raise RunFailure(f"collector {i} died {tries + 1} times in epoch {epoch} "
                                          f"({type(exc).__name__}); stopped, continue with --resume auto") from None
@@ -148,7 +148,7 @@ class Trainer:
         """A learner call's result; LearnerLost when the learner (or the samples it was given) is gone."""
         try:
             return self.backend.get(ref)
-        except self.backend.epoch_lost as exc:
+        except self.backend.work_lost as exc:
             raise LearnerLost(epoch, exc) from None
 
     def log(self, epoch: int, part1: Part1, part2: dict, dt_epoch: float, t_put: float) -> dict:
