@@ -1,0 +1,24 @@
+"""driver/bench.py --quick runs the library's own functions and reports every figure."""
+from __future__ import annotations
+
+import json
+
+from driver import bench
+
+
+def test_quick_bench_reports_micro_and_collector_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    for part in ("micro", "collectors"):
+        assert bench.main(["--quick", "--only", part, "--out", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["quick"] is True
+        if part == "micro":
+            keys = ("generalize_speedup_vs_loop", "learner_vs_mlp_floor", "collector_vs_mlp_floor",
+                    "model_float32_speedup")
+        else:
+            keys = ("collector_samples_per_s_per_core", "vectorised_speedup_vs_per_system",
+                    "collector_vs_batched_floor", "learner_keeps_pace")
+            assert set(res["spread"]) >= set(keys)
+        for k in keys:
+            assert res[k] > 0, k
+    assert "vectorised_speedup_vs_per_system" in capsys.readouterr().out
