@@ -10,6 +10,8 @@ sum(retrains) single ones, and each system sees weights moved by its neighbours'
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +42,21 @@ METRICS = declare({
     # median accepted dt over the classical timescale min_i sqrt(r_i,nn / |a_i|) of its state: the
     # classical rule's eta; a collapsing policy shows here first (driver warns below a floor)
     "collect/dt_over_classical": "median",
+    "collect/collapsed": "sum",                  # system-slots given up: attempted dt < COLLAPSE_RATIO * tau
+    "collect/stalled": "sum",                    # system-slots given up: no progress in STALL_WINDOW retrains
 })
+
+
+# A rejected attempt whose dt is below this fraction of the classical timescale is not retrained
+# further: the policy has collapsed on that state (e.g. an unsoftened close encounter) and more
+# steps there only push it further down; the slot is lost and counted in collect/collapsed.
+COLLAPSE_RATIO = 1e-6
+# Rejected systems whose mean band loss improved by less than STALL_GAIN over the last STALL_WINDOW
+# retrain steps are given up for the slot (collect/stalled): gradient descent sits at a stationary
+# point of rel_dE(dt) (it is not monotone once dt exceeds the system's timescale) and, with
+# unlimited retrains, would loop for ever.
+STALL_WINDOW = 500
+STALL_GAIN = 1e-3
 
 
 @dataclass
@@ -55,9 +71,15 @@ class Slot:
     rel_dE: np.ndarray     # (B,)
     x: np.ndarray          # (B,N,D) accepted state (0 where not accepted)
     v: np.ndarray
+    collapsed: np.ndarray = None  # (B,) bool: given up below COLLAPSE_RATIO * tau
+    stalled: int = 0  # systems given up for lack of progress
     retrain_steps: int = 0  # shared optimiser steps on rejected subsets
     rejected_total: int = 0  # sum of the subsets' sizes over those steps
     attempts: int = 0
+
+    def __post_init__(self):
+        if self.collapsed is None:
+            self.collapsed = np.zeros(len(self.accepted), bool)
 
     @property
     def lost(self) -> np.ndarray:
@@ -80,6 +102,7 @@ def retrain_slot(model, optimizer, stepper: Stepper, prep: Prepared, cfg: Config
                 prep.tau.detach().double().cpu().numpy().copy(), np.zeros(B), np.zeros((B, *x_shape)),
                 np.zeros((B, *x_shape)))
     pending, sub, rounds = np.arange(B), prep, 0
+    window_loss = math.inf  # loss at the start of the current stall window
     while True:
         att = stepper.attempt(model, sub)
         slot.attempts += 1
@@ -96,12 +119,22 @@ def retrain_slot(model, optimizer, stepper: Stepper, prep: Prepared, cfg: Config
             slot.v[acc] = att.v.detach()[passed_t].double().cpu().numpy()
         slot.stuck[pending[~finite]] = True
         rejected = ~passed & finite
+        tiny = rejected & (att.dt.detach() < COLLAPSE_RATIO * sub.tau).cpu().numpy()
+        if tiny.any():
+            slot.collapsed[pending[tiny]] = True
+            rejected &= ~tiny
         if t.max_retrain_steps and rounds >= t.max_retrain_steps:
             rejected[:] = False  # the rest are lost for this slot
         low = passed & (r.cpu().numpy() < t.E_lower) if t.band_on_accept else np.zeros_like(passed)
         if not rejected.any() and not low.any():
             return slot
         loss = _slot_loss(att.rel_dE, rejected, low, t)
+        if rejected.any() and rounds and rounds % STALL_WINDOW == 0:
+            now = float(loss.detach())
+            if now > (1 - STALL_GAIN) * window_loss:
+                slot.stalled += int(rejected.sum())
+                return slot  # the rejected ones lose this slot
+            window_loss = now
         stepped = optimizer_step(model, optimizer, loss)
         if not rejected.any():
             return slot  # a lower-edge step only: every system is done
@@ -148,14 +181,16 @@ def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -
     out = Samples.empty(K, systems.N, systems.D, capacity=B * t.steps_per_epoch)
     n = accepted = warmup = limit_hits = nonfinite = restarts = retrain_steps = rejected_total = attempts = 0
     retrains_sum, retrains_max, dt_sum, err_sum = 0, 0, 0.0, 0.0
-    dt_over_tau = []
+    dt_over_tau, collapsed, stalled = [], 0, 0
     for _ in range(t.steps_per_epoch):
         slot = retrain_slot(model, optimizer, stepper, stepper.prepare(*systems.batch()), cfg)
         retrains_sum += int(slot.retrains.sum())
         retrains_max = max(retrains_max, int(slot.retrains.max(initial=0)))
         retrain_steps, rejected_total, attempts = (retrain_steps + slot.retrain_steps,
                                                    rejected_total + slot.rejected_total, attempts + slot.attempts)
-        limit_hits += int(slot.lost.sum())
+        limit_hits += int((slot.lost & ~slot.collapsed).sum()) - slot.stalled
+        collapsed += int(slot.collapsed.sum())
+        stalled += slot.stalled
         stuck = np.nonzero(slot.stuck)[0]
         nonfinite += len(stuck)
         systems.restart(stuck)
@@ -187,5 +222,7 @@ def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -
         "collect/mean_rejected_per_retrain": ratio(rejected_total, retrain_steps),
         "collect/attempt_calls": attempts,
         "collect/dt_over_classical": float(np.median(np.concatenate(dt_over_tau))) if accepted else 0.0,
+        "collect/collapsed": collapsed,
+        "collect/stalled": stalled,
     }
     return out.take(slice(0, n)), metrics

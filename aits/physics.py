@@ -123,6 +123,15 @@ def kepler_period(a: float, total_mass: float) -> float:
     return 2.0 * math.pi * math.sqrt(a ** 3 / total_mass)
 
 
+def crossing_time(m: np.ndarray, x: np.ndarray) -> float:
+    """sqrt(L^3 / M), L the mean pair distance and M the total mass (G = 1): the dynamical time
+    of a system; random and file systems restart after ``system.restart_after`` of them."""
+    m, x = np.asarray(m, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    n = len(m)
+    d = np.sqrt(((x[None] - x[:, None]) ** 2).sum(-1))
+    return math.sqrt((d.sum() / (n * (n - 1))) ** 3 / m.sum())
+
+
 def random_ic(n: int, dim: int, mass, pos_scale: float, vel_scale: float, rng: np.random.Generator):
     """Gaussian positions/velocities with their plain means removed. Returns (m, x, v)."""
     x = rng.normal(0.0, pos_scale, size=(n, dim))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import integrators as I
-from .physics import kepler_ic, random_ic
+from .physics import crossing_time, kepler_ic, random_ic
 
 BASELINES = ("fixed", "adaptive", "symmetric_adaptive", "logh")
 METHOD_NAMES = ("learned", *BASELINES, "ias15")
@@ -58,14 +58,6 @@ def kepler_system(e: float, a: float, periods: float, family: str, dim: int = 2,
     name = f"kepler_e{e:g}_a{a:g}_{periods:g}P"
     return System(name, "kepler", family, {"e": e, "a": a, "periods": periods, "period": period},
                   m, x, v, periods * period, long=periods >= 50)
-
-
-def crossing_time(m: np.ndarray, x: np.ndarray) -> float:
-    """sqrt(L^3 / M), L the mean pair distance, M the total mass (G = 1): the dynamical time."""
-    n = len(m)
-    d = np.sqrt(((x[None] - x[:, None]) ** 2).sum(-1))
-    L = d.sum() / (n * (n - 1))
-    return math.sqrt(L ** 3 / m.sum())
 
 
 def random_system(n: int, dim: int, seed: int, crossings: float, eps: float, mass=1.0,

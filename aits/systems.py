@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .config import Config
-from .physics import kepler_ic, load_ic_file, random_ic
+from .physics import crossing_time, kepler_ic, load_ic_file, random_ic
 from .samples import Samples
 
 # Per-system arrays, leading dim B: (name, trailing shape from (K, N, D), dtype).
@@ -23,7 +23,7 @@ FIELDS = (
     ("hist_count", lambda K, N, D: (), np.int64),     # real states in the history (<= K)
     ("t", lambda K, N, D: (), np.float64),            # clock: n_steps substeps of dt per step
     ("steps", lambda K, N, D: (), np.int64),          # accepted steps since the last restart
-    ("period", lambda K, N, D: (), np.float64),       # Kepler period (inf for other ICs)
+    ("period", lambda K, N, D: (), np.float64),       # Kepler period, or crossing time of other ICs
     ("restarts", lambda K, N, D: (), np.int64),
     ("e", lambda K, N, D: (), np.float64),            # Kepler eccentricity and semi-major axis (nan otherwise)
     ("a", lambda K, N, D: (), np.float64),
@@ -71,6 +71,8 @@ class Systems:
                 m, x, v = random_ic(s.num_particles, s.dim, s.mass, s.pos_scale, s.vel_scale, rng)
             else:
                 m, x, v = self._file_ic
+            if s.ic != "kepler":  # the restart horizon's unit: its crossing time
+                period = crossing_time(m, x)
             self.m[i], self.x[i], self.v[i] = m, x, v
             self.period[i], self.e[i], self.a[i] = period, e, a
             self.t[i] = self.dt[i] = 0.0
@@ -89,7 +91,7 @@ class Systems:
         """Accept a step of systems ``idx`` to (x1, v1) with dt1: the pre-step state enters the history.
 
         Systems whose new state is non-finite or whose clock passed ``periods_per_orbit`` periods
-        restart. Returns the restarted subset of ``idx``.
+        (Kepler) or ``restart_after`` crossing times (random and file ICs) restart. Returns the restarted subset of ``idx``.
         """
         idx = np.asarray(idx, dtype=np.int64)
         if self.K:
@@ -100,7 +102,9 @@ class Systems:
         self.t[idx] += dt1 * self.cfg.system.n_steps  # one step is n_steps leapfrog substeps of dt
         self.steps[idx] += 1
         finite = np.isfinite(x1).all(axis=(1, 2)) & np.isfinite(v1).all(axis=(1, 2))
-        done = ~finite | (self.t[idx] >= self.cfg.system.periods_per_orbit * self.period[idx])
+        s = self.cfg.system
+        horizon = s.periods_per_orbit if s.ic == "kepler" else s.restart_after
+        done = ~finite | (self.t[idx] >= horizon * self.period[idx])
         self.restart(idx[done])
         return idx[done]
 

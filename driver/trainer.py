@@ -25,6 +25,10 @@ from .tracking import Tracker
 
 MAX_COLLECTOR_RESTARTS = 3  # per collector and epoch; more means something other than bad luck
 MAX_LEARNER_RESTARTS = 3  # learner rebuilds without a new checkpoint in between
+# A policy whose median dt is below this fraction of the classical timescale min_i sqrt(r_i,nn/|a_i|)
+# has collapsed (classical rules use 0.01-0.05): warn each such epoch, stop after COLLAPSE_EPOCHS in a row.
+COLLAPSE_FLOOR = 1e-3
+COLLAPSE_EPOCHS = 5
 
 
 class RunFailure(RuntimeError):
@@ -58,6 +62,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, scales: NormScales, backend, run_dir: Path, on_epoch=None):
         self.cfg, self.scales, self.backend, self.run_dir, self.on_epoch = cfg, scales, backend, run_dir, on_epoch
+        self.collapsed = 0  # epochs in a row below COLLAPSE_FLOOR
         self.conf, self.sc = cfg.to_dict(), scales.to_dict()
         self.start = time.perf_counter()
         self.stop: dict = {}
@@ -154,7 +159,8 @@ class Trainer:
     def log(self, epoch: int, part1: Part1, part2: dict, dt_epoch: float, t_put: float) -> dict:
         """The epoch's metrics row to metrics.jsonl, W&B and the progress bar."""
         collect = merge(part1.rows)  # collector order; each metric combines by its declared rule
-        self.converged.append(part2["generalize/converged"])
+        # An epoch with too few samples to generalize on is not a converged one: recorded as None.
+        self.converged.append(None if part2.get("generalize/skipped") else part2["generalize/converged"])
         row = {"epoch": epoch, **collect, **part2, "system/epoch_time": dt_epoch, "system/broadcast_time": t_put,
                "system/samples_per_s": collect["collect/accepted"] / dt_epoch,
                "system/collector_restarts": part1.restarts, "system/learner_restarts": self.unlogged_restarts}
@@ -164,7 +170,29 @@ class Trainer:
                               "retrains": f"{collect['collect/mean_retrains']:.2f}",
                               "pass": f"{part2['generalize/pass_rate_first']:.2f}"}, refresh=False)
         self.bar.update(1)
+        self.check_collapse(epoch, collect)
         return row
+
+    def check_collapse(self, epoch: int, collect: dict) -> None:
+        """Warn when the learned dt falls below COLLAPSE_FLOOR classical timescales (or no step is
+        accepted at all); stop after COLLAPSE_EPOCHS such epochs in a row: a silent collapse trains
+        nothing useful."""
+        ratio = collect.get("collect/dt_over_classical", 1.0)
+        if ratio >= COLLAPSE_FLOOR:
+            self.collapsed = 0
+            return
+        self.collapsed += 1
+        what = (f"median learned dt is {ratio:.2e} of" if collect.get("collect/accepted") else
+                f"no step was accepted ({collect.get('collect/stalled', 0)} slots stalled in the retrain loop, "
+                f"{collect.get('collect/collapsed', 0)} gave up below 1e-6 of)")
+        tqdm.write(f"warning: epoch {epoch}: {what} the classical timescale min sqrt(r/|a|) "
+                   f"(floor {COLLAPSE_FLOOR:g}): no usable policy is being trained")
+        if self.collapsed >= COLLAPSE_EPOCHS:
+            raise RunFailure(f"training collapsed: for {self.collapsed} epochs up to {epoch} the median accepted dt "
+                             f"was below {COLLAPSE_FLOOR:g} of the classical timescale min sqrt(r/|a|), or no step "
+                             f"was accepted (last {ratio:.2e}); typical causes: close encounters without system.softening, an untrained dt far above the "
+                             "systems' timescale (set model.init_dt or use model.output: factor), or an energy band "
+                             "the integrator cannot reach; checkpoints so far are kept")
 
     def save(self, epoch: int, learner_state: dict, collector_states: list, row: dict) -> None:
         """Checkpoint with the seed's keys; ``extra`` holds what an exact resume needs (with pipelining,
