@@ -144,27 +144,20 @@ def run_method(method: I.Method, sys: System, n_steps: int, max_steps: int, reco
                        max_steps=max_steps, record=record)
 
 
-def match_evals(family: str, sys: System, target: int, n_steps: int, tol: float = EVAL_TOL,
-                max_tries: int = 14, p0: float | None = None) -> tuple[I.Run, list[I.Run]]:
-    """The baseline run whose force evaluations lie within ``tol`` of ``target`` (the closest
-    one if none does), and every trial (the accuracy-against-cost curve)."""
-    target = max(int(target), 2)
-    if family == "fixed":
-        steps = max(round((target - 1) / n_steps), 1)
-        run = run_method(make_baseline("fixed", sys.duration / (steps * n_steps)), sys, n_steps, steps + 2)
-        return run, [run]
-    p = p0 if p0 is not None else initial_param(family, sys, target, n_steps)
+def _search(family: str, sys: System, target: int, n_steps: int, tol: float, max_tries: int, p: float,
+            trials: list) -> tuple[I.Run, float]:
+    """Secant search in log(parameter) against log(evaluations) (evaluations ~ 1 / parameter),
+    bracketed; returns the closest run and its parameter."""
     cap = int(3 * target + 50)
-    trials: list[I.Run] = []
     lo = hi = None  # lo: parameter with too many evaluations; hi: too few
     best = None
     for _ in range(max_tries):
         run = run_method(make_baseline(family, p), sys, n_steps, cap)
         trials.append(run)
-        n = run.metrics["force_evals"] if run.metrics["status"] in ("ok",) else (
-            cap * 4 if run.metrics["status"] == "max_steps" else 1)
-        if best is None or abs(n - target) < abs(_evals(best) - target):
-            best = run
+        status = run.metrics["status"]
+        n = run.metrics["force_evals"] if status == "ok" else (4 * cap if status == "max_steps" else 1)
+        if best is None or abs(n - target) < abs(best[2] - target):
+            best = (run, p, n)
         if abs(n - target) <= tol * target:
             break
         if n > target:
@@ -173,10 +166,35 @@ def match_evals(family: str, sys: System, target: int, n_steps: int, tol: float 
             hi = p if hi is None else min(hi, p)
         if lo is not None and hi is not None and hi / lo < 1 + 1e-9:
             break
-        guess = p * max(n, 1) / target  # evaluations ~ 1 / parameter
+        guess = p * max(n, 1) / target
         if lo is not None and hi is not None and not lo < guess < hi:
             guess = math.sqrt(lo * hi)
         p = guess
+    return best[0], best[1]
+
+
+PILOT_FRACTION = 0.1  # long runs tune their parameter on the first tenth of the duration first
+
+
+def match_evals(family: str, sys: System, target: int, n_steps: int, tol: float = EVAL_TOL,
+                max_tries: int = 14, p0: float | None = None) -> tuple[I.Run, list[I.Run]]:
+    """The baseline run whose force evaluations lie within ``tol`` of ``target`` (the closest
+    one if none does), and every trial (the accuracy-against-cost curve).
+
+    Runs of more than 20 000 evaluations first tune on a pilot: the first ``PILOT_FRACTION`` of the
+    duration at the same fraction of the target (whole Kepler periods: the count scales exactly).
+    """
+    target = max(int(target), 2)
+    if family == "fixed":
+        steps = max(round((target - 1) / n_steps), 1)
+        run = run_method(make_baseline("fixed", sys.duration / (steps * n_steps)), sys, n_steps, steps + 2)
+        return run, [run]
+    p = p0 if p0 is not None else initial_param(family, sys, target, n_steps)
+    trials: list[I.Run] = []
+    if p0 is None and target > 20_000:
+        pilot = System(**{**sys.__dict__, "duration": sys.duration * PILOT_FRACTION})
+        _, p = _search(family, pilot, int(target * PILOT_FRACTION), n_steps, 0.05, max_tries, p, [])
+    best, _ = _search(family, sys, target, n_steps, tol, max_tries, p, trials)
     return best, trials
 
 
@@ -185,19 +203,21 @@ def _evals(run: I.Run) -> int:
 
 
 def match_wall(family: str, sys: System, eq_run: I.Run, target_wall: float, n_steps: int,
-               tries: int = 3) -> I.Run:
-    """The baseline run whose loop wall time matches ``target_wall`` (rescaling the parameter:
-    wall time ~ evaluations ~ 1 / parameter), starting from its equal-evaluations run."""
+               tries: int = 2) -> I.Run:
+    """The baseline run whose loop wall time matches ``target_wall``: the parameter rescaled by the
+    wall-time ratio (wall time ~ evaluations ~ 1 / parameter), at most ``tries`` runs."""
     run = eq_run
-    target_evals = _evals(eq_run) * target_wall / max(eq_run.metrics["wall_time_s"], 1e-9)
     for _ in range(tries):
-        run, _ = match_evals(family, sys, max(int(target_evals), 2), n_steps, tol=0.05, max_tries=6,
-                             p0=None if family == "fixed" else eq_run.metrics["param"] * _evals(eq_run)
-                             / max(target_evals, 1))
         wall = run.metrics["wall_time_s"]
-        if abs(wall - target_wall) <= WALL_TOL * target_wall or wall <= 0:
+        if abs(wall - target_wall) <= WALL_TOL * target_wall:
             break
-        target_evals = _evals(run) * target_wall / wall
+        scale = target_wall / max(wall, 1e-9)
+        if family == "fixed":
+            steps = max(round(run.metrics["steps"] * scale), 1)
+            run = run_method(make_baseline("fixed", sys.duration / (steps * n_steps)), sys, n_steps, steps + 2)
+        else:
+            cap = int(3 * _evals(run) * scale + 50)
+            run = run_method(make_baseline(family, run.metrics["param"] / scale), sys, n_steps, cap)
     return run
 
 
