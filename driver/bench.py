@@ -308,7 +308,7 @@ def service(quick: bool) -> dict:
     local = [Collector(conf, sc, i) for i in range(2)]
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a `ray start` cluster
     try:
         cols = [ray.remote(num_cpus=1)(Collector).remote(conf, sc, i) for i in range(2)]
         remote_learner = ray.remote(num_cpus=0)(Learner).remote(conf, sc)
