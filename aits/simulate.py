@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .features import HistoryBuffer, build_features
+from .features import HistoryBuffer, build_features, scale_free_torch
 from .physics import acceleration, angular_momentum, energy, leapfrog, momentum, rel_energy_error
-from .stepper import Stepper
+from .stepper import Stepper, classical_timescale
 
 METHODS = ("learned", "fixed", "adaptive")
 # A step's left-over time below this fraction of the duration counts as arrived (float rounding).
@@ -154,18 +154,30 @@ def dt_stats(dt: np.ndarray) -> dict:
 
 # ---------------------------------------------------------------- the three methods
 def learned_policy(model: torch.nn.Module, stepper: Stepper) -> DtPolicy:
-    """dt from the model, with features built exactly as in training (current state + its history)."""
+    """dt from the model, with features built exactly as in training (current state + its history);
+    factor models multiply by the classical timescale, and the time-symmetric mode iterates
+    dt = (h(start) + h(end)) / 2 as in training."""
     model.eval()
 
+    def h(x, v, acc, m, state=None) -> torch.Tensor:
+        if stepper.feature_type == "scale_free":
+            feats, tau = scale_free_torch(x, v, acc, m, stepper.eps)
+        else:
+            hx, hv, hdt = state.history.arrays()
+            t = stepper.tensor
+            feats = build_features(x, v, m, torch.full((1,), state.dt, dtype=stepper.dtype), t(hx[None]),
+                                   t(hv[None]), t(hdt[None]), stepper.eps, stepper.scales, stepper.feature_type)
+            tau = classical_timescale(x, acc)
+        return stepper.step_size(model, feats.to(stepper.model_dtype), tau)
+
     def choose(state: IntegrationState) -> float:
-        hx, hv, hdt = state.history.arrays()
-        t = stepper.tensor
-        dt_now = torch.full((1,), state.dt, dtype=stepper.dtype)
-        feats = build_features(state.x.to(stepper.dtype), state.v.to(stepper.dtype), state.m.to(stepper.dtype),
-                               dt_now, t(hx[None]), t(hv[None]), t(hdt[None]), stepper.eps, stepper.scales,
-                               stepper.feature_type).to(stepper.model_dtype)
+        x, v, m, acc = (y.to(stepper.dtype) for y in (state.x, state.v, state.m, state.acc))
         with torch.no_grad():
-            return float(model(feats).to(stepper.dtype)[0])
+            h0 = dt = h(x, v, acc, m, state)
+            for _ in range(stepper.symmetric):
+                x1, v1, a1 = leapfrog(x, v, m, dt, stepper.eps, 1, acc0=acc)
+                dt = 0.5 * (h0 + h(x1, v1, a1, m))
+            return float(dt[0])
 
     return choose
 
