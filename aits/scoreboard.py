@@ -392,3 +392,35 @@ def summarize(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
 def spread(values) -> dict:
     v = np.asarray(values, dtype=float)
     return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+
+# ---------------------------------------------------------------- cost per step
+def seconds_per_step(method: I.Method, sys: System, steps: int, repeats: int = 3) -> list[float]:
+    """Loop seconds per step of ``method`` over the same ``steps`` steps of ``sys`` (equal work),
+    ``repeats`` times: batch 1, the thread count the caller set."""
+    out = []
+    for _ in range(repeats):
+        run = I.integrate(method, sys.m, sys.x, sys.v, 1e30, max_steps=steps, record=False)
+        out.append(run.metrics["wall_time_s"] / max(run.metrics["steps"], 1))
+    return out
+
+
+def step_cost_ratios(methods: dict[str, I.Method], reference: str, sys: System, seconds: float = 2.0,
+                     repeats: int = 3) -> dict:
+    """Each method's cost per step over ``reference``'s, timed side by side: the step count is set
+    so one window of the reference lasts about ``seconds``; each window is repeated ``repeats``
+    times, interleaved across methods. Returns {name: {"seconds_per_step": median, "ratio": median,
+    "ratio_min", "ratio_max"}}."""
+    probe = seconds_per_step(methods[reference], sys, 200, 1)[0]
+    steps = max(int(seconds / max(probe, 1e-9)), 100)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, method in methods.items():
+            times[name] += seconds_per_step(method, sys, steps, 1)
+    ref = np.asarray(times[reference])
+    out = {}
+    for name, ts in times.items():
+        r = np.asarray(ts) / ref
+        out[name] = {"seconds_per_step": float(np.median(ts)), "ratio": float(np.median(r)),
+                     "ratio_min": float(r.min()), "ratio_max": float(r.max()), "steps": steps}
+    return out
