@@ -12,6 +12,8 @@ learner's pace against the collectors'.
 Service (real local Ray, 2 CPUs, laptop config): collection scaling 2 vs 1 collectors, Ray overhead
 for one collector against in-process, and end to end against one process running the collectors in
 turn; every arm starts from the same saved states (equal work), repeated, median and range reported.
+Steps (one thread, batch 1): one learned step (numpy factor rule) against one classical step in the
+evaluation loop, explicit and time-symmetric, and the seed's mode (torch features of K + 1 states).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ GOALS = {
     "ray_overhead_1_collector": ("<=", 1.10),
     "end_to_end_speedup_vs_sequential": (">=", 1.7),
     "pipeline_speedup": (">=", 1.0),
+    "learned_step_vs_adaptive_step": ("<=", 2.0),
 }
 
 SEED_MODEL = {"hidden_dims": [200, 1000, 1000, 200], "activation": "tanh"}
@@ -403,15 +406,53 @@ def pipelined_epochs(pipeline: bool, quick: bool) -> float:
     return sum(r["system/epoch_time"] for r in rows[1:])  # epoch 1 holds start-up costs
 
 
+def steps(quick: bool) -> dict:
+    """Cost of one step in the evaluation loop (batch 1, one thread, Kepler e = 0.9): the learned
+    factor rule (numpy features + MLP, laptop model) against the classical rule it generalises,
+    explicit and time-symmetric, and the seed's mode (torch features from K + 1 states, K = 3)."""
+    from aits import build_payload, integrators as I
+    from aits.policy import learned_methods
+    from aits.scoreboard import kepler_system, step_cost_ratios
+
+    torch.set_num_threads(1)
+    laptop = laptop_config()
+    seed_mode = Config.from_dict({"features": {"history_len": 3, "normalize_inputs": "auto"},
+                                  "model": {"hidden_dims": [64, 64], "init_dt": 0.01}})
+
+    def methods(cfg):
+        ckpt = build_payload(0, build_model(cfg).state_dict(), None, cfg, auto_norm_scales(cfg).to_dict())
+        return learned_methods(ckpt)
+
+    lm = methods(laptop)
+    explicit = lm.get("learned_explicit") or lm["learned"]
+    symmetric = lm.get("learned_symmetric") or lm["learned"]
+    rules = {"adaptive": I.Adaptive(0.02), "learned": explicit, "symmetric_adaptive": I.SymmetricAdaptive(0.03, 1),
+             "learned_symmetric": symmetric, "seed_mode": methods(seed_mode)["learned"]}
+    start = time.perf_counter()
+    r = step_cost_ratios(rules, "adaptive", kepler_system(0.9, 1.0, 100, "kepler_long"),
+                         seconds=0.5 if quick else 3.0, repeats=3 if quick else 5)
+    sym = r["learned_symmetric"]["seconds_per_step"] / r["symmetric_adaptive"]["seconds_per_step"]
+    out = {"learned_step_vs_adaptive_step": r["learned"]["ratio"],
+           "learned_symmetric_step_vs_symmetric_adaptive_step": sym,
+           "seed_mode_step_vs_adaptive_step": r["seed_mode"]["ratio"],
+           "adaptive_step_us": 1e6 * r["adaptive"]["seconds_per_step"],
+           "_seconds": {"steps": time.perf_counter() - start},
+           "_spread": {k: {"min": r[n]["ratio_min"], "max": r[n]["ratio_max"], "n": 3 if quick else 5}
+                       for k, n in (("learned_step_vs_adaptive_step", "learned"),
+                                    ("seed_mode_step_vs_adaptive_step", "seed_mode"))}}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, systems and steps (a smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    ap.add_argument("--only", choices=["micro", "collectors", "service"], default=None)
+    ap.add_argument("--only", choices=["micro", "collectors", "service", "steps"], default=None)
     ap.add_argument("--device", default="cpu", help="device of the micro benchmarks (cpu, cuda)")
     args = ap.parse_args(argv)
     results, seconds, spreads = {}, {}, {}
-    parts = (("micro", lambda q: micro(q, args.device)), ("collectors", collectors), ("service", service))
+    parts = (("micro", lambda q: micro(q, args.device)), ("collectors", collectors), ("service", service),
+             ("steps", steps))
     for name, fn in parts:
         if args.only in (None, name):
             part = fn(args.quick)

@@ -22,3 +22,15 @@ def test_quick_bench_reports_micro_and_collector_figures(tmp_path, capsys):
         for k in keys:
             assert res[k] > 0, k
     assert "vectorised_speedup_vs_per_system" in capsys.readouterr().out
+
+
+def test_quick_bench_reports_the_step_cost_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--only", "steps", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for k in ("learned_step_vs_adaptive_step", "learned_symmetric_step_vs_symmetric_adaptive_step",
+              "seed_mode_step_vs_adaptive_step"):
+        assert res[k] > 0, k
+    # the seed's mode rebuilds torch features of K + 1 = 4 states per step: dearer than the numpy factor rule
+    assert res["seed_mode_step_vs_adaptive_step"] > res["learned_step_vs_adaptive_step"]
+    assert "learned_step_vs_adaptive_step" in capsys.readouterr().out
