@@ -328,8 +328,9 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
 
 
 def ratio(a, b) -> float | None:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
-        return None if (a is None or b is None) else (math.inf if b == 0 or not math.isfinite(a) else 0.0)
+    """a / b, or None when either is missing or non-finite or b is zero (written as null)."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return None
     return a / b
 
 
