@@ -193,6 +193,22 @@ def markdown(board: dict) -> str:
         lines.append("")
     summ = board["summary"]
     lines += ["## Summary", ""]
+    if "per_system" in summ:
+        lines += ["Per system over checkpoints, median [min, max] of the ratio (equal force evaluations | equal "
+                  "wall time) and of the learned run's drift slope:", "",
+                  "| system | " + " | ".join(f"/ {b} (evals) | (wall)" for b in BASELINES) + " | learned drift slope |",
+                  "|---|" + "---|---|" * len(BASELINES) + "---|"]
+        for name, st in summ["per_system"].items():
+            cells = []
+            for b in BASELINES:
+                ev = st.get("equal_force_evals", {}).get(b)
+                wa = st.get("equal_wall_time", {}).get(b)
+                cells.append("– | –" if ev is None else f"{fmt(ev['median'])} [{fmt(ev['min'])}, {fmt(ev['max'])}] | "
+                             f"{fmt(wa['median']) if wa else '–'}")
+            sl = st.get("learned_drift_slope")
+            cells.append(f"{fmt(sl['median'])} [{fmt(sl['min'])}, {fmt(sl['max'])}]" if sl else "–")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     if "across_checkpoints" in summ:
         lines += ["Median over checkpoints of each checkpoint's median ratio per family, [min, max]:", "",
                   "| family | comparison | " + " | ".join(BASELINES) + " |",
