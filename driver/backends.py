@@ -124,6 +124,6 @@ def start_ray(cfg: Config) -> bool:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    else:  # "local": a new Ray even when another one (`ray start`, a test cluster) runs on this machine
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return True

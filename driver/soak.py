@@ -46,17 +46,54 @@ def soak_config(epochs: int, output_dir: str, wandb_mode: str) -> Config:
     })
 
 
+# Where `ray start` and ray.cluster_utils record the newest cluster; ray.init() without an address
+# on this machine joins it. A soak or test cluster must not capture other programs' drivers.
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
+
+
 def start_cluster(workers: int = 2, cpus: int = 2):
     """A Ray cluster of separate raylets on this machine, connected: head (no CPUs) + ``workers`` nodes."""
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(workers):
-        cluster.add_node(num_cpus=cpus)
-    ray.init(address=cluster.address, logging_level=logging.WARNING)
-    cluster.wait_for_nodes()
+    before = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        for _ in range(workers):
+            add_worker(cluster, cpus, wait=False)
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        cluster.wait_for_nodes()
+    finally:
+        unrecord(before)
     return cluster
+
+
+def stop_cluster(cluster) -> None:
+    """Disconnect and remove every node (keeping another cluster's address record, which
+    ``Cluster.shutdown`` would delete)."""
+    import ray
+
+    before = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
+    ray.shutdown()
+    cluster.shutdown()
+    unrecord(before)
+
+
+def add_worker(cluster, cpus: int = 2, wait: bool = True) -> None:
+    """One more worker node (``cpus`` CPUs) in ``cluster``."""
+    before = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
+    cluster.add_node(num_cpus=cpus)
+    unrecord(before)
+    if wait:
+        cluster.wait_for_nodes()
+
+
+def unrecord(before: str | None) -> None:
+    """Put back the cluster address file as it was (ray.cluster_utils overwrites it with ours)."""
+    if before is None:
+        CURRENT_CLUSTER.unlink(missing_ok=True)
+    else:
+        CURRENT_CLUSTER.write_text(before)
 
 
 def node_of(actor) -> str:
@@ -167,10 +204,7 @@ def main(argv=None) -> int:
                       args.kill_learner_at)
     finally:
         if cluster is not None:
-            import ray
-
-            ray.shutdown()
-            cluster.shutdown()
+            stop_cluster(cluster)
     print(f"soak: {report['epochs']} epochs ({report['epochs_run']} run, with repeats), {report['nodes']} node(s), "
           f"model {report['model_params']} parameters, collector restarts {report['collector_restarts']}, "
           f"learner restarts {report['learner_restarts']}; RSS in MB ({args.warmup} epochs into each process "

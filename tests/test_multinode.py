@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from aits import Config
-from driver.soak import kill_later, node_of, remove_node_of, soak, start_cluster
+from driver.soak import add_worker, kill_later, node_of, remove_node_of, soak, start_cluster, stop_cluster
 from driver.train import main, train
 
 from helpers import assert_same_weights, final_weights, rows, write_config
@@ -30,10 +30,9 @@ def cluster():
         ray.shutdown()
     c = start_cluster(workers=2, cpus=2)
     yield c
-    ray.shutdown()
-    c.shutdown()
-    if had_session_ray:  # as tests/conftest.py's ray_session started it
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    stop_cluster(c)
+    if had_session_ray:  # as tests/conftest.py's ray_session started it (a new local one)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,7 @@ def clean(tmp_path_factory):
 def ensure_two_workers(cluster) -> None:
     """Put back a worker node a test removed."""
     while len(cluster.worker_nodes) < 2:
-        cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+        add_worker(cluster, cpus=2)
 
 
 @pytest.mark.parametrize("pipeline", [False, True], ids=["plain", "pipeline"])
