@@ -137,9 +137,8 @@ def initial_param(family: str, sys: System, target_evals: int, n_steps: int) -> 
 
 
 def run_method(method: I.Method, sys: System, n_steps: int, max_steps: int, record: bool = True) -> I.Run:
-    ns = n_steps if method.name in ("fixed", "adaptive") or method.name.startswith("learned") else 1
-    if isinstance(method, I.SymmetricPolicy):
-        ns = 1
+    # n_steps leapfrog substeps per step apply to the explicit KDK rules; symmetric steps and logh take one
+    ns = 1 if isinstance(method, (I.SymmetricPolicy, I.LogH)) else n_steps
     return I.integrate(method, sys.m, sys.x, sys.v, sys.duration, eps=sys.eps, n_steps=ns,
                        max_steps=max_steps, record=record)
 
