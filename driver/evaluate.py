@@ -103,7 +103,8 @@ def run_jobs(jobs: list, workers: int, desc: str) -> list[dict]:
 
         owns = not ray.is_initialized()
         if owns:
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
+            # address="local": a Ray of our own, never a cluster that happens to run on this machine
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
         try:
             task = ray.remote(num_cpus=1)(score_task)
             # Longest systems first: the pool drains evenly.

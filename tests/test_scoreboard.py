@@ -182,14 +182,18 @@ def write_ckpt(tmp_path, name: str, cfg: Config) -> str:
     return str(save_checkpoint(tmp_path / name / "model" / "model_epoch_0007.pt", payload))
 
 
+QUICK_ONE: dict = {}  # the in-process single-checkpoint board, compared with the Ray run below
+
+
 @pytest.mark.parametrize("several", [False, True])
 def test_quick_suite_end_to_end(tmp_path, several):
+    """One checkpoint in this process; two checkpoints as Ray tasks (the same numbers for the first)."""
     paths = [write_ckpt(tmp_path, "a", factor_cfg())]
     if several:
         paths.append(write_ckpt(tmp_path, "b", factor_cfg(symmetric_iterations=0)))
     out = tmp_path / "board"
-    assert evaluate.main(["--checkpoint", *paths, "--suite", "quick", "--workers", "1", "--out", str(out),
-                          *([] if several else ["--no-plots"])]) == 0
+    assert evaluate.main(["--checkpoint", *paths, "--suite", "quick", "--workers", "2" if several else "1",
+                          "--out", str(out), *([] if several else ["--no-plots"])]) == 0
     board = json.loads((out / "scoreboard.json").read_text())
     assert set(board) >= {"suite", "checkpoints", "systems", "summary"}
     assert board["suite"] == "quick" and len(board["checkpoints"]) == len(paths)
@@ -214,6 +218,14 @@ def test_quick_suite_end_to_end(tmp_path, several):
             assert entry["methods"]["logh"]["max_rel_dE"] < 1e-10
     if several:
         assert "across_checkpoints" in board["summary"] and (out / "cost.png").stat().st_size > 0
+        if QUICK_ONE:  # force evaluations and energy errors do not depend on where a system ran
+            first = board["systems"][board["checkpoints"][0]["label"]]
+            for name, entry in QUICK_ONE.items():
+                for meth in ("learned", "adaptive", "symmetric_adaptive", "logh"):
+                    for key in ("force_evals", "max_rel_dE"):
+                        assert first[name]["methods"][meth][key] == entry["methods"][meth][key], (name, meth, key)
+    else:
+        QUICK_ONE.update(board["systems"])
     assert "| system |" in (out / "scoreboard.md").read_text()
 
 
