@@ -16,7 +16,8 @@ def ray_session():
     """A real local Ray with 2 CPUs, started once and shut down at the end of the session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # address="local": our own Ray, never a `ray start` cluster that happens to run on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
 
