@@ -343,6 +343,32 @@ def integrate(method: Method, m, x, v, duration: float, *, eps: float = 0.0, n_s
     return Run(method.name, metrics, traj)
 
 
+def tune(count: Callable[[float], tuple[int, object]], target: int, p: float, tol: float, max_tries: int):
+    """Search a step parameter ``p`` whose count (steps or force evaluations; ~ 1 / p) lies within
+    ``tol * target`` of ``target``: secant steps in log-log, bisection of the bracket when a step
+    leaves it. ``count(p)`` returns (count, result). Returns ((result, p, count) of the closest
+    trial, trials made)."""
+    lo = hi = None  # lo: parameter with too large a count; hi: too small
+    best, tries = None, 0
+    for tries in range(1, max_tries + 1):
+        n, result = count(p)
+        if best is None or abs(n - target) < abs(best[2] - target):
+            best = (result, p, n)
+        if abs(n - target) <= tol * target:
+            break
+        if n > target:
+            lo = p if lo is None else max(lo, p)
+        else:
+            hi = p if hi is None else min(hi, p)
+        if lo is not None and hi is not None and hi / lo < 1 + 1e-9:
+            break
+        guess = p * max(n, 1) / target
+        if lo is not None and hi is not None and not lo < guess < hi:
+            guess = math.sqrt(lo * hi)
+        p = guess
+    return best, tries
+
+
 def energy_metrics(t: np.ndarray, e: np.ndarray) -> dict:
     """max and final |dE/E| against E(0) and the drift slope: the least-squares slope of
     log running-max |dE/E| against log t over the second half of the run (~1: linear drift,

@@ -148,28 +148,16 @@ def _search(family: str, sys: System, target: int, n_steps: int, tol: float, max
     """Secant search in log(parameter) against log(evaluations) (evaluations ~ 1 / parameter),
     bracketed; returns the closest run and its parameter."""
     cap = int(3 * target + 50)
-    lo = hi = None  # lo: parameter with too many evaluations; hi: too few
-    best = None
-    for _ in range(max_tries):
-        run = run_method(make_baseline(family, p), sys, n_steps, cap)
+
+    def count(q):
+        run = run_method(make_baseline(family, q), sys, n_steps, cap)
         trials.append(run)
         status = run.metrics["status"]
-        n = run.metrics["force_evals"] if status == "ok" else (4 * cap if status == "max_steps" else 1)
-        if best is None or abs(n - target) < abs(best[2] - target):
-            best = (run, p, n)
-        if abs(n - target) <= tol * target:
-            break
-        if n > target:
-            lo = p if lo is None else max(lo, p)
-        else:
-            hi = p if hi is None else min(hi, p)
-        if lo is not None and hi is not None and hi / lo < 1 + 1e-9:
-            break
-        guess = p * max(n, 1) / target
-        if lo is not None and hi is not None and not lo < guess < hi:
-            guess = math.sqrt(lo * hi)
-        p = guess
-    return best[0], best[1]
+        # a failed run says only "too few" (blown up early) or "too many" (the cap) evaluations
+        return (run.metrics["force_evals"] if status == "ok" else 4 * cap if status == "max_steps" else 1), run
+
+    (run, p, _), _ = I.tune(count, target, p, tol, max_tries)
+    return run, p
 
 
 PILOT_FRACTION = 0.1  # long runs tune their parameter on the first tenth of the duration first

@@ -24,6 +24,7 @@ import torch
 
 from .features import HistoryBuffer, build_features, scale_free_torch
 from .physics import acceleration, angular_momentum, energy, leapfrog, momentum, rel_energy_error
+from .integrators import tune
 from .stepper import Stepper, classical_timescale
 
 METHODS = ("learned", "fixed", "adaptive")
@@ -241,27 +242,8 @@ def simulate_adaptive(m, x, v, duration: float, target_steps: int, *, eps: float
     m0, x0 = (torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype)[None] for a in (m, x))
     # Right if the timescale were constant along the orbit.
     eta = duration / (n_steps * target_steps * _timescale(x0[0], acceleration(x0, m0, eps)[0]))
-    lo = hi = None  # lo: eta giving too many steps; hi: too few
-    best = (math.inf, eta, 0)
+    (_, eta, _), tries = tune(lambda e: (steps_for(e), None), target_steps, eta, rel_tol, max_iter)
     tol = rel_tol * target_steps
-    tries = 0
-    for tries in range(1, max_iter + 1):
-        n = steps_for(eta)
-        if abs(n - target_steps) < best[0]:
-            best = (abs(n - target_steps), eta, n)
-        if abs(n - target_steps) <= tol:
-            break
-        if n > target_steps:
-            lo = eta if lo is None else max(lo, eta)
-        else:
-            hi = eta if hi is None else min(hi, eta)
-        if lo is not None and hi is not None and hi / lo < 1 + 1e-12:
-            break
-        guess = eta * max(n, 1) / target_steps
-        if lo is not None and hi is not None and not lo < guess < hi:
-            guess = math.sqrt(lo * hi)
-        eta = guess
-    _, eta, _ = best
     run = integrate(m, x, v, duration, lambda s: eta * adaptive_timescale(s), max_steps=4 * target_steps + 10,
                     record=record, method="adaptive", **kw)
     run.metrics.update({"eta": eta, "eta_search_runs": tries,
