@@ -13,7 +13,7 @@ from .common import load_config, load_scales, own_torch_rng
 
 
 class Learner:
-    """Owns the model, the Adam optimiser, the minibatch RNG and the replay buffer.
+    """Owns the model, the Adam optimiser, the minibatch RNG and the kept samples.
 
     ``train.generalize_capacity`` > 0 keeps the newest that many samples across epochs;
     0 trains on this epoch's samples only (the seed).
@@ -31,15 +31,15 @@ class Learner:
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.rng = np.random.default_rng([seed, 1])  # a stream apart from the collectors' seed + i
         self.torch_rng = torch.Generator().manual_seed(seed).get_state()
-        self.replay: Samples | None = None
+        self.kept: Samples | None = None  # samples kept across epochs (train.generalize_capacity)
 
     def generalize(self, *parts: Samples) -> dict:
-        """Generalize on the collectors' samples (plus the replay buffer). Returns ``generalize/*`` metrics
+        """Generalize on the collectors' samples (plus the kept samples). Returns ``generalize/*`` metrics
         and ``system/learner_time`` (s)."""
         start = time.perf_counter()
-        samples = Samples.concat(list(parts) if self.replay is None else [self.replay, *parts])
+        samples = Samples.concat(list(parts) if self.kept is None else [self.kept, *parts])
         cap = self.cfg.train.generalize_capacity
-        self.replay = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
+        self.kept = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
         with own_torch_rng(self):
             metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)
         metrics["system/learner_time"] = time.perf_counter() - start
@@ -75,19 +75,20 @@ class Learner:
         return os.getpid()
 
     def state(self, weights: dict | None = None) -> dict:
-        """Model, optimiser, RNGs and replay buffer (CPU tensors / numpy); ``weights``: the model's
+        """Model, optimiser, RNGs and kept samples (CPU tensors / numpy); ``weights``: the model's
         ``weights()`` when the caller already has them."""
         opt = _to_cpu(self.optimizer.state_dict())
         return {"model": self.weights() if weights is None else weights, "optimizer": opt,
                 "rng": self.rng.bit_generator.state, "torch_rng": self.torch_rng.clone(),
-                "replay": None if self.replay is None else self.replay.to_dict()}
+                "kept": None if self.kept is None else self.kept.to_dict()}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])  # moves tensors to the params' device
         self.rng.bit_generator.state = state["rng"]
         self.torch_rng = state["torch_rng"].clone()
-        self.replay = None if state["replay"] is None else Samples(**state["replay"])
+        kept = state.get("kept", state.get("replay"))  # "replay": checkpoints before the rename
+        self.kept = None if kept is None else Samples(**kept)
 
 
 def _to_cpu(obj):

@@ -97,7 +97,7 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 def check_training_state(ckpt: dict, cfg: Config, path) -> None:
-    """CheckpointError unless the checkpoint's model, optimiser, replay and collector states load
+    """CheckpointError unless the checkpoint's model, optimiser, kept samples and collector states load
     under ``cfg`` in this version (an older layout or another program's file fails here, in one
     line, before anything is started or written)."""
     from .model import build_model
@@ -111,11 +111,14 @@ def check_training_state(ckpt: dict, cfg: Config, path) -> None:
         model.load_state_dict(ckpt["model_state_dict"])
         make_optimizer(model, cfg).load_state_dict(ckpt["optimizer_state_dict"])
         learner = extra["learner"]
-        for key in ("rng", "torch_rng", "replay"):
+        for key in ("rng", "torch_rng"):
             if key not in learner:
                 raise KeyError(f"extra.learner.{key}")
-        if learner["replay"] is not None:
-            Samples(**learner["replay"])
+        if "kept" not in learner and "replay" not in learner:  # "replay": before the rename
+            raise KeyError("extra.learner.kept")
+        kept = learner.get("kept", learner.get("replay"))
+        if kept is not None:
+            Samples(**kept)
         for i, st in enumerate(extra["collectors"]):
             if st.get("index") != i or "torch_rng" not in st:
                 raise ValueError(f"collector state {i} is not collector {i}'s")

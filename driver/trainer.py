@@ -44,7 +44,7 @@ class LearnerLost(Exception):
 
 
 @dataclass
-class Part1:
+class Collected:
     """One epoch's collect phase: sample refs and metrics rows in collector order, collectors replaced."""
 
     samples: list
@@ -102,16 +102,16 @@ class Trainer:
         t0 = time.perf_counter()
         weights_ref = self.backend.put(self.weights)  # one copy in the object store for every collector
         t_put = time.perf_counter() - t0
-        part1 = self.pending or self.collect(epoch, self.first_weights_ref(weights_ref))
+        collected = self.pending or self.collect(epoch, self.first_weights_ref(weights_ref))
         epoch_states = list(self.states)
-        learner_ref = self.backend.call(self.learner, "step", self.checkpoint_due(epoch), *part1.samples)
+        learner_ref = self.backend.call(self.learner, "step", self.checkpoint_due(epoch), *collected.samples)
         # ray.pipeline: collect of epoch e+1 runs with the weights of epoch e-1 while the learner generalizes e.
         self.pending = self.pending_weights = None
         if self.cfg.ray.pipeline and epoch < self.cfg.train.epochs:
             self.pending, self.pending_weights = self.collect(epoch + 1, weights_ref), self.weights
         result = self.learner_get(epoch, learner_ref)
         self.weights = result["weights"]
-        row = self.log(epoch, part1, result["metrics"], time.perf_counter() - t0, t_put)
+        row = self.log(epoch, collected, result["metrics"], time.perf_counter() - t0, t_put)
         check_finite(self.weights, epoch, self.run_dir)
         reason = self.stop.get("signal") or self.over_time()
         if reason or self.checkpoint_due(epoch):
@@ -122,7 +122,7 @@ class Trainer:
         return reason
 
     # ------------------------------------------------------------ steps
-    def collect(self, epoch: int, weights_ref) -> Part1:
+    def collect(self, epoch: int, weights_ref) -> Collected:
         """Collect on every collector. A collector whose process died is replaced from ``states`` and its
         collect repeated (at most MAX_COLLECTOR_RESTARTS times). Updates ``collectors`` and ``states``."""
         calls = [self.submit_collect(c, weights_ref) for c in self.collectors]
@@ -139,10 +139,10 @@ class Trainer:
                     self.replace_collector(i, self.states[i])
                     calls[i] = self.submit_collect(self.collectors[i], weights_ref)
                     restarts += 1
-                    tqdm.write(f"collector {i} died in epoch {epoch}: replaced from its last state, Part 1 repeated")
+                    tqdm.write(f"collector {i} died in epoch {epoch}: replaced from its last state, its collect repeated")
             rows.append(metrics)
         # Only refs of collectors that finished go to the learner: a dead one's refs would fail it too.
-        return Part1([samples for samples, _, _ in calls], rows, restarts)
+        return Collected([samples for samples, _, _ in calls], rows, restarts)
 
     def submit_collect(self, collector, weights_ref) -> tuple:
         """(samples ref, metrics ref, state ref): the state call queues behind collect on the same actor."""
@@ -156,19 +156,19 @@ class Trainer:
         except self.backend.work_lost as exc:
             raise LearnerLost(epoch, exc) from None
 
-    def log(self, epoch: int, part1: Part1, part2: dict, dt_epoch: float, t_put: float) -> dict:
+    def log(self, epoch: int, collected: Collected, generalized: dict, dt_epoch: float, t_put: float) -> dict:
         """The epoch's metrics row to metrics.jsonl, W&B and the progress bar."""
-        collect = merge(part1.rows)  # collector order; each metric combines by its declared rule
+        collect = merge(collected.rows)  # collector order; each metric combines by its declared rule
         # An epoch with too few samples to generalize on is not a converged one: recorded as None.
-        self.converged.append(None if part2.get("generalize/skipped") else part2["generalize/converged"])
-        row = {"epoch": epoch, **collect, **part2, "system/epoch_time": dt_epoch, "system/broadcast_time": t_put,
+        self.converged.append(None if generalized.get("generalize/skipped") else generalized["generalize/converged"])
+        row = {"epoch": epoch, **collect, **generalized, "system/epoch_time": dt_epoch, "system/broadcast_time": t_put,
                "system/samples_per_s": collect["collect/accepted"] / dt_epoch,
-               "system/collector_restarts": part1.restarts, "system/learner_restarts": self.unlogged_restarts}
+               "system/collector_restarts": collected.restarts, "system/learner_restarts": self.unlogged_restarts}
         self.unlogged_restarts = 0
         self.tracker.log(row)
         self.bar.set_postfix({"acc/s": f"{row['system/samples_per_s']:.0f}",
                               "retrains": f"{collect['collect/mean_retrains']:.2f}",
-                              "pass": f"{part2['generalize/pass_rate_first']:.2f}"}, refresh=False)
+                              "pass": f"{generalized['generalize/pass_rate_first']:.2f}"}, refresh=False)
         self.bar.update(1)
         self.check_collapse(epoch, collect)
         return row
@@ -200,7 +200,7 @@ class Trainer:
         check_finite(learner_state["model"], epoch, self.run_dir)
         extra = {"collectors": list(collector_states), "converged": list(self.converged),
                  "elapsed": self.elapsed(), "wandb_id": self.tracker.wandb_id,
-                 "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "replay")},
+                 "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "kept")},
                  "pending_weights": self.pending_weights}
         payload = build_payload(epoch, learner_state["model"], learner_state["optimizer"], self.cfg, self.sc,
                                 loss=row.get("generalize/loss"), info=row, logs={"converged": self.converged},

@@ -56,9 +56,9 @@ def test_learner_state_restore_round_trip(ray_session):
     part_a, part_b = samples.take(slice(0, 20)), samples.take(slice(20, None))
 
     first = ray.remote(num_cpus=0)(Learner).remote(conf, scales)
-    ray.get(first.generalize.remote(part_a))  # fills the replay buffer, moves model, Adam and RNG
+    ray.get(first.generalize.remote(part_a))  # fills the kept samples, moves model, Adam and RNG
     state = ray.get(first.state.remote())
-    assert len(state["replay"]["dt"]) == 20
+    assert len(state["kept"]["dt"]) == 20
     expect = ray.get(first.generalize.remote(part_b))
     expect_weights = ray.get(first.weights.remote())
 
@@ -70,4 +70,4 @@ def test_learner_state_restore_round_trip(ray_session):
     expect.pop("system/learner_time"), got.pop("system/learner_time")
     assert got == expect and got["generalize/n_samples"] == 20 + len(part_b)
     assert all(torch.equal(got_weights[k], v) for k, v in expect_weights.items())
-    assert len(ray.get(second.state.remote())["replay"]["dt"]) == min(50, len(samples))
+    assert len(ray.get(second.state.remote())["kept"]["dt"]) == min(50, len(samples))
