@@ -21,6 +21,7 @@ Methods (see docs/DESIGN.md, "Scoreboard"):
 """
 from __future__ import annotations
 
+import abc
 import math
 import time
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ class State:
     extra: dict = field(default_factory=dict)  # per-method state (history, conserved quantities)
 
 
-class Method:
+class Method(abc.ABC):
     """A step rule. ``step(state, t_left)`` advances ``state`` in place by at most ``t_left`` and
     returns the force evaluations it spent; the last step lands on the end time exactly."""
 
@@ -113,8 +114,9 @@ class Method:
     def start(self, state: State) -> None:  # noqa: B027 - optional hook
         pass
 
+    @abc.abstractmethod
     def step(self, state: State, t_left: float) -> int:
-        raise NotImplementedError
+        """Advance ``state`` by one step of at most ``t_left``; return the force evaluations spent."""
 
     @property
     def param(self) -> float:

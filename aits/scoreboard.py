@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -121,19 +121,15 @@ def make_baseline(family: str, param: float) -> I.Method:
 
 
 def initial_param(family: str, sys: System, target_evals: int, n_steps: int) -> float:
-    """A first guess of the step parameter that spends ``target_evals`` evaluations."""
+    """A first guess of the step parameter (``eta`` or ``h``) that spends ``target_evals`` evaluations,
+    as if the start's timescale held throughout (``fixed`` needs no guess: see :func:`match_evals`)."""
     steps = max(target_evals, 2)
-    if family == "fixed":
-        return sys.duration / (max(round((target_evals - 1) / n_steps), 1) * n_steps)
-    a = I.accel(sys.x, sys.m, sys.eps)
-    tau0 = I.timescale(sys.x, a)
+    if family == "logh":  # dt ~ h / (-U)
+        return sys.duration * (-I.accel_pot(sys.x, sys.m, sys.eps)[1]) / steps
+    tau0 = I.timescale(sys.x, I.accel(sys.x, sys.m, sys.eps))
     if family == "adaptive":
         return sys.duration / (steps * tau0 * n_steps)
-    if family == "symmetric_adaptive":
-        return sys.duration * (SYMMETRIC_ITERATIONS + 1) / (steps * tau0)
-    # logh: dt ~ h / (-U), so h ~ duration * (-U0) / steps
-    _, u = I.accel_pot(sys.x, sys.m, sys.eps)
-    return sys.duration * (-u) / steps
+    return sys.duration * (SYMMETRIC_ITERATIONS + 1) / (steps * tau0)  # symmetric_adaptive
 
 
 def run_method(method: I.Method, sys: System, n_steps: int, max_steps: int, record: bool = True) -> I.Run:
@@ -179,7 +175,7 @@ def match_evals(family: str, sys: System, target: int, n_steps: int, tol: float 
     p = p0 if p0 is not None else initial_param(family, sys, target, n_steps)
     trials: list[I.Run] = []
     if p0 is None and target > 20_000:
-        pilot = System(**{**sys.__dict__, "duration": sys.duration * PILOT_FRACTION})
+        pilot = replace(sys, duration=sys.duration * PILOT_FRACTION)
         _, p = _search(family, pilot, int(target * PILOT_FRACTION), n_steps, 0.05, max_tries, p, [])
     best, _ = _search(family, sys, target, n_steps, tol, max_tries, p, trials)
     return best, trials

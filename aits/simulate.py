@@ -214,11 +214,7 @@ def adaptive_timescale(state: IntegrationState) -> float:
 
 def _timescale(x: torch.Tensor, acc: torch.Tensor) -> float:
     """min_i sqrt(r_i,nn / |a_i|) of one system, x and acc (N,D)."""
-    dist = torch.cdist(x, x)
-    dist.fill_diagonal_(math.inf)
-    r_nn = dist.min(-1).values
-    a = acc.norm(dim=-1).clamp_min(1e-300)
-    return float(torch.sqrt(r_nn / a).min())
+    return float(classical_timescale(x[None], acc[None])[0])
 
 
 def simulate_adaptive(m, x, v, duration: float, target_steps: int, *, eps: float = 0.0, n_steps: int = 1,
