@@ -34,7 +34,10 @@ class Systems:
     """B systems stepped together. ``ids[i]`` names system i, ``rngs[i]`` is its own stream.
 
     A collector with index c owns ids ``c·B .. c·B+B-1``, seeded ``run.seed + id`` (for B = 1:
-    ``run.seed + c``, the seed's one orbit per collector).
+    ``run.seed + c``, the seed's one orbit per collector). :meth:`from_arrays` builds systems from
+    given states instead (no config, no RNGs: they step with :meth:`push` and cannot restart).
+    ``acc`` is a(x) of the current states where a caller keeps it (``aits.simulate`` does), else None;
+    it is no part of the state dict.
     """
 
     def __init__(self, cfg: Config, ids, rngs):
@@ -46,8 +49,28 @@ class Systems:
             setattr(self, name, np.zeros((B, *shape(self.K, self.N, self.D)), dtype=dtype))
         self.ids[:] = np.asarray(ids, dtype=np.int64)
         self.restarts[:] = -1
+        self.acc = None
         self._file_ic = load_ic_file(s.ic_path) if s.ic == "file" else None
         self.restart(np.arange(B))
+
+    @classmethod
+    def from_arrays(cls, m, x, v, history_len: int = 0, ids=None) -> "Systems":
+        """B given systems, m (B,N), x, v (B,N,D), at t = 0 with empty histories; ids default 0..B-1.
+
+        No config or RNGs: ``period``, ``e``, ``a`` are nan, :meth:`restart` and :meth:`advance` raise."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 3:
+            raise ValueError(f"x must be (B,N,D), got shape {x.shape}")
+        B, N, D = x.shape
+        self = cls.__new__(cls)
+        self.cfg, self.K, self.N, self.D = None, int(history_len), N, D
+        self.rngs, self.acc, self._file_ic = [None] * B, None, None
+        for name, shape, dtype in FIELDS:
+            setattr(self, name, np.zeros((B, *shape(self.K, N, D)), dtype=dtype))
+        self.ids[:] = np.arange(B) if ids is None else np.asarray(ids, dtype=np.int64)
+        self.m[:], self.x[:], self.v[:] = np.broadcast_to(np.asarray(m, dtype=np.float64), (B, N)), x, v
+        self.period[:] = self.e[:] = self.a[:] = math.nan
+        return self
 
     @classmethod
     def for_collector(cls, cfg: Config, index: int, count: int) -> "Systems":
@@ -60,6 +83,7 @@ class Systems:
     # ------------------------------------------------------------ dynamics
     def restart(self, idx) -> None:
         """Fresh initial conditions (from each system's own RNG), clock and history for systems ``idx``."""
+        self._need_config("restart")
         s = self.cfg.system
         for i in np.asarray(idx, dtype=np.int64):
             rng, period, e, a = self.rngs[i], math.inf, math.nan, math.nan
@@ -94,19 +118,33 @@ class Systems:
         (Kepler) or ``restart_after`` crossing times (random and file ICs) restart. Returns the restarted subset of ``idx``.
         """
         idx = np.asarray(idx, dtype=np.int64)
+        self._need_config("advance")
+        s = self.cfg.system
+        self.push(idx, x1, v1, dt1, s.n_steps)
+        finite = np.isfinite(x1).all(axis=(1, 2)) & np.isfinite(v1).all(axis=(1, 2))
+        horizon = s.periods_per_orbit if s.ic == "kepler" else s.restart_after
+        done = ~finite | (self.t[idx] >= horizon * self.period[idx])
+        self.restart(idx[done])
+        return idx[done]
+
+    def push(self, idx, x1: np.ndarray, v1: np.ndarray, dt1: np.ndarray, n_steps: int = 1) -> None:
+        """Accept a step of systems ``idx`` to (x1, v1) with dt1 (``n_steps`` substeps of it): the pre-step
+        state enters the history, the clock and step count move on. No restarts (see :meth:`advance`)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == len(self) and (idx == np.arange(len(self))).all():
+            idx = slice(None)  # every system in order: slices, no index copies
         if self.K:
             for h, cur in ((self.hist_x, self.x), (self.hist_v, self.v), (self.hist_dt, self.dt)):
                 h[idx] = np.concatenate([h[idx, 1:], cur[idx, None]], axis=1)
             self.hist_count[idx] = np.minimum(self.hist_count[idx] + 1, self.K)
         self.x[idx], self.v[idx], self.dt[idx] = x1, v1, dt1
-        self.t[idx] += dt1 * self.cfg.system.n_steps  # one step is n_steps leapfrog substeps of dt
+        self.t[idx] += dt1 * n_steps  # one step is n_steps leapfrog substeps of dt
         self.steps[idx] += 1
-        finite = np.isfinite(x1).all(axis=(1, 2)) & np.isfinite(v1).all(axis=(1, 2))
-        s = self.cfg.system
-        horizon = s.periods_per_orbit if s.ic == "kepler" else s.restart_after
-        done = ~finite | (self.t[idx] >= horizon * self.period[idx])
-        self.restart(idx[done])
-        return idx[done]
+
+    def _need_config(self, what: str) -> None:
+        if self.cfg is None:
+            raise ValueError(f"cannot {what}: these systems were built from arrays, without the config and "
+                             "RNGs that draw new initial conditions")
 
     def write_samples(self, out: Samples, start: int, idx, accepted_dt, rel_dE, retrains) -> int:
         """Write the pre-step states of systems ``idx`` with their histories and step metadata into rows
@@ -121,7 +159,7 @@ class Systems:
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
         st = {name: getattr(self, name).copy() for name, _, _ in FIELDS}
-        st["rng"] = [r.bit_generator.state for r in self.rngs]
+        st["rng"] = [None if r is None else r.bit_generator.state for r in self.rngs]
         return st
 
     def load_state_dict(self, st: dict) -> None:
@@ -136,8 +174,10 @@ class Systems:
             if arr.shape != want:
                 raise ValueError(f"systems state '{name}' has shape {arr.shape}, expected {want}")
             setattr(self, name, arr.copy())
+        self.acc = None  # belonged to the states replaced
         for r, s in zip(self.rngs, st["rng"]):
-            r.bit_generator.state = s
+            if r is not None:
+                r.bit_generator.state = s
 
 
 def _from_orbit_state(o: dict) -> dict:

@@ -5,7 +5,9 @@
     python driver/simulate.py --checkpoint CKPT --ic bodies.txt --duration 20
 
 Writes ``DIR/report.json``, ``DIR/<system>_trajectories.npz`` and ``DIR/<system>.png``, prints a
-table. Every file is written only after all systems are computed, each atomically.
+table. Every file is written only after all systems are computed, each atomically. The systems run
+as one batch per method (``aits.simulate.compare_many``): each wall time is the batch loop's until
+that system ended.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 from aits import (CheckpointError, ConfigError, DtModel, NormScales, Stepper, auto_norm_scales,
                   config_from_checkpoint, feature_dim, load_checkpoint)
 from aits.physics import kepler_ic, kepler_period, load_ic_file, random_ic
-from aits.simulate import METHODS, compare
+from aits.simulate import METHODS, compare_many
 
 DEFAULT_ORBITS = ((0.5, 1.0), (0.7, 1.0), (0.9, 1.0))
 REF_SAMPLES = 600  # reference positions kept for the orbit plot
@@ -319,10 +321,16 @@ def run(args) -> int:
         "systems": {},
     }
     files: dict[str, bytes] = {}
+    results = {}
+    for shape in dict.fromkeys(sysd["x"].shape for sysd in systems):  # one batch per (N, D)
+        batch = [sysd for sysd in systems if sysd["x"].shape == shape]
+        m, x, v, duration = (np.stack([sysd[k] for sysd in batch]) for k in ("m", "x", "v", "duration"))
+        out = compare_many(model, stepper, m, x, v, duration, max_steps=args.max_steps,
+                           reference=not args.no_reference, ref_samples=REF_SAMPLES)
+        results.update((sysd["name"], r) for sysd, r in zip(batch, out))
     for sysd in systems:
-        runs, ref = compare(model, stepper, sysd["m"], sysd["x"], sysd["v"], sysd["duration"],
-                            max_steps=args.max_steps, reference=not args.no_reference, ref_samples=REF_SAMPLES)
         name = sysd["name"]
+        runs, ref = results[name]
         report["systems"][name] = system_report(sysd, runs, ref)
         files[f"{name}_trajectories.npz"] = trajectories_npz(sysd, runs, ref)
         files[f"{name}.png"] = plot_png(name, runs, ref)

@@ -18,7 +18,9 @@ import matplotlib.image  # noqa: E402
 from aits import (Config, DtModel, Orbit, Samples, Stepper, auto_norm_scales, build_payload,  # noqa: E402
                   collect, feature_dim, generalize, make_optimizer, save_checkpoint)
 from aits.physics import kepler_ic  # noqa: E402
-from aits.simulate import integrate, simulate_adaptive, simulate_fixed, simulate_learned  # noqa: E402
+from aits.simulate import (adaptive_timescale, compare, compare_many, integrate, integrate_systems,  # noqa: E402
+                           learned_policy, simulate_adaptive, simulate_fixed, simulate_learned)
+from aits.systems import Systems  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,9 +57,9 @@ class ConstantDt(nn.Module):
         return torch.full(feats.shape[:1], self.dt, dtype=feats.dtype)
 
 
-def small_config(**features) -> Config:
+def small_config(model=None, **features) -> Config:
     f = {"history_len": 2, "feature_type": "delta_mag", "normalize_inputs": "auto", **features}
-    return Config.from_dict({"features": f, "model": {"hidden_dims": [8], "init_dt": 0.01},
+    return Config.from_dict({"features": f, "model": {"hidden_dims": [8], "init_dt": 0.01, **(model or {})},
                              "train": {"steps_per_epoch": 20, "generalize_steps": 5, "lr": 1e-3,
                                        "max_retrain_steps": 200},
                              "wandb": {"mode": "disabled"}})
@@ -115,8 +117,9 @@ def test_history_is_carried_as_in_training():
     stepper = Stepper(cfg, auto_norm_scales(cfg))
     seen = []
 
-    def policy(state):
-        seen.append((state.history.count, state.history.dt.copy(), state.dt))
+    def policy(systems, idx):
+        (i,) = idx
+        seen.append((systems.hist_count[i], systems.hist_dt[i].copy(), systems.dt[i]))
         return 0.01 * (len(seen))
 
     m, x, v, _ = kepler_ic(0.6, 1.0)
@@ -128,7 +131,7 @@ def test_history_is_carried_as_in_training():
 
 def test_last_step_is_clipped_onto_end_time():
     m, x, v, _ = kepler_ic(0.5, 1.0)
-    run = integrate(m, x, v, 0.105, lambda s: 0.01)
+    run = integrate(m, x, v, 0.105, lambda s, idx: 0.01)
     assert run.metrics["steps"] == 11
     assert run.trajectory["t"][-1] == pytest.approx(0.105, abs=1e-14)
     assert run.trajectory["dt"][-1] == pytest.approx(0.005, abs=1e-14)
@@ -137,7 +140,7 @@ def test_last_step_is_clipped_onto_end_time():
 @pytest.mark.parametrize("dt,status", [(float("nan"), "bad_dt"), (-0.1, "bad_dt"), (1e-9, "max_steps")])
 def test_bad_policies_stop_with_a_status(dt, status):
     m, x, v, _ = kepler_ic(0.5, 1.0)
-    run = integrate(m, x, v, 1.0, lambda s: dt, max_steps=50)
+    run = integrate(m, x, v, 1.0, lambda s, idx: dt, max_steps=50)
     assert run.metrics["status"] == status and not run.metrics["completed"]
 
 
@@ -156,6 +159,188 @@ def test_adaptive_beats_fixed_on_eccentric_orbit():
     ad = simulate_adaptive(m, x, v, period, 300)
     fx = simulate_fixed(m, x, v, period, ad.metrics["steps"])
     assert ad.metrics["max_rel_dE"] < 0.1 * fx.metrics["max_rel_dE"]
+
+
+# ---------------------------------------------------------------- batches
+def kepler_batch(orbits=((0.9, 1.0), (0.5, 1.3), (0.2, 0.7))):
+    """m (B,2), x, v (B,2,2) and periods (B,) of Kepler orbits (e, a)."""
+    ics = [kepler_ic(e, a) for e, a in orbits]
+    return tuple(np.stack([ic[k] for ic in ics]) for k in range(4))
+
+
+def eta_rule(eta):
+    return lambda s, idx: eta * adaptive_timescale(s, idx)
+
+
+def assert_same_run(batched, alone, rel=1e-12, dE_abs=0.0):
+    """Same status and steps; max |dE/E|, final x and every dt equal to ``rel`` (max |dE/E| also to ``dE_abs``)."""
+    assert batched.metrics["status"] == alone.metrics["status"]
+    assert batched.metrics["steps"] == alone.metrics["steps"]
+    assert batched.metrics["max_rel_dE"] == pytest.approx(alone.metrics["max_rel_dE"], rel=rel, abs=dE_abs)
+    scale = np.abs(alone.trajectory["x"]).max()
+    np.testing.assert_allclose(batched.trajectory["x"][-1], alone.trajectory["x"][-1], rtol=0, atol=rel * scale)
+    dt, dt_alone = batched.trajectory["dt"], alone.trajectory["dt"]
+    np.testing.assert_allclose(dt[:-1], dt_alone[:-1], rtol=rel, atol=0)
+    # The last step is clipped: end time minus the clock, whose round-off is relative to the end time.
+    assert dt[-1] == pytest.approx(dt_alone[-1], rel=rel, abs=rel * batched.metrics["end_time"])
+
+
+@pytest.mark.parametrize("n_steps,history_len", [(1, 0), (3, 2)])
+def test_batch_of_kepler_orbits_equals_each_alone(n_steps, history_len):
+    m, x, v, periods = kepler_batch()
+    kw = {"n_steps": n_steps, "history_len": history_len}
+    runs = integrate(m, x, v, 0.5 * periods, eta_rule(0.02), **kw)
+    assert len(runs) == 3 and len({r.metrics["steps"] for r in runs}) == 3  # each stops on its own
+    for i, run in enumerate(runs):
+        alone = integrate(m[i], x[i], v[i], 0.5 * periods[i], eta_rule(0.02), **kw)
+        assert run.metrics["status"] == "ok" and run.metrics["steps"] > 30
+        assert_same_run(run, alone)
+
+
+def test_batched_baselines_equal_each_alone():
+    m, x, v, periods = kepler_batch()
+    fixed = simulate_fixed(m, x, v, periods, [120, 80, 60])
+    adaptive = simulate_adaptive(m, x, v, periods, [120, 80, 60])
+    for i, steps in enumerate((120, 80, 60)):
+        assert_same_run(fixed[i], simulate_fixed(m[i], x[i], v[i], periods[i], steps))
+        alone = simulate_adaptive(m[i], x[i], v[i], periods[i], steps)
+        assert adaptive[i].metrics["eta"] == alone.metrics["eta"] and adaptive[i].metrics["steps_matched"]
+        assert_same_run(adaptive[i], alone)
+
+
+def test_each_system_ends_on_its_own_end_time():
+    m, x, v, _ = kepler_batch()
+    durations = np.array([0.105, 0.2337, 0.05])
+    runs = integrate(m, x, v, durations, lambda s, idx: np.full(len(idx), 0.01), n_steps=2)
+    for run, duration in zip(runs, durations):
+        assert run.metrics["status"] == "ok" and run.metrics["duration"] == duration
+        assert run.metrics["end_time"] == pytest.approx(duration, abs=1e-14)
+        assert run.trajectory["t"][-1] == run.metrics["end_time"]
+        assert run.metrics["steps"] == math.ceil(duration / 0.02 - 1e-9)
+        np.testing.assert_allclose(np.diff(run.trajectory["t"]), 2 * run.trajectory["dt"][1:], rtol=1e-12)
+
+
+def test_systems_step_from_their_clock_and_keep_their_history():
+    """integrate_systems on a Systems batch: each runs ``duration`` from its own clock; history as in training."""
+    m, x, v, _ = kepler_batch()
+    systems = Systems.from_arrays(m, x, v, history_len=2)
+    integrate_systems(systems, [0.03, 0.05, 0.01], lambda s, idx: 0.01, record=False)
+    np.testing.assert_allclose(systems.t, [0.03, 0.05, 0.01], atol=1e-15)
+    assert list(systems.steps) == [3, 5, 1] and list(systems.hist_count) == [2, 2, 1]
+    np.testing.assert_allclose(systems.hist_dt, [[0.01, 0.01], [0.01, 0.01], [0.0, 0.0]], atol=1e-15)
+    runs = integrate_systems(systems, 0.02, lambda s, idx: 0.01)
+    np.testing.assert_allclose(systems.t, [0.05, 0.07, 0.03], atol=1e-15)
+    assert [r.metrics["steps"] for r in runs] == [2, 2, 2] and runs[0].trajectory["t"][0] == pytest.approx(0.03)
+
+
+def test_arrays_built_systems_cannot_restart():
+    m, x, v, _ = kepler_batch()
+    systems = Systems.from_arrays(m, x, v, history_len=1, ids=[7, 8, 9])
+    assert len(systems) == 3 and list(systems.ids) == [7, 8, 9] and systems.K == 1
+    with pytest.raises(ValueError, match="built from arrays"):
+        systems.restart([0])
+    with pytest.raises(ValueError, match="built from arrays"):
+        systems.advance([0], x[:1], v[:1], np.array([0.01]))
+    systems.push([1], x[1:2] * 1.01, v[1:2], np.array([0.01]), 2)
+    st = systems.state_dict()
+    again = Systems.from_arrays(m, x, v, history_len=1)
+    again.load_state_dict(st)
+    assert again.t[1] == pytest.approx(0.02) and again.hist_count[1] == 1 and again.steps[0] == 0
+    np.testing.assert_array_equal(again.hist_x[1, 0], x[1])
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and records the batch size of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, feats):
+        self.calls.append(len(feats))
+        return self.model(feats)
+
+
+def state_dependent_model(cfg, stepper):
+    """An untrained DtModel whose output varies with the state (the init's last layer made 100x larger)."""
+    f = cfg.features
+    model = DtModel.from_config(cfg, feature_dim(f.feature_type, f.history_len)).to(stepper.model_dtype)
+    with torch.no_grad():
+        model.net[-1].weight.mul_(100.0)
+    return model
+
+
+@pytest.mark.parametrize("features,model_cfg", [
+    ({"feature_type": "delta_mag", "history_len": 2}, {}),
+    ({"feature_type": "rich", "history_len": 1}, {}),
+    ({"feature_type": "scale_free", "history_len": 0},
+     {"output": "factor", "symmetric_iterations": 2, "init_factor": 0.05}),
+])
+def test_learned_batch_gives_the_dts_of_one_at_a_time(features, model_cfg):
+    cfg = small_config(model_cfg, **features)
+    stepper = Stepper(cfg, auto_norm_scales(cfg))
+    model = CountingModel(state_dependent_model(cfg, stepper))
+    m, x, v, periods = kepler_batch()
+    durations = 0.3 * periods
+    runs = simulate_learned(model, stepper, m, x, v, durations, max_steps=5000)
+    iterations = max(r.metrics["steps"] for r in runs)
+    # One model call per loop iteration (and per symmetric iteration) for all active systems.
+    assert len(model.calls) == iterations * (1 + stepper.symmetric) and model.calls[0] == 3
+    for i, run in enumerate(runs):
+        alone = simulate_learned(model, stepper, m[i], x[i], v[i], durations[i], max_steps=5000)
+        assert run.metrics["status"] == "ok" and len(np.unique(run.trajectory["dt"][1:-1])) > 5
+        # The batched matmuls round differently in the last bit of a few dts: E then differs at
+        # round-off (1e-16 of E0), which |dE/E| ~ 1e-4 sees at ~1e-12 relative: compared absolutely.
+        assert_same_run(run, alone, dE_abs=1e-14)
+
+
+def test_learned_policy_on_a_subset_equals_each_alone():
+    cfg = small_config(history_len=2)
+    stepper = Stepper(cfg, auto_norm_scales(cfg))
+    model = state_dependent_model(cfg, stepper)
+    m, x, v, _ = kepler_batch()
+    systems = Systems.from_arrays(m, x, v, history_len=2)
+    integrate_systems(systems, [0.05, 0.1, 0.2], lambda s, idx: 0.01, record=False)  # different histories
+    policy = learned_policy(model, stepper)
+    both = policy(systems, np.array([0, 2]))  # systems.acc: a(x) as the loop left it
+    for k, i in enumerate((0, 2)):
+        one = Systems.from_arrays(m[i:i + 1], x[i:i + 1], v[i:i + 1], history_len=2)
+        one.load_state_dict({**{key: val[i:i + 1] for key, val in systems.state_dict().items() if key != "rng"},
+                             "rng": [None]})
+        one.acc = systems.acc[i:i + 1]
+        assert both[k] == pytest.approx(policy(one, np.array([0]))[0], rel=1e-12)
+
+
+def test_stopped_systems_leave_the_others_running():
+    """A non-finite state and a bad dt stop their systems with that status; the rest finish ok, unchanged."""
+    m, x, v, _ = kepler_batch()
+    v = v.copy()
+    v[1, 0, 0] = np.nan  # non-finite after its first step
+
+    def policy(systems, idx):
+        dt = np.full(len(idx), 0.01)
+        dt[(idx == 2) & (systems.steps[idx] == 3)] = np.nan  # bad dt at system 2's fourth decision
+        return dt
+
+    runs = integrate(m, x, v, 0.1, policy)
+    assert [r.metrics["status"] for r in runs] == ["ok", "nonfinite", "bad_dt"]
+    assert [r.metrics["steps"] for r in runs] == [10, 0, 3]
+    assert [r.metrics["completed"] for r in runs] == [True, False, False]
+    assert runs[2].metrics["end_time"] == pytest.approx(0.03) and len(runs[2].trajectory["t"]) == 4
+    assert_same_run(runs[0], integrate(m[0], x[0], v[0], 0.1, lambda s, idx: 0.01), rel=0)
+
+
+def test_compare_many_equals_compare():
+    cfg = small_config(history_len=2)
+    stepper = Stepper(cfg, auto_norm_scales(cfg))
+    model = state_dependent_model(cfg, stepper)
+    m, x, v, periods = kepler_batch(((0.9, 1.0), (0.4, 1.0)))
+    many = compare_many(model, stepper, m, x, v, 0.1 * periods, reference=False)
+    for i, (runs, ref) in enumerate(many):
+        alone, _ = compare(model, stepper, m[i], x[i], v[i], 0.1 * periods[i], reference=False)
+        assert ref is None and list(runs) == ["learned", "fixed", "adaptive"]
+        for method in runs:
+            assert_same_run(runs[method], alone[method], dE_abs=1e-14)
 
 
 # ---------------------------------------------------------------- driver
