@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, build_model, evaluate, generalize, make_optimizer, predict_dt
+from aits import Samples, Stepper, build_model, evaluate, generalize, make_optimizer, passage, predict_dt
 
 from .common import load_config, load_scales, own_torch_rng
 
@@ -42,6 +42,7 @@ class Learner:
         self.kept = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
         with own_torch_rng(self):
             metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)
+            metrics.update(passage(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng))
         metrics["system/learner_time"] = time.perf_counter() - start
         return metrics
 

@@ -45,6 +45,7 @@ class Attempt:
     v: torch.Tensor
     e1: torch.Tensor
     rel_dE: torch.Tensor  # (B,) with grad
+    a: torch.Tensor | None = None  # a(x) at the end state
 
     def passed(self, threshold: float) -> torch.Tensor:
         r = self.rel_dE.detach()
@@ -84,6 +85,12 @@ class Stepper:
             e0 = energy(x, v, m, self.eps)
         return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau)
 
+    def prepare_live(self, m: torch.Tensor, att: Attempt) -> Prepared:
+        """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
+        energy reused): the next step of a passage rollout."""
+        feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps)
+        return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau)
+
     def prepare_samples(self, s: Samples) -> Prepared:
         return self.prepare(s.m, s.x, s.v, s.dt, s.hist_x, s.hist_v, s.hist_dt)
 
@@ -105,10 +112,10 @@ class Stepper:
                 xt, vt, at = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1, acc0=prep.acc0)
                 feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps)
                 dt = 0.5 * (h0 + self.step_size(model, feats.to(self.model_dtype), tau))
-        x1, v1, _ = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1 if self.symmetric else self.n_steps,
-                             acc0=prep.acc0)
+        x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1 if self.symmetric else self.n_steps,
+                              acc0=prep.acc0)
         e1 = energy(x1, v1, prep.m, self.eps)
-        return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1))
+        return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
 
 
 def band_loss(rel_dE: torch.Tensor, E_lower: float, E_upper: float, lower_only: bool = False) -> torch.Tensor:

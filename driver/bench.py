@@ -253,22 +253,25 @@ def collectors(quick: bool) -> dict:
         el, (_, m) = timed(lambda: collect(model, opt, sys_lap, lap_stepper, lap))
         per_core.append(m["collect/accepted"] / el)
     pace = learner_pace(lap, 2 if quick else 10)
-    # The same B = n collect without band_on_accept: no lower-edge optimiser step in every slot.
-    nb = laptop_config(f"ray.systems_per_collector={n}", f"train.steps_per_epoch={slots}", "train.band_on_accept=false")
+    # The learner without the passage objective (generalize only), and the same B = n collect with
+    # band_on_accept: a lower-edge optimiser step in almost every slot.
+    pace_np = learner_pace(laptop_config("train.passage_iterations=0"), 2 if quick else 10)
+    wb = laptop_config(f"ray.systems_per_collector={n}", f"train.steps_per_epoch={slots}", "train.band_on_accept=true")
     model.load_state_dict(w0)
     many.load_state_dict(start)
-    opt = make_optimizer(model, nb)
-    el, (_, m) = timed(lambda: collect(model, opt, many, stepper, nb))
-    no_band = el / m["collect/accepted"] / statistics.median(floor)
+    opt = make_optimizer(model, wb)
+    el, (_, m) = timed(lambda: collect(model, opt, many, stepper, wb))
+    with_band = el / m["collect/accepted"] / statistics.median(floor)
     return {
         "collector_samples_per_s_per_core": statistics.median(per_core),
         "vectorised_speedup_vs_per_system": statistics.median(speed),
         "collector_vs_batched_floor": statistics.median(vs_floor),
         "learner_keeps_pace": pace["ratio_of_totals"],
-        "collector_vs_batched_floor_without_band_on_accept": no_band,
+        "learner_keeps_pace_without_passage": pace_np["ratio_of_totals"],
+        "collector_vs_batched_floor_with_band_on_accept": with_band,
         "_spread": {"collector_samples_per_s_per_core": spread(per_core),
                     "vectorised_speedup_vs_per_system": spread(speed), "collector_vs_batched_floor": spread(vs_floor),
-                    "learner_keeps_pace": pace},
+                    "learner_keeps_pace": pace, "learner_keeps_pace_without_passage": pace_np},
         "_seconds": {f"collect_per_accepted_b{n}": statistics.median(per_acc),
                      f"batched_floor_per_system_b{n}": statistics.median(floor),
                      "collect_accepted_per_s_b1": statistics.median(rate_one),
