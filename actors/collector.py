@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, build_model, collect, make_optimizer, predict_dt
+from aits import Samples, Stepper, build_model, collect, make_optimizer, passage_gradient, predict_dt
 from aits.metrics import declare
 from aits.systems import Systems
 
@@ -32,18 +32,26 @@ class Collector:
         self.stepper = Stepper(self.cfg, load_scales(scales))
         self.model = build_model(self.cfg)
         self.torch_rng = torch.Generator().manual_seed(self.cfg.run.seed + index).get_state()
+        self.passage_rng = np.random.default_rng([self.cfg.run.seed, 2, index])  # passage start states
 
     def collect(self, weights: dict) -> tuple[Samples, dict]:
-        """Load the broadcast weights (fresh local optimiser), run the collect phase on the systems.
+        """Load the broadcast weights (fresh local optimiser), run the collect phase on the systems;
+        with ``train.passage`` also the passage objective's gradient at the broadcast weights over
+        rollouts from this epoch's samples (it rides in ``samples.passage`` to the learner).
 
-        Returns (samples, metrics): one Samples for all B systems; metrics are ``collect/*`` plus
-        ``system/collect_time`` (s).
+        Returns (samples, metrics): one Samples for all B systems; metrics are ``collect/*``
+        (``passage/*``) plus ``system/collect_time`` (s).
         """
         start = time.perf_counter()
         self.load_weights(weights)
         optimizer = make_optimizer(self.model, self.cfg)
         with own_torch_rng(self):
             samples, metrics = collect(self.model, optimizer, self.systems, self.stepper, self.cfg)
+            if self.cfg.train.passage:  # at the broadcast weights, not the locally retrained ones
+                self.load_weights(weights)
+                samples.passage, pm = passage_gradient(self.model, samples, self.stepper, self.cfg,
+                                                       self.passage_rng)
+                metrics.update(pm)
         metrics["system/collect_time"] = time.perf_counter() - start
         return samples, metrics
 
@@ -60,7 +68,8 @@ class Collector:
 
     def state(self) -> dict:
         """Everything an exact resume needs: every system (state, history, clock, RNG) and the torch RNG."""
-        return {"index": self.index, "systems": self.systems.state_dict(), "torch_rng": self.torch_rng.clone()}
+        return {"index": self.index, "systems": self.systems.state_dict(), "torch_rng": self.torch_rng.clone(),
+                "passage_rng": self.passage_rng.bit_generator.state}
 
     def restore(self, state: dict) -> None:
         if state["index"] != self.index:
@@ -68,3 +77,5 @@ class Collector:
         # "orbit": a checkpoint from before ray.systems_per_collector (one system per collector)
         self.systems.load_state_dict(state["systems"] if "systems" in state else state["orbit"])
         self.torch_rng = state["torch_rng"].clone()
+        if "passage_rng" in state:  # checkpoints before train.passage lack it
+            self.passage_rng.bit_generator.state = state["passage_rng"]

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, build_model, evaluate, generalize, make_optimizer, passage, predict_dt
+from aits import Samples, Stepper, apply_passage, build_model, evaluate, generalize, make_optimizer, predict_dt
 
 from .common import load_config, load_scales, own_torch_rng
 
@@ -34,15 +34,18 @@ class Learner:
         self.kept: Samples | None = None  # samples kept across epochs (train.generalize_capacity)
 
     def generalize(self, *parts: Samples) -> dict:
-        """Generalize on the collectors' samples (plus the kept samples). Returns ``generalize/*`` metrics
-        and ``system/learner_time`` (s)."""
+        """Generalize on the collectors' samples (plus the kept samples), then, with ``train.passage``,
+        one optimiser step on the mean of the passage gradients the samples carry. Returns
+        ``generalize/*`` metrics (``passage/applied``) and ``system/learner_time`` (s)."""
         start = time.perf_counter()
         samples = Samples.concat(list(parts) if self.kept is None else [self.kept, *parts])
         cap = self.cfg.train.generalize_capacity
         self.kept = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
         with own_torch_rng(self):
             metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)
-            metrics.update(passage(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng))
+            if self.cfg.train.passage:  # one step on the mean of the collectors' passage gradients
+                grads = [p.passage for p in parts if p.passage]
+                metrics["passage/applied"] = float(apply_passage(self.model, self.optimizer, grads))
         metrics["system/learner_time"] = time.perf_counter() - start
         return metrics
 

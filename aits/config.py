@@ -124,10 +124,11 @@ class TrainConfig:
     max_retrain_steps: int = opt(0, "bound of the retrain loop of one step; 0 = unlimited", ge=0)
     generalize_capacity: int = opt(0, "samples the learner keeps across epochs; 0 = this epoch's only", ge=0)
     band_on_accept: bool = opt(False, "the band's lower edge also trains accepted steps (pushes small dt up)")
-    passage_iterations: int = opt(0, "optimiser steps per epoch on the passage objective (learner; 0 = off, "
-                                     "the seed)", ge=0, le=10_000)
+    passage: bool = opt(False, "each collector's gradient of the passage objective joins the learner's epoch "
+                               "as one optimiser step (off: the seed)")
     passage_steps: int = opt(600, "steps of each passage rollout", ge=1, le=100_000)
-    passage_batch: int = opt(32, "start states per passage rollout", ge=1, le=1_000_000)
+    passage_batch: int = opt(16, "start states per collector and epoch for the passage rollouts", ge=1,
+                             le=1_000_000)
 
 
 @dataclass
@@ -251,8 +252,8 @@ class Config:
         if m.symmetric_iterations and not (m.output == "factor" and f.feature_type == "scale_free"):
             p.append("model.symmetric_iterations: the time-symmetric step needs model.output factor and "
                      "features.feature_type scale_free (inputs even under time reversal)")
-        if t.passage_iterations and f.feature_type != "scale_free":
-            p.append("train.passage_iterations: the passage rollout needs features.feature_type scale_free "
+        if t.passage and f.feature_type != "scale_free":
+            p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")
         if not m.hidden_dims:
             p.append("model.hidden_dims: must be a non-empty list of positive ints, got []")

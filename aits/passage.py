@@ -23,10 +23,10 @@ import torch
 from .config import Config
 from .metrics import declare
 from .samples import Samples
-from .stepper import Stepper, optimizer_step
+from .stepper import Stepper
 
-declare({"passage/loss": "mean", "passage/max_rel_dE": "median", "passage/steps_per_tau": "mean",
-         "passage/skipped": "sum"})
+declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
+         "passage/skipped": "sum", "passage/applied": "mean"})
 
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int):
@@ -42,30 +42,53 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     return torch.stack(errs, -1), T, tau0
 
 
-def passage(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config, rng: np.random.Generator) -> dict:
-    """``train.passage_iterations`` optimiser steps on the passage objective, each over a fresh draw of
-    ``passage_batch`` start states from ``samples``. Returns ``passage/*`` metrics ({} when off)."""
+def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
+                     rng: np.random.Generator) -> tuple[dict | None, dict]:
+    """The passage objective's gradient at the model's current weights, over rollouts from
+    ``passage_batch`` states drawn from ``samples`` (a collector: its epoch's samples, the broadcast
+    weights). Returns ({parameter name: gradient} or None when nothing usable, ``passage/*`` metrics);
+    the model's ``.grad`` are left cleared."""
     t = cfg.train
-    if not t.passage_iterations:
-        return {}
     metrics = {"passage/loss": 0.0, "passage/max_rel_dE": 0.0, "passage/steps_per_tau": 0.0, "passage/skipped": 0}
     n = len(samples)
     if n == 0:
         metrics["passage/skipped"] = 1
-        return metrics
-    bs = min(t.passage_batch, n)
-    for _ in range(t.passage_iterations):
-        idx = rng.choice(n, size=bs, replace=False)
-        errs, T, tau0 = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps)
-        worst = errs.max(-1).values
-        keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
-        if not bool(keep.any()):
-            metrics["passage/skipped"] += 1
-            continue
-        loss = (torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep])).mean()
-        metrics["passage/loss"] = float(loss.detach())
-        metrics["passage/max_rel_dE"] = float(worst[keep].detach().median())
-        metrics["passage/steps_per_tau"] = float((t.passage_steps * tau0[keep] / T[keep].detach()).mean())
-        if not optimizer_step(model, optimizer, loss):
-            metrics["passage/skipped"] += 1
-    return metrics
+        return None, metrics
+    idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
+    errs, T, tau0 = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps)
+    worst = errs.max(-1).values
+    keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
+    if not bool(keep.any()):
+        metrics["passage/skipped"] = 1
+        return None, metrics
+    loss = (torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep])).mean()
+    metrics["passage/loss"] = float(loss.detach())
+    metrics["passage/max_rel_dE"] = float(worst[keep].detach().median())
+    metrics["passage/steps_per_tau"] = float((t.passage_steps * tau0[keep] / T[keep].detach()).mean())
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {name: p.grad.detach().cpu().clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    if not grads or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+        metrics["passage/skipped"] = 1
+        return None, metrics
+    return grads, metrics
+
+
+def apply_passage(model, optimizer, gradients: list[dict]) -> bool:
+    """One optimiser step on the mean of the collectors' passage gradients (in collector order).
+    Returns whether it stepped (nothing to apply, or a non-finite mean: no step)."""
+    gradients = [g for g in gradients if g]
+    if not gradients:
+        return False
+    optimizer.zero_grad(set_to_none=True)
+    for name, p in model.named_parameters():
+        parts = [g[name] for g in gradients if name in g]
+        if parts:
+            p.grad = (torch.stack(parts).sum(0) / len(parts)).to(device=p.device, dtype=p.dtype)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True

@@ -255,7 +255,7 @@ def collectors(quick: bool) -> dict:
     pace = learner_pace(lap, 2 if quick else 10)
     # The learner without the passage objective (generalize only), and the same B = n collect with
     # band_on_accept: a lower-edge optimiser step in almost every slot.
-    pace_np = learner_pace(laptop_config("train.passage_iterations=0"), 2 if quick else 10)
+    pace_np = learner_pace(laptop_config("train.passage=false"), 2 if quick else 10)
     wb = laptop_config(f"ray.systems_per_collector={n}", f"train.steps_per_epoch={slots}", "train.band_on_accept=true")
     model.load_state_dict(w0)
     many.load_state_dict(start)

@@ -8,13 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from aits import Config, ConfigError, NormScales, Samples, Stepper, make_optimizer, passage
+from actors import Collector
+from aits import Config, ConfigError, NormScales, Samples, Stepper, apply_passage, make_optimizer, passage_gradient
 from aits import integrators as I
 from aits.passage import rollout
+from driver.train import main
 from aits.physics import kepler_ic
 from aits.policy import FactorStep, NumpyMLP
 
+from helpers import assert_same_weights, final_weights, rows, write_config
 from test_scoreboard import factor_cfg, perturbed_model
+from test_train import strip_timing
+
+# A tiny run of the recommended mode: scale-free factor rule, time-symmetric, passage objective on.
+PASSAGE = dict(features={"feature_type": "scale_free", "history_len": 0, "normalize_inputs": "none"},
+               model={"output": "factor", "init_factor": 0.02, "symmetric_iterations": 1, "init_dt": None},
+               train={"passage": True, "passage_steps": 30, "passage_batch": 4, "band_on_accept": False})
 
 
 def _kepler_samples(es, a=1.0) -> Samples:
@@ -60,27 +69,77 @@ def test_objective_is_scale_free():
 
 
 def test_passage_steps_lower_the_objective():
-    """A few optimiser steps on one fixed batch lower its objective (it trains what it measures)."""
+    """Steps on the passage gradient of one fixed batch lower its objective (it trains what it measures)."""
     cfg = Config.from_dict({**factor_cfg().to_dict(),
-                            "train": {"passage_iterations": 1, "passage_steps": 150, "passage_batch": 3, "lr": 3e-3}})
+                            "train": {"passage": True, "passage_steps": 150, "passage_batch": 3, "lr": 3e-3}})
     model = perturbed_model(cfg)
     stepper = Stepper(cfg, NormScales())
     opt = make_optimizer(model, cfg)
     samples = _kepler_samples([0.5, 0.8, 0.95])
-    losses = [passage(model, opt, samples, stepper, cfg, np.random.default_rng(0))["passage/loss"] for _ in range(6)]
+    losses = []
+    for _ in range(6):
+        grads, m = passage_gradient(model, samples, stepper, cfg, np.random.default_rng(0))
+        assert grads is not None and m["passage/skipped"] == 0
+        assert all(p.grad is None for p in model.parameters())  # left cleared
+        assert apply_passage(model, opt, [grads])
+        losses.append(m["passage/loss"])
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.05, losses
 
 
+def test_learner_steps_on_the_mean_of_the_collectors_gradients():
+    cfg = factor_cfg()
+    model = perturbed_model(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g1 = {n: torch.full_like(p, 1.0) for n, p in model.named_parameters()}
+    g2 = {n: torch.full_like(p, 3.0) for n, p in model.named_parameters()}
+    assert apply_passage(model, torch.optim.SGD(model.parameters(), lr=0.5), [g1, None, g2])
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] - 0.5 * 2.0, rtol=0, atol=1e-15)
+    bad = {n: torch.full_like(p, math.nan) for n, p in model.named_parameters()}
+    assert not apply_passage(model, torch.optim.SGD(model.parameters(), lr=0.5), [g1, bad])
+    assert not apply_passage(model, torch.optim.SGD(model.parameters(), lr=0.5), [])
+
+
+def test_collector_ships_its_gradient_with_the_samples():
+    cfg = Config.from_dict({**factor_cfg().to_dict(), "train": {"passage": True, "passage_steps": 20,
+                                                                 "passage_batch": 2, "steps_per_epoch": 3},
+                            "ray": {"systems_per_collector": 2}})
+    col = Collector(cfg.to_dict(), NormScales().to_dict(), 0)
+    weights = perturbed_model(cfg).state_dict()
+    samples, metrics = col.collect(weights)
+    names = {n for n, _ in perturbed_model(cfg).named_parameters()}
+    assert set(samples.passage) == names and math.isfinite(metrics["passage/loss"])
+    # computed at the broadcast weights: the same gradient as passage_gradient on them
+    model = perturbed_model(cfg)
+    again, _ = passage_gradient(model, samples, Stepper(cfg, NormScales()), cfg, np.random.default_rng([5, 2, 0]))
+    for n in names:
+        torch.testing.assert_close(samples.passage[n], again[n], rtol=0, atol=0)
+    assert Samples.concat([samples, samples]).passage is None and "passage" not in samples.to_dict()
+
+
+def test_ray_and_inprocess_identical_and_resume_exact_with_passage(ray_session, tmp_path, capsys):
+    ray_cfg = write_config(tmp_path, name="ray", **{**PASSAGE, "train": {**PASSAGE["train"], "epochs": 3}})
+    local = dict(PASSAGE, ray={"inprocess": True}, train={**PASSAGE["train"], "epochs": 3}, run={"checkpoint_interval": 5})
+    local_cfg = write_config(tmp_path, name="local", **local)
+    assert main(["--config", ray_cfg]) == 0
+    assert main(["--config", local_cfg]) == 0
+    ray_rows = rows(tmp_path / "runs" / "ray")
+    assert all(r["passage/applied"] == 1.0 and math.isfinite(r["passage/loss"]) for r in ray_rows)
+    assert_same_weights(final_weights(tmp_path / "runs" / "ray"), final_weights(tmp_path / "runs" / "local"))
+    assert strip_timing(ray_rows) == strip_timing(rows(tmp_path / "runs" / "local"))
+    cut_cfg = write_config(tmp_path, name="cut", **local)
+    assert main(["--config", cut_cfg, "--set", "run.duration=0.001"]) == 0  # stops after epoch 1
+    assert main(["--config", cut_cfg, "--resume", "auto"]) == 0
+    assert "Resumed from epoch 1" in capsys.readouterr().out
+    assert_same_weights(final_weights(tmp_path / "runs" / "local"), final_weights(tmp_path / "runs" / "cut"))
+
+
 def test_off_by_default_and_needs_scale_free_features():
     cfg = factor_cfg()
-    assert cfg.train.passage_iterations == 0
-    model = perturbed_model(cfg)
-    before = [p.detach().clone() for p in model.parameters()]
-    rng = np.random.default_rng(1)
-    state = rng.bit_generator.state
-    out = passage(model, make_optimizer(model, cfg), _kepler_samples([0.5]), Stepper(cfg, NormScales()), cfg, rng)
-    assert out == {} and rng.bit_generator.state == state
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    with pytest.raises(ConfigError, match="train.passage_iterations"):
-        Config.from_dict({"train": {"passage_iterations": 1}, "features": {"feature_type": "delta_mag"}})
+    assert cfg.train.passage is False
+    col = Collector(cfg.to_dict(), NormScales().to_dict(), 0)
+    samples, metrics = col.collect(perturbed_model(cfg).state_dict())
+    assert samples.passage is None and not any(k.startswith("passage/") for k in metrics)
+    with pytest.raises(ConfigError, match="train.passage"):
+        Config.from_dict({"train": {"passage": True}, "features": {"feature_type": "delta_mag"}})
