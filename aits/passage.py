@@ -3,16 +3,18 @@
 The band loss judges one step at a time: it equalises each step's energy change along an orbit.
 A time-symmetric integrator's energy error, though, is not a sum of step errors: it swings up and
 back through each pericentre passage, and its size over an orbit is set by how the steps are
-spread along it. The passage objective measures that directly. From ``passage_batch`` of the
-learner's samples it rolls out ``passage_steps`` steps of the rule as trained (the same
-``Stepper.attempt``, differentiable through every step) and minimises, per system,
+spread along it. The passage objective measures that directly. A collector draws
+``passage_batch`` of its epoch's samples, rolls out ``passage_steps`` steps of the rule as trained
+from each (the same ``Stepper.attempt``, differentiable through every step, at the broadcast
+weights) and takes the gradient of the mean over the systems of
 
     log max_k |E_k - E_0| / |E_0|  -  2 log T,      T = sum_k n_steps * dt_k (time covered),
 
 the log of (largest energy error) x (steps per unit time)^2: leapfrog's error falls as the
 square of the step count, so the objective does not change when every dt is scaled by one
 factor. It moves how the steps are spread along the trajectory, and leaves their overall size to
-the band (docs/DESIGN.md §4.4b). ``passage_steps`` should cover at least one pericentre passage
+the band. The learner steps once per epoch on the mean of the collectors' gradients
+(docs/DESIGN.md §4.4b). ``passage_steps`` should cover at least one pericentre passage
 of the most eccentric training orbit at the trained step size.
 """
 from __future__ import annotations
