@@ -25,7 +25,7 @@ import torch
 from .config import Config
 from .metrics import declare
 from .samples import Samples
-from .stepper import Stepper
+from .stepper import Stepper, step_on_grads
 
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
          "passage/skipped": "sum", "passage/applied": "mean"})
@@ -39,7 +39,7 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     for _ in range(steps):
         att = stepper.attempt(model, prep)
         errs.append(((att.e1 - e0) / e0).abs())
-        T = T + att.dt * (1 if stepper.symmetric else stepper.n_steps)
+        T = T + att.dt * stepper.substeps
         prep = stepper.prepare_live(m, att)
     return torch.stack(errs, -1), T, tau0
 
@@ -88,9 +88,4 @@ def apply_passage(model, optimizer, gradients: list[dict]) -> bool:
         parts = [g[name] for g in gradients if name in g]
         if parts:
             p.grad = (torch.stack(parts).sum(0) / len(parts)).to(device=p.device, dtype=p.dtype)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    optimizer.step()
-    return True
+    return step_on_grads(model, optimizer)

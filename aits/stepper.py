@@ -67,6 +67,8 @@ class Stepper:
         self.threshold = cfg.train.energy_threshold
         self.factor = cfg.model.output == "factor"  # dt = g(features) * tau
         self.symmetric = cfg.model.symmetric_iterations  # 0: explicit step
+        # leapfrog substeps of dt per step: the time-symmetric step is one substep
+        self.substeps = 1 if self.symmetric else self.n_steps
 
     def tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
@@ -112,8 +114,7 @@ class Stepper:
                 xt, vt, at = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1, acc0=prep.acc0)
                 feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps)
                 dt = 0.5 * (h0 + self.step_size(model, feats.to(self.model_dtype), tau))
-        x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1 if self.symmetric else self.n_steps,
-                              acc0=prep.acc0)
+        x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.substeps, acc0=prep.acc0)
         e1 = energy(x1, v1, prep.m, self.eps)
         return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
 
@@ -140,6 +141,12 @@ def optimizer_step(model, optimizer, loss: torch.Tensor) -> bool:
         return False
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    return step_on_grads(model, optimizer)
+
+
+def step_on_grads(model, optimizer) -> bool:
+    """Step on the gradients the parameters hold unless one is non-finite (then clear them).
+    Returns whether it stepped."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     # One fused multi-tensor norm: cheaper than a per-tensor abs().max() pass.
     if not grads or not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):

@@ -45,8 +45,7 @@ class Systems:
         self.cfg, self.K, self.N, self.D = cfg, cfg.features.history_len, s.num_particles, s.dim
         self.rngs = list(rngs)
         B = len(self.rngs)
-        for name, shape, dtype in FIELDS:
-            setattr(self, name, np.zeros((B, *shape(self.K, self.N, self.D)), dtype=dtype))
+        self._allocate(B)
         self.ids[:] = np.asarray(ids, dtype=np.int64)
         self.restarts[:] = -1
         self.acc = None
@@ -65,12 +64,16 @@ class Systems:
         self = cls.__new__(cls)
         self.cfg, self.K, self.N, self.D = None, int(history_len), N, D
         self.rngs, self.acc, self._file_ic = [None] * B, None, None
-        for name, shape, dtype in FIELDS:
-            setattr(self, name, np.zeros((B, *shape(self.K, N, D)), dtype=dtype))
+        self._allocate(B)
         self.ids[:] = np.arange(B) if ids is None else np.asarray(ids, dtype=np.int64)
         self.m[:], self.x[:], self.v[:] = np.broadcast_to(np.asarray(m, dtype=np.float64), (B, N)), x, v
         self.period[:] = self.e[:] = self.a[:] = math.nan
         return self
+
+    def _allocate(self, B: int) -> None:
+        """Zeroed per-system arrays of ``FIELDS`` for B systems (K, N, D set)."""
+        for name, shape, dtype in FIELDS:
+            setattr(self, name, np.zeros((B, *shape(self.K, self.N, self.D)), dtype=dtype))
 
     @classmethod
     def for_collector(cls, cfg: Config, index: int, count: int) -> "Systems":
