@@ -106,6 +106,8 @@ class ModelConfig:
     init_factor: Optional[float] = opt(None, "g an untrained factor model predicts (output bias)", gt=0)
     symmetric_iterations: int = opt(0, "0: explicit dt = h(start); k: time-symmetric (h(start) + h(end)) / 2 "
                                        "by k fixed-point iterations", ge=0, le=20)
+    recursive: bool = opt(False, "explicit time-reversible step dt_n = h(z_n)^2 / dt_{n-1} (the first step h): "
+                                 "one evaluation per step; factor output, scale_free features")
     dtype: Optional[str] = opt(None, "model precision; null = run.dtype (physics stays run.dtype)", choices=FLOATS)
 
 
@@ -252,6 +254,12 @@ class Config:
         if m.symmetric_iterations and not (m.output == "factor" and f.feature_type == "scale_free"):
             p.append("model.symmetric_iterations: the time-symmetric step needs model.output factor and "
                      "features.feature_type scale_free (inputs even under time reversal)")
+        if m.recursive and not (m.output == "factor" and f.feature_type == "scale_free"):
+            p.append("model.recursive: the step recursion needs model.output factor and "
+                     "features.feature_type scale_free (inputs even under time reversal)")
+        if m.recursive and m.symmetric_iterations:
+            p.append(f"model.recursive: pick one step rule; symmetric_iterations is {m.symmetric_iterations}, "
+                     "set it to 0 for the step recursion")
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")

@@ -13,11 +13,15 @@ Methods (see docs/DESIGN.md, "Scoreboard"):
 - ``Adaptive(eta)``: dt = eta * tau(x), tau = min_i sqrt(r_i,nn / |a_i|), KDK (1 eval/step).
 - ``SymmetricAdaptive(eta, k)``: dt = (f(start) + f(end)) / 2 with f = eta * tau, solved by ``k``
   fixed-point iterations (each a trial KDK step: one eval) and a final step (one eval).
+- ``RecursiveAdaptive(eta)``: the explicit time-reversible step recursion dt_n * dt_{n-1} = h(z_n)^2 with
+  h = eta * tau (the first step h(z_0)), KDK (1 eval/step): reversible because the relation between
+  the steps on either side of a state is symmetric and h is even in the velocities.
 - ``LogH(h)``: the logarithmic-Hamiltonian leapfrog (Mikkola & Tanikawa 1999; Preto & Tremaine
   1999), drift-kick-drift in a fictitious time s with dt/ds = 1/(T + B) in drifts and 1/(-U)
   in kicks; exact Kepler orbits up to a phase error (1 eval/step).
 - ``PolicyStep(policy)``: dt from a callable (the learned explicit policy), KDK.
 - ``SymmetricPolicy(policy, k)``: the time-symmetric form of a policy, as SymmetricAdaptive.
+- ``RecursivePolicy(h)``: the step recursion of a step function h, as RecursiveAdaptive.
 """
 from __future__ import annotations
 
@@ -223,6 +227,45 @@ class SymmetricAdaptive(SymmetricPolicy):
     def __init__(self, eta: float, k: int = 2):
         self.eta = float(eta)
         super().__init__(lambda x, v, a, m: self.eta * timescale(x, a), k, "symmetric_adaptive")
+
+    @property
+    def param(self):
+        return self.eta
+
+
+def recursive_dt(h: float, dt_prev: float) -> float:
+    """The next step of the reversible recursion dt_n = h(z_n)^2 / dt_{n-1}; h itself at the start."""
+    return h * h / dt_prev if dt_prev > 0 else h
+
+
+class RecursivePolicy(Method):
+    """Explicit, time-reversible steps: dt_n = h(z_n)^2 / dt_{n-1}, the first step h(z_0).
+
+    The map (z_n, dt_{n-1}) -> (z_{n+1}, dt_n) is reversible: the relation dt_n * dt_{n-1} =
+    h(z_n)^2 is symmetric in the two steps either side of z_n, so a run with the velocities flipped
+    and the step dt_n that arrived retraces the same steps (h even under v -> -v; KDK is symmetric).
+    One force evaluation per step, like the explicit rule. The previous step is ``state.dt``.
+    """
+
+    name, param_name = "recursive", ""
+
+    def __init__(self, h: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],
+                 name: str = "recursive"):
+        self.h, self.name = h, name
+
+    def step(self, state, t_left):
+        dt = recursive_dt(float(self.h(state.x, state.v, state.a, state.m)), state.dt)
+        if not (math.isfinite(dt) and dt > 0):
+            raise BadStep(dt)
+        return _advance(state, dt, t_left)
+
+
+class RecursiveAdaptive(RecursivePolicy):
+    name, param_name = "recursive_adaptive", "eta"
+
+    def __init__(self, eta: float):
+        self.eta = float(eta)
+        super().__init__(lambda x, v, a, m: self.eta * timescale(x, a), "recursive_adaptive")
 
     @property
     def param(self):

@@ -33,7 +33,9 @@ declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_pe
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int):
     """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (rel_dE (B, steps)
-    against the start's energy, T (B,) time covered, tau0 (B,) the start's classical timescale)."""
+    against the start's energy, T (B,) time covered, tau0 (B,) the start's classical timescale).
+    Each rollout is a fresh start: the step recursion's first step is h, then dt_k = h_k^2 / dt_{k-1}
+    with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free)."""
     prep = stepper.prepare(m, x, v, np.zeros(len(m)), None, None, None)
     m, e0, tau0, errs, T = prep.m, prep.e0, prep.tau, [], 0.0
     for _ in range(steps):

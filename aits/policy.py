@@ -93,7 +93,8 @@ def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method
 
     Seed-mode models (output 'dt'): ``learned`` only. Factor models with scale-free features:
     ``learned`` and the other of the explicit / time-symmetric forms (``learned_explicit`` or
-    ``learned_symmetric``), both with the same step function h.
+    ``learned_symmetric``), both with the same step function h; recursive models: ``learned`` (the
+    step recursion) and ``learned_symmetric`` (one fixed-point iteration).
     """
     cfg = cfg or Config.from_dict(ckpt["config"])
     scales = NormScales(**ckpt["norm_scales"]) if ckpt.get("norm_scales") else NormScales()
@@ -107,6 +108,8 @@ def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method
         return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales), "learned")}
     h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening))
     explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
+    if mc.recursive:
+        return {"learned": I.RecursivePolicy(h, "learned"), "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
     k = mc.symmetric_iterations
     symmetric = I.SymmetricPolicy(h, k or 2, "learned")
     if k:

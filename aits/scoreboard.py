@@ -5,7 +5,8 @@ writes the report. For one system, :func:`score_system` runs
 
 - the learned method(s) of the checkpoint,
 - ``ias15`` (REBOUND at its default accuracy): the reference trajectory and a cost anchor,
-- each classical family (``fixed``, ``adaptive``, ``symmetric_adaptive``, ``logh`` for two bodies)
+- each classical family (``fixed``, ``adaptive``, ``symmetric_adaptive``, ``recursive_adaptive``,
+  ``logh`` for two bodies)
   at **equal force evaluations**: its step parameter searched until its count lies within
   ``EVAL_TOL`` of the learned run's, and at **equal wall time**: the parameter rescaled until its
   loop time matches the learned run's (within ``WALL_TOL``, a few tries),
@@ -24,7 +25,7 @@ import numpy as np
 from . import integrators as I
 from .physics import crossing_time, kepler_ic, random_ic
 
-BASELINES = ("fixed", "adaptive", "symmetric_adaptive", "logh")
+BASELINES = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "logh")
 METHOD_NAMES = ("learned", *BASELINES, "ias15")
 EVAL_TOL = 0.02  # equal force evaluations: within 2 %
 WALL_TOL = 0.10  # equal wall time: within 10 % (wall clocks on shared cores wander more than that)
@@ -115,6 +116,8 @@ def make_baseline(family: str, param: float) -> I.Method:
         return I.Adaptive(param)
     if family == "symmetric_adaptive":
         return I.SymmetricAdaptive(param, SYMMETRIC_ITERATIONS)
+    if family == "recursive_adaptive":
+        return I.RecursiveAdaptive(param)
     if family == "logh":
         return I.LogH(param)
     raise ValueError(f"unknown baseline {family!r}")
@@ -129,12 +132,15 @@ def initial_param(family: str, sys: System, target_evals: int, n_steps: int) -> 
     tau0 = I.timescale(sys.x, I.accel(sys.x, sys.m, sys.eps))
     if family == "adaptive":
         return sys.duration / (steps * tau0 * n_steps)
+    if family == "recursive_adaptive":  # one substep per step
+        return sys.duration / (steps * tau0)
     return sys.duration * (SYMMETRIC_ITERATIONS + 1) / (steps * tau0)  # symmetric_adaptive
 
 
 def run_method(method: I.Method, sys: System, n_steps: int, max_steps: int, record: bool = True) -> I.Run:
-    # n_steps leapfrog substeps per step apply to the explicit KDK rules; symmetric steps and logh take one
-    ns = 1 if isinstance(method, (I.SymmetricPolicy, I.LogH)) else n_steps
+    # n_steps leapfrog substeps per step apply to the explicit KDK rules; symmetric and recursive steps
+    # and logh take one
+    ns = 1 if isinstance(method, (I.SymmetricPolicy, I.RecursivePolicy, I.LogH)) else n_steps
     return I.integrate(method, sys.m, sys.x, sys.v, sys.duration, eps=sys.eps, n_steps=ns,
                        max_steps=max_steps, record=record)
 

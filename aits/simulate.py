@@ -26,7 +26,7 @@ import torch
 from .features import build_features, scale_free_torch
 from .physics import acceleration, angular_momentum, energy, leapfrog, momentum, rel_energy_error
 from .integrators import tune
-from .stepper import Stepper, classical_timescale
+from .stepper import Stepper, classical_timescale, recursive_dt_torch
 from .systems import Systems
 
 METHODS = ("learned", "fixed", "adaptive")
@@ -210,8 +210,9 @@ def dt_stats(dt: np.ndarray) -> dict:
 # ---------------------------------------------------------------- the three methods
 def learned_policy(model: torch.nn.Module, stepper: Stepper) -> DtPolicy:
     """dt from the model, with features built exactly as in training (current state + its history);
-    factor models multiply by the classical timescale, and the time-symmetric mode iterates
-    dt = (h(start) + h(end)) / 2 as in training. One model call per evaluation for all active systems."""
+    factor models multiply by the classical timescale, the time-symmetric mode iterates
+    dt = (h(start) + h(end)) / 2 and the recursive mode takes dt = h^2 / (previous dt), as in
+    training. One model call per evaluation for all active systems."""
     model.eval()
     t = stepper.tensor
 
@@ -233,6 +234,8 @@ def learned_policy(model: torch.nn.Module, stepper: Stepper) -> DtPolicy:
             for _ in range(stepper.symmetric):  # the config allows it for scale_free features only
                 x1, v1, a1 = leapfrog(x, v, m, dt, stepper.eps, 1, acc0=acc)
                 dt = 0.5 * (h0 + h(x1, v1, a1, m))
+            if stepper.recursive:
+                dt = recursive_dt_torch(dt, t(_rows(systems.dt, idx)))
             return dt.to(torch.float64).cpu().numpy()
 
     return choose
@@ -243,7 +246,7 @@ def simulate_learned(model, stepper: Stepper, m, x, v, duration, max_steps=1_000
     was_training = model.training
     try:
         return integrate(m, x, v, duration, learned_policy(model, stepper), eps=stepper.eps,
-                         n_steps=stepper.n_steps, dtype=stepper.dtype, history_len=stepper.K,
+                         n_steps=stepper.substeps, dtype=stepper.dtype, history_len=stepper.K,
                          max_steps=max_steps, record=record, method="learned")
     finally:
         model.train(was_training)

@@ -25,6 +25,7 @@ class Prepared:
     e0: torch.Tensor
     acc0: torch.Tensor
     tau: torch.Tensor  # (B,) classical timescale min_i sqrt(r_i,nn / |a_i|)
+    dt_prev: torch.Tensor  # (B,) previous step of a passage rollout (0 otherwise): the step recursion's input
 
     def take(self, idx) -> "Prepared":
         return Prepared(*(getattr(self, f.name)[idx] for f in fields(self)))
@@ -67,8 +68,9 @@ class Stepper:
         self.threshold = cfg.train.energy_threshold
         self.factor = cfg.model.output == "factor"  # dt = g(features) * tau
         self.symmetric = cfg.model.symmetric_iterations  # 0: explicit step
-        # leapfrog substeps of dt per step: the time-symmetric step is one substep
-        self.substeps = 1 if self.symmetric else self.n_steps
+        self.recursive = cfg.model.recursive  # dt_n = h(z_n)^2 / dt_{n-1}
+        # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
+        self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
 
     def tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
@@ -85,13 +87,15 @@ class Stepper:
                                        self.tensor(hist_dt), self.eps, self.scales, self.feature_type)
                 tau = classical_timescale(x, acc0)
             e0 = energy(x, v, m, self.eps)
-        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau)
+        # A stored state's previous step is not used: the band's attempts take the recursion's steady
+        # step h (see ``attempt``); only a rollout carries its own previous step (``prepare_live``).
+        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau, torch.zeros_like(dt))
 
     def prepare_live(self, m: torch.Tensor, att: Attempt) -> Prepared:
         """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
         energy reused): the next step of a passage rollout."""
         feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps)
-        return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau)
+        return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt)
 
     def prepare_samples(self, s: Samples) -> Prepared:
         return self.prepare(s.m, s.x, s.v, s.dt, s.hist_x, s.hist_v, s.hist_dt)
@@ -106,8 +110,16 @@ class Stepper:
 
         Time-symmetric mode: dt = (h(start) + h(end)) / 2 by ``symmetric_iterations`` fixed-point
         iterations, each a trial leapfrog step whose end state's features stay in the graph.
+        Recursive mode: dt = h^2 / dt_prev, in a passage rollout (dt_prev the previous attempt's dt, in
+        the graph), else h: the steady step of the recursion (dt_n = h when dt_{n-1} = h). Collect and
+        generalize train h so: the recursion's alternating mode (dt_n / h_n = c, 1/c, c, ...) is
+        neutral, as reversibility requires, so with stored previous steps every weight update
+        between epochs would leave the collectors' systems oscillating further from h, and it did
+        (seed 0 collapsed to dt ~ 5e-5 tau by epoch 27).
         """
         dt = self.step_size(model, prep.feats, prep.tau)
+        if self.recursive:
+            dt = recursive_dt_torch(dt, prep.dt_prev)
         if self.symmetric:
             h0 = dt
             for _ in range(self.symmetric):
@@ -117,6 +129,12 @@ class Stepper:
         x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.substeps, acc0=prep.acc0)
         e1 = energy(x1, v1, prep.m, self.eps)
         return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
+
+
+def recursive_dt_torch(h: torch.Tensor, dt_prev: torch.Tensor) -> torch.Tensor:
+    """dt = h^2 / dt_prev where dt_prev > 0, else h (B,): :func:`aits.integrators.recursive_dt` batched."""
+    started = dt_prev > 0
+    return torch.where(started, h * h / torch.where(started, dt_prev, torch.ones_like(dt_prev)), h)
 
 
 def band_loss(rel_dE: torch.Tensor, E_lower: float, E_upper: float, lower_only: bool = False) -> torch.Tensor:

@@ -20,9 +20,10 @@ from helpers import assert_same_weights, final_weights, rows, write_config
 from test_scoreboard import factor_cfg, perturbed_model
 from test_train import strip_timing
 
-# A tiny run of the recommended mode: scale-free factor rule, time-symmetric, passage objective on.
+# A tiny run of the recommended mode: scale-free factor rule, step recursion, passage objective on.
 PASSAGE = dict(features={"feature_type": "scale_free", "history_len": 0, "normalize_inputs": "none"},
-               model={"output": "factor", "init_factor": 0.02, "symmetric_iterations": 1, "init_dt": None},
+               model={"output": "factor", "init_factor": 0.02, "symmetric_iterations": 0, "recursive": True,
+                      "init_dt": None},
                train={"passage": True, "passage_steps": 30, "passage_batch": 4, "band_on_accept": False})
 
 
@@ -33,19 +34,31 @@ def _kepler_samples(es, a=1.0) -> Samples:
     return s
 
 
-@pytest.mark.parametrize("k", [0, 1])
-def test_rollout_is_the_scoreboard_integrator(k):
+MODES = {"explicit": {"symmetric_iterations": 0}, "symmetric": {"symmetric_iterations": 1},
+         "recursive": {"symmetric_iterations": 0, "recursive": True}}
+
+
+MODES_METHOD = {"explicit": lambda h: I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned"),
+                "symmetric": lambda h: I.SymmetricPolicy(h, 1, "learned"),
+                "recursive": lambda h: I.RecursivePolicy(h, "learned")}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_rollout_is_the_scoreboard_integrator(mode):
     """The differentiable rollout takes the steps the numpy evaluation loop takes, with the same
     energy errors: what training optimises is what the scoreboard measures."""
-    cfg = factor_cfg(symmetric_iterations=k)
+    cfg = factor_cfg(**MODES[mode])
     model = perturbed_model(cfg)
     stepper = Stepper(cfg, NormScales())
     m, x, v, _ = kepler_ic(0.9, 1.0)
     with torch.no_grad():
         errs, T, tau0 = rollout(model, stepper, m[None], x[None], v[None], 120)
     h = FactorStep(NumpyMLP(model, cfg.model.activation), 0.0)
-    method = I.SymmetricPolicy(h, k, "learned") if k else I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
+    method = MODES_METHOD[mode](h)
     run = I.integrate(method, m, x, v, 1e9, max_steps=120)
+    if mode == "recursive":  # the recursion's steps are not the explicit rule's steps dt = h
+        explicit = I.integrate(MODES_METHOD["explicit"](h), m, x, v, 1e9, max_steps=120)
+        assert np.abs(run.trajectory["dt"][2:] / explicit.trajectory["dt"][2:] - 1).max() > 1e-3
     assert run.metrics["status"] == "max_steps"
     assert float(T[0]) == pytest.approx(run.trajectory["t"][-1], rel=1e-10)
     e = run.trajectory["E"]
@@ -53,9 +66,10 @@ def test_rollout_is_the_scoreboard_integrator(k):
     assert float(tau0[0]) == pytest.approx(I.timescale(x, I.accel(x, m)), rel=1e-12)
 
 
-def test_objective_is_scale_free():
+@pytest.mark.parametrize("mode", ["symmetric", "recursive"])
+def test_objective_is_scale_free(mode):
     """Lengths x L, masses x M: the same relative errors and the same time covered in units of tau0."""
-    cfg = factor_cfg()
+    cfg = factor_cfg(**MODES[mode])
     model = perturbed_model(cfg)
     stepper = Stepper(cfg, NormScales())
     m, x, v, _ = kepler_ic(0.8, 1.0)

@@ -66,6 +66,35 @@ def test_symmetric_adaptive_is_time_reversible():
     assert forward_back(I.Adaptive(0.01), m, x, v, 900) > 1e-6
 
 
+def recursive_forward_back(method: I.RecursivePolicy, m, x, v, steps: int) -> float:
+    """``steps`` recursive steps, then the reversed state (velocities flipped, and as the step that led
+    to it the next step h(z)^2 / dt the forward run would take) stepped ``steps`` times: the relative
+    distance to the start."""
+    st = I.State(m, x.copy(), v.copy(), I.accel(x, m))
+    for _ in range(steps):
+        method.step(st, math.inf)
+    st.v = -st.v
+    st.dt = I.recursive_dt(float(method.h(st.x, st.v, st.a, m)), st.dt)
+    for _ in range(steps):
+        method.step(st, math.inf)
+    return float(np.abs(st.x - x).max() / np.abs(x).max())
+
+
+def test_step_recursion_is_time_reversible_with_one_evaluation_per_step():
+    m, x, v, _ = kepler_ic(0.9, 1.0)
+    assert recursive_forward_back(I.RecursiveAdaptive(0.02), m, x, v, 600) < 1e-10
+    h = FactorStep(NumpyMLP(perturbed_model(factor_cfg(symmetric_iterations=0, recursive=True)), "tanh"), 0.0)
+    assert recursive_forward_back(I.RecursivePolicy(h), m, x, v, 600) < 1e-10
+    # dt_n * dt_{n-1} = h(z_n)^2 along the run, and the first step is h(z_0).
+    run = I.integrate(I.RecursiveAdaptive(0.02), m, x, v, 1e9, max_steps=50)
+    dts, xs, vs = run.trajectory["dt"], run.trajectory["x"], run.trajectory["v"]
+    assert dts[1] == pytest.approx(0.02 * I.timescale(x, I.accel(x, m)), rel=1e-14)
+    for n in range(2, 50):
+        h_n = 0.02 * I.timescale(xs[n - 1], I.accel(xs[n - 1], m))
+        assert dts[n] * dts[n - 1] == pytest.approx(h_n ** 2, rel=1e-12)
+    assert run.metrics["force_evals"] == 51
+
+
 def test_logh_keeps_kepler_energy_over_ten_periods():
     m, x, v, period = kepler_ic(0.9, 1.0)
     run = I.integrate(I.LogH(0.05), m, x, v, 10 * period)
@@ -94,7 +123,8 @@ def test_force_evaluation_counts_equal_the_accelerations_computed(monkeypatch):
     cfg = factor_cfg()
     h = FactorStep(NumpyMLP(perturbed_model(cfg), "tanh"), 0.0)
     methods = [I.FixedStep(period / 700), I.Adaptive(0.05), I.SymmetricAdaptive(0.05, 2), I.LogH(0.1),
-               I.SymmetricPolicy(h, 1), I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m))]
+               I.SymmetricPolicy(h, 1), I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m)), I.RecursiveAdaptive(0.05),
+               I.RecursivePolicy(h)]
     for method in methods:
         calls["n"] = 0
         run = I.integrate(method, m, x, v, 2.3 * period)  # ends mid-orbit: the clipped last step counts
