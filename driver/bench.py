@@ -411,8 +411,9 @@ def pipelined_epochs(pipeline: bool, quick: bool) -> float:
 
 def steps(quick: bool) -> dict:
     """Cost of one step in the evaluation loop (batch 1, one thread, Kepler e = 0.9): the learned
-    factor rule (numpy features + MLP, laptop model) against the classical rule it generalises,
-    explicit and time-symmetric, and the seed's mode (torch features from K + 1 states, K = 3)."""
+    factor rule (numpy features + MLP, laptop model) with one force evaluation per step (the laptop
+    configuration's step recursion) against the classical rule it generalises, the time-symmetric
+    pair, and the seed's mode (torch features from K + 1 states, K = 3)."""
     from aits import build_payload, integrators as I
     from aits.policy import learned_methods
     from aits.scoreboard import kepler_system, step_cost_ratios
@@ -427,9 +428,9 @@ def steps(quick: bool) -> dict:
         return learned_methods(ckpt)
 
     lm = methods(laptop)
-    explicit = lm.get("learned_explicit") or lm["learned"]
+    one_eval = lm.get("learned_explicit") or lm["learned"]  # the step recursion or the explicit step
     symmetric = lm.get("learned_symmetric") or lm["learned"]
-    rules = {"adaptive": I.Adaptive(0.02), "learned": explicit, "symmetric_adaptive": I.SymmetricAdaptive(0.03, 1),
+    rules = {"adaptive": I.Adaptive(0.02), "learned": one_eval, "symmetric_adaptive": I.SymmetricAdaptive(0.03, 1),
              "learned_symmetric": symmetric}
     system = kepler_system(0.9, 1.0, 100, "kepler_long")
     start = time.perf_counter()
