@@ -409,6 +409,28 @@ def pipelined_epochs(pipeline: bool, quick: bool) -> float:
     return sum(r["system/epoch_time"] for r in rows[1:])  # epoch 1 holds start-up costs
 
 
+def step_profile(h, system, calls: int, repeats: int) -> dict:
+    """Microseconds per call of the parts of a step at the start of ``system`` (batch 1): the force
+    evaluation (KDK's accelerations), the classical timescale tau (all the adaptive rule adds), and
+    the learned step function ``h``'s scale-free features (tau included) and MLP: where the learned
+    step's extra cost goes."""
+    from aits import integrators as I
+    from aits.features import scale_free_numpy
+
+    m, x, v = system.m, system.x, system.v
+    a = I.accel(x, m)
+    feats, _ = scale_free_numpy(x, v, a, m, 0.0)
+    parts = {"force_eval": lambda: I.accel(x, m), "timescale": lambda: I.timescale(x, a),
+             "features": lambda: scale_free_numpy(x, v, a, m, 0.0), "mlp": lambda: h.mlp(feats)}
+
+    def per_call(fn):
+        def run():
+            for _ in range(calls):
+                fn()
+        return timeit(run, repeats) / calls * 1e6
+    return {f"step_profile_{k}_us": per_call(fn) for k, fn in parts.items()}
+
+
 def steps(quick: bool) -> dict:
     """Cost of one step in the evaluation loop (batch 1, one thread, Kepler e = 0.9): the learned
     factor rule (numpy features + MLP, laptop model) with one force evaluation per step (the laptop
@@ -440,10 +462,12 @@ def steps(quick: bool) -> dict:
     r["seed_mode"] = step_cost_ratios({"adaptive": rules["adaptive"], "seed_mode": methods(seed_mode)["learned"]},
                                       "adaptive", system, seconds=0.05 if quick else 0.2, repeats=repeats)["seed_mode"]
     sym = r["learned_symmetric"]["seconds_per_step"] / r["symmetric_adaptive"]["seconds_per_step"]
+    profile = step_profile(symmetric.h, system, 2000 if quick else 20000, repeats)
     out = {"learned_step_vs_adaptive_step": r["learned"]["ratio"],
            "learned_symmetric_step_vs_symmetric_adaptive_step": sym,
            "seed_mode_step_vs_adaptive_step": r["seed_mode"]["ratio"],
            "adaptive_step_us": 1e6 * r["adaptive"]["seconds_per_step"],
+           **profile,
            "_seconds": {"steps": time.perf_counter() - start},
            "_spread": {k: {"min": r[n]["ratio_min"], "max": r[n]["ratio_max"], "n": repeats}
                        for k, n in (("learned_step_vs_adaptive_step", "learned"),
