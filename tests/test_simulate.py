@@ -275,6 +275,8 @@ def state_dependent_model(cfg, stepper):
     ({"feature_type": "rich", "history_len": 1}, {}),
     ({"feature_type": "scale_free", "history_len": 0},
      {"output": "factor", "symmetric_iterations": 2, "init_factor": 0.05}),
+    ({"feature_type": "scale_free", "history_len": 0},
+     {"output": "factor", "recursive": True, "init_factor": 0.05}),
 ])
 def test_learned_batch_gives_the_dts_of_one_at_a_time(features, model_cfg):
     cfg = small_config(model_cfg, **features)
@@ -292,6 +294,25 @@ def test_learned_batch_gives_the_dts_of_one_at_a_time(features, model_cfg):
         # The batched matmuls round differently in the last bit of a few dts: E then differs at
         # round-off (1e-16 of E0), which |dE/E| ~ 1e-4 sees at ~1e-12 relative: compared absolutely.
         assert_same_run(run, alone, dE_abs=1e-14)
+
+
+def test_recursive_mode_simulates_the_scoreboard_recursion():
+    """driver/simulate's batched torch loop and the scoreboard's numpy loop take the same recursive
+    steps dt_n = h(z_n)^2 / dt_{n-1} (first step h) with the same model."""
+    from aits import integrators as I
+    from aits.policy import FactorStep, NumpyMLP
+
+    cfg = small_config({"output": "factor", "recursive": True, "init_factor": 0.05, "init_dt": None},
+                       feature_type="scale_free", history_len=0, normalize_inputs="none")
+    stepper = Stepper(cfg, auto_norm_scales(cfg))
+    model = state_dependent_model(cfg, stepper)
+    m, x, v, period = kepler_ic(0.8, 1.0)
+    run = simulate_learned(model, stepper, m, x, v, 0.7 * period, max_steps=5000)
+    ref = I.integrate(I.RecursivePolicy(FactorStep(NumpyMLP(model, cfg.model.activation), 0.0)), m, x, v,
+                      0.7 * period)
+    assert run.metrics["status"] == ref.metrics["status"] == "ok"
+    assert run.metrics["steps"] == ref.metrics["steps"] > 20
+    np.testing.assert_allclose(run.trajectory["dt"], ref.trajectory["dt"], rtol=1e-9)
 
 
 def test_learned_policy_on_a_subset_equals_each_alone():
