@@ -109,7 +109,8 @@ def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method
     h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening))
     explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
     if mc.recursive:
-        return {"learned": I.RecursivePolicy(h, "learned"), "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
+        return {"learned": I.RecursivePolicy(h, "learned"),
+                "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
     k = mc.symmetric_iterations
     symmetric = I.SymmetricPolicy(h, k or 2, "learned")
     if k:
