@@ -50,6 +50,10 @@ INVALID = [
     ({"ray": {"num_collectors": 0}}, "ray.num_collectors: must be >= 1, got 0"),
     ({"run": {"dtype": "float16"}}, "run.dtype: 'float16' is not one of float64, float32"),
     ({"train": {"band_on_accept": "yes"}}, "train.band_on_accept: expected true/false"),
+    ({"model": {"recursive": True}}, "model.recursive: the step recursion needs model.output factor"),
+    ({"features": {"feature_type": "scale_free", "history_len": 0},
+      "model": {"output": "factor", "recursive": True, "symmetric_iterations": 1}},
+     "model.recursive: pick one step rule; symmetric_iterations is 1"),
 ]
 
 
