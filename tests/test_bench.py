@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from driver import bench
 
 
@@ -35,3 +37,13 @@ def test_quick_bench_reports_the_step_cost_figures(tmp_path, capsys):
     # the seed's mode rebuilds torch features of K + 1 = 4 states per step: dearer than the numpy factor rule
     assert res["seed_mode_step_vs_adaptive_step"] > res["learned_step_vs_adaptive_step"]
     assert "learned_step_vs_adaptive_step" in capsys.readouterr().out
+
+
+def test_gpu_check_compares_devices_and_refuses_a_missing_one(capsys):
+    from driver import gpu_check
+
+    assert gpu_check.main(["--device", "cpu", "--steps", "20"]) == 0  # CPU against CPU: identical
+    assert "CHECK ok" in capsys.readouterr().out
+    if not torch.cuda.is_available():  # CI: no GPU, one clear line and exit 2
+        assert gpu_check.main([]) == 2
+        assert capsys.readouterr().out.startswith("gpu_check: error: no CUDA device here")
