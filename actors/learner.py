@@ -44,7 +44,7 @@ class Learner:
         with own_torch_rng(self):
             metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)
             if self.cfg.train.passage:  # one step on the mean of the collectors' passage gradients
-                grads = [p.passage for p in parts if p.passage]
+                grads = [p.passage for p in parts]  # apply_passage skips collectors that sent none
                 metrics["passage/applied"] = float(apply_passage(self.model, self.optimizer, grads))
         metrics["system/learner_time"] = time.perf_counter() - start
         return metrics

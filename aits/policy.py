@@ -107,10 +107,10 @@ def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method
             raise ValueError("evaluation of factor models needs features.feature_type scale_free")
         return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales), "learned")}
     h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening))
-    explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
     if mc.recursive:
         return {"learned": I.RecursivePolicy(h, "learned"),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
+    explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
     k = mc.symmetric_iterations
     symmetric = I.SymmetricPolicy(h, k or 2, "learned")
     if k:

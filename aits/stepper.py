@@ -25,10 +25,10 @@ class Prepared:
     e0: torch.Tensor
     acc0: torch.Tensor
     tau: torch.Tensor  # (B,) classical timescale min_i sqrt(r_i,nn / |a_i|)
-    dt_prev: torch.Tensor  # (B,) previous step of a passage rollout (0 otherwise): the step recursion's input
+    dt_prev: torch.Tensor | None = None  # (B,) previous step of a passage rollout: the step recursion's input
 
     def take(self, idx) -> "Prepared":
-        return Prepared(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return Prepared(*(None if (a := getattr(self, f.name)) is None else a[idx] for f in fields(self)))
 
 
 def classical_timescale(x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
@@ -87,9 +87,9 @@ class Stepper:
                                        self.tensor(hist_dt), self.eps, self.scales, self.feature_type)
                 tau = classical_timescale(x, acc0)
             e0 = energy(x, v, m, self.eps)
-        # A stored state's previous step is not used: the band's attempts take the recursion's steady
-        # step h (see ``attempt``); only a rollout carries its own previous step (``prepare_live``).
-        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau, torch.zeros_like(dt))
+        # No previous step: the band's attempts take the recursion's steady step h (see ``attempt``);
+        # only a rollout carries its own previous step (``prepare_live``).
+        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau)
 
     def prepare_live(self, m: torch.Tensor, att: Attempt) -> Prepared:
         """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
@@ -118,8 +118,8 @@ class Stepper:
         (seed 0 collapsed to dt ~ 5e-5 tau by epoch 27).
         """
         dt = self.step_size(model, prep.feats, prep.tau)
-        if self.recursive:
-            dt = recursive_dt_torch(dt, prep.dt_prev)
+        if self.recursive and prep.dt_prev is not None:  # a rollout's step after its first
+            dt = dt * dt / prep.dt_prev
         if self.symmetric:
             h0 = dt
             for _ in range(self.symmetric):
