@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from aits import load_checkpoint
+from aits import Config, load_checkpoint
+from aits.model import build_model
 
 
 def tiny_dict(**sections) -> dict:
@@ -51,3 +52,30 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+TIMING = ("system/epoch_time", "system/broadcast_time", "system/samples_per_s", "system/learner_time",
+          "system/collect_time")
+
+
+def strip_timing(rs: list[dict]) -> list[dict]:
+    """Metric rows without their wall-clock keys (those differ between otherwise identical runs)."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
+
+
+def factor_cfg(**model) -> Config:
+    """A small scale-free factor-mode config (symmetric, one iteration); ``model`` updates its model section."""
+    return Config.from_dict({"features": {"feature_type": "scale_free"},
+                             "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": 0.02,
+                                       "symmetric_iterations": 1, **model},
+                             "run": {"seed": 5}})
+
+
+def perturbed_model(cfg: Config) -> torch.nn.Module:
+    """A factor model whose g really depends on the features (an untrained one is ~ constant)."""
+    model = build_model(cfg)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model

@@ -16,9 +16,7 @@ from driver.train import main
 from aits.physics import kepler_ic
 from aits.policy import FactorStep, NumpyMLP
 
-from helpers import assert_same_weights, final_weights, rows, write_config
-from test_scoreboard import factor_cfg, perturbed_model
-from test_train import strip_timing
+from helpers import assert_same_weights, factor_cfg, final_weights, perturbed_model, rows, strip_timing, write_config
 
 # A tiny run of the recommended mode: scale-free factor rule, step recursion, passage objective on.
 PASSAGE = dict(features={"feature_type": "scale_free", "history_len": 0, "normalize_inputs": "none"},

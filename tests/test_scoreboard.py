@@ -18,22 +18,7 @@ from aits.physics import acceleration, kepler_ic
 from aits.policy import FactorStep, NumpyMLP, learned_methods
 from driver import evaluate
 
-
-def factor_cfg(**model) -> Config:
-    return Config.from_dict({"features": {"feature_type": "scale_free"},
-                             "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": 0.02,
-                                       "symmetric_iterations": 1, **model},
-                             "run": {"seed": 5}})
-
-
-def perturbed_model(cfg: Config) -> torch.nn.Module:
-    """A factor model whose g really depends on the features (an untrained one is ~ constant)."""
-    model = build_model(cfg)
-    gen = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
+from helpers import factor_cfg, perturbed_model
 
 
 def forward_back(method: I.Method, m, x, v, steps: int) -> float:

@@ -12,15 +12,7 @@ from aits import load_checkpoint
 from driver.train import main
 
 import wandb_reader
-from helpers import assert_same_weights, final_weights, rows, write_config
-
-TIMING = ("system/epoch_time", "system/broadcast_time", "system/samples_per_s", "system/learner_time",
-          "system/collect_time")
-
-
-def strip_timing(rs: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
-
+from helpers import assert_same_weights, final_weights, rows, strip_timing, write_config
 
 def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_path, capsys):
     cfg = write_config(tmp_path, wandb={"mode": "offline"})
