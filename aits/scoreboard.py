@@ -271,7 +271,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     that the baselines are matched to. Returns the system's scoreboard entry plus ``_plot``
     (downsampled trajectories and the accuracy-against-cost points) for the driver."""
     entry = {**sys.to_dict(), "methods": {}, "ratios": {"equal_force_evals": {}, "equal_wall_time": {}}}
-    plot = {"series": {}, "cost": {}}
+    plot = {"series": {}, "cost": {}, "m": sys.m.tolist()}  # masses: the movies' momenta
     ref = ias15(sys) if reference else None
     x_ref = ref["x_final"] if ref else None
 
@@ -288,7 +288,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     for name, method in learned.items():
         run = run_method(method, sys, n_steps, max_steps)
         entry["methods"][name] = finish(run)
-        plot["series"][name] = downsample(run)
+        plot["series"][name] = downsample(run, m=sys.m)
         plot["cost"][name] = [(run.metrics["force_evals"], run.metrics["max_rel_dE"])]
         if primary is None:
             primary = run
@@ -302,7 +302,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
         wall_run = match_wall(fam, sys, eq, target_wall, n_steps)
         met["equal_wall_time"] = finish(wall_run)
         entry["methods"][fam] = met
-        plot["series"][fam] = downsample(eq)
+        plot["series"][fam] = downsample(eq, m=sys.m)
         plot["cost"][fam] = sorted((t.metrics["force_evals"], t.metrics.get("max_rel_dE", math.inf))
                                    for t in [*trials, wall_run] if t.metrics["status"] == "ok")
     if ref is not None:
@@ -323,20 +323,57 @@ def ratio(a, b) -> float | None:
     return a / b
 
 
-def downsample(run: I.Run, points: int = PLOT_POINTS) -> dict:
-    """|dE/E| (bin maximum) and dt (bin mean) against time, at most ``points`` bins."""
+def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
+    """A recorded run on at most ``points`` time bins, for plots and movies.
+
+    Parameters
+    ----------
+    run : Run
+        A run with its trajectory (t (S,), x (S, N, D), v (S, N, D), dt (S,), E (S,)).
+    points : int
+        Largest number of bins.
+    m : array (N,), optional
+        The masses; with them the series also hold positions and momentum drifts.
+
+    Returns
+    -------
+    dict
+        ``t`` (bin mean), ``rel_dE`` = |dE/E| (bin maximum), ``dt`` (bin mean), each (bins,); with
+        ``m``: ``x`` (bins, N, D), the positions at each bin's last sample, ``P_drift`` = |P(t) - P0|
+        (total momentum, absolute, bin maximum) and, for D = 2 or 3, ``L_drift`` = |L(t) - L0| / |L0|
+        (angular momentum: the z component in 2-D, the vector in 3-D; bin maximum). Empty without
+        a trajectory.
+    """
     if not run.trajectory:
         return {}
     t, e, dt = run.trajectory["t"], run.trajectory["E"], run.trajectory["dt"]
     rel = np.abs((e - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
     n = len(t)
-    if n <= 2:
-        return {"t": t.tolist(), "rel_dE": rel.tolist(), "dt": dt.tolist()}
-    edges = np.linspace(1, n, min(points, n - 1) + 1).astype(int)
-    tb = [float(t[a:b].mean()) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    eb = [float(rel[a:b].max()) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    db = [float(dt[a:b].mean()) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    return {"t": tb, "rel_dE": eb, "dt": db}
+    # bins of sample indices [a, b); a run of <= 2 samples keeps every sample
+    edges = (np.arange(n + 1) if n <= 2 else np.linspace(1, n, min(points, n - 1) + 1).astype(int))
+    bins = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    out = {"t": [float(t[a:b].mean()) for a, b in bins], "rel_dE": [float(rel[a:b].max()) for a, b in bins],
+           "dt": [float(dt[a:b].mean()) for a, b in bins]}
+    if m is None:
+        return out
+    m = np.asarray(m, dtype=float)
+    x, v = run.trajectory["x"], run.trajectory["v"]
+    last = [b - 1 for _, b in bins]
+    out["x"] = x[last].tolist()
+    p = np.einsum("n,snd->sd", m, v)
+    p_drift = np.linalg.norm(p - p[0], axis=-1)
+    out["P_drift"] = [float(p_drift[a:b].max()) for a, b in bins]
+    d = x.shape[-1]
+    if d in (2, 3):
+        ang = (np.einsum("n,sn->s", m, x[..., 0] * v[..., 1] - x[..., 1] * v[..., 0])[:, None] if d == 2
+               else np.einsum("n,snd->sd", m, np.cross(x, v)))
+        scale = float(np.linalg.norm(ang[0]))
+        natural = float((m * np.linalg.norm(x[0], axis=-1) * np.linalg.norm(v[0], axis=-1)).sum())
+        if scale <= 1e-12 * natural:  # L0 ~ 0 (a radial start): relative to sum m |x||v|, the size L could have
+            scale = max(natural, 1e-300)
+        l_drift = np.linalg.norm(ang - ang[0], axis=-1) / scale
+        out["L_drift"] = [float(l_drift[a:b].max()) for a, b in bins]
+    return out
 
 
 # ---------------------------------------------------------------- summary
