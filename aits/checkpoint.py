@@ -90,6 +90,50 @@ def config_from_checkpoint(ckpt: dict, overrides: list[str] | None = None) -> Co
         raise CheckpointError(f"checkpoint config unreadable: {exc}") from None
 
 
+def norm_scales_of(ckpt: dict, cfg: Config | None = None, path=None):
+    """The feature normalisation scales a checkpoint's model was trained with: one rule for every loader.
+
+    Parameters
+    ----------
+    ckpt : dict
+        A checkpoint dictionary (:func:`load_checkpoint`).
+    cfg : Config, optional
+        Its config (default: the one it stores).
+    path : str or Path, optional
+        The checkpoint's file, named in errors.
+
+    Returns
+    -------
+    NormScales
+        The stored ``norm_scales`` (L0, V0, A0, T0: length, speed, acceleration, time) when present;
+        else recomputed exactly as training does (:func:`aits.norm.auto_norm_scales`: from the run's
+        reference initial conditions for ``features.normalize_inputs: auto``, ``features.L0``..``T0``
+        for ``manual``, unit scales for ``none``).
+
+    Raises
+    ------
+    CheckpointError
+        Stored scales that are not four positive finite numbers.
+    """
+    import math
+
+    from .features import NormScales
+    from .norm import auto_norm_scales
+
+    stored = ckpt.get("norm_scales")
+    if not stored:  # checkpoints written before norm_scales was stored
+        return auto_norm_scales(cfg or Config.from_dict(ckpt["config"]))
+    try:
+        vals = {k: float(stored[k]) for k in ("L0", "V0", "A0", "T0")}
+    except (KeyError, TypeError, ValueError):
+        vals = None
+    if vals is None or not all(math.isfinite(val) and val > 0 for val in vals.values()):
+        where = f"checkpoint {path}" if path else "checkpoint"
+        raise CheckpointError(f"{where}: norm_scales must hold positive numbers L0, V0, A0, T0, "
+                              f"got {str(stored)[:120]}")
+    return NormScales(**vals)
+
+
 def latest_checkpoint(run_dir) -> Path | None:
     """Newest ``model_epoch_*.pt`` of a run folder (by epoch number), or None."""
     files = sorted((Path(run_dir) / "model").glob("model_epoch_*.pt"))

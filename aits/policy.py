@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import integrators as I
+from .checkpoint import norm_scales_of
 from .config import Config
 from .features import HistoryBuffer, NormScales, build_features, scale_free_numpy
 from .model import build_model
@@ -97,7 +98,7 @@ def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method
     step recursion) and ``learned_symmetric`` (one fixed-point iteration).
     """
     cfg = cfg or Config.from_dict(ckpt["config"])
-    scales = NormScales(**ckpt["norm_scales"]) if ckpt.get("norm_scales") else NormScales()
+    scales = norm_scales_of(ckpt, cfg)
     model = build_model(cfg)
     model.load_state_dict(ckpt["model_state_dict"])
     model.eval()
