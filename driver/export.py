@@ -1,0 +1,192 @@
+"""Export a checkpoint's learned step rule as a portable JSON file (docs/RULE.md).
+
+    aits-export --checkpoint runs/<name>/model/model_epoch_XXXX.pt --out rule.json
+
+The file holds everything a short implementation in any language needs: the weights (float64,
+full precision), the activation, the Fourier projection, the eight scale-free features with
+their formulas and constants, the timescale, the output transform, the step form (explicit,
+symmetric with k, recursive) with its constants, test vectors and the checkpoint's provenance.
+``examples/rule_numpy.py`` is such an implementation (numpy, reading only the JSON). Seed-mode
+checkpoints (``model.output: dt``, history features) are refused: their rule is not scale-free
+and depends on the history and normalisation scales.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from aits import CheckpointError, ConfigError, load_checkpoint, load_rule
+from aits.features import TAU_RATIO_CAP, scale_free_numpy
+from aits.physics import kepler_ic
+from aits.rule import Rule
+from driver.evaluate import write_atomic
+
+FORMAT, FORMAT_VERSION = "aits-rule", 1
+
+# The scale-free features of aits.features (docs/DESIGN.md §2.3b), in the model's input order.
+FEATURES = [
+    ("kinetic_over_potential", "u^2 * r / mu"),
+    ("cos2_separation_velocity", "(rvec . uvec)^2 / (r^2 * u^2 + 1e-300)"),
+    ("acceleration_over_pair", "|a_i*| * r^2 / m_j*"),
+    ("log_tau_others_ratio", "clip(log(tau_others / tau), 0, tau_ratio_cap); tau_ratio_cap when N = 2"),
+    ("pair_mass_fraction", "mu / M"),
+    ("pair_mass_ratio", "min(m_i*, m_j*) / max(m_i*, m_j*)"),
+    ("softening_over_separation", "eps / (r + eps)"),
+    ("log_separation_over_mean", "log(r / L); 0 when N = 2"),
+]
+DEFINITIONS = {
+    "a_i": "accelerations (input): a_i = sum_{j != i} m_j (x_j - x_i) / (|x_j - x_i|^2 + eps^2)^(3/2), G = 1",
+    "r_i_nn": "distance from body i to its nearest other body (unsoftened); j_nn(i) that body, the first "
+              "index on ties",
+    "tau_i": "sqrt(r_i_nn / max(|a_i|, 1e-300))",
+    "i*": "the body with the smallest tau_i (the first index on ties); j* = j_nn(i*)",
+    "tau": "tau_i* = min_i tau_i (the timescale)",
+    "rvec": "x_j* - x_i*; r = |rvec|",
+    "uvec": "v_j* - v_i*; u^2 = uvec . uvec",
+    "mu": "m_i* + m_j*",
+    "M": "sum of all masses",
+    "tau_others": "min of tau_i over the bodies other than i* and j* (N > 2)",
+    "L": "mean distance over the ordered pairs i != j (unsoftened)",
+    "log": "natural logarithm",
+}
+ACTIVATIONS = {"tanh": "tanh(y)", "relu": "max(y, 0)", "silu": "y / (1 + exp(-y))",
+               "sigmoid": "1 / (1 + exp(-y))"}
+MODES = {
+    "explicit": "dt = h(z): z the state (x, v, a(x), m) at the start of the step",
+    "recursive": "dt_0 = h(z_0); dt_n = h(z_n)^2 / dt_(n-1) (dt_(n-1): the step taken into z_n)",
+    "symmetric": "dt = h(z); repeat iterations times: (x1, v1, a1) = trial step of dt from z with the integrator "
+                 "(not accepted), dt = (h(z) + h(x1, v1, a1, m)) / 2; then the step of dt",
+}
+
+
+class InputError(Exception):
+    """Bad user input; the message is the one line the user sees."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise InputError(message)
+
+
+def parse_args(argv):
+    p = _Parser(prog="export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, metavar="CK", help="training checkpoint (model_epoch_XXXX.pt)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write (e.g. rule.json)")
+    return p.parse_args(argv)
+
+
+def output_spec(rule: Rule) -> dict:
+    """The output transform, network output z -> step function h, as a named kind (one branch per
+    ``model.output`` that has a step function)."""
+    kind = rule.cfg.model.output
+    if kind == "factor":
+        return {"kind": "softplus_factor", "softplus_threshold": 30.0, "offset": 1e-12,
+                "formula": "g = (z if z > softplus_threshold else log(1 + exp(z))) + offset; h = g * tau"}
+    raise InputError(f"model.output {kind!r}: no exported form for this output mode")
+
+
+def mode_spec(rule: Rule) -> dict:
+    spec = {"kind": rule.mode, "formula": MODES[rule.mode]}
+    if rule.mode == "symmetric":
+        spec["iterations"] = rule.k
+    return spec
+
+
+def network_spec(rule: Rule) -> dict:
+    """The MLP exactly as the library's numpy inference holds it (``aits.policy.NumpyMLP``), float64."""
+    mlp = rule._h.mlp
+    act = rule.cfg.model.activation
+    layers = [{"W": w.T.tolist(), "b": b.tolist(), "shape": [int(w.shape[1]), int(w.shape[0])],
+               "activation": i < len(mlp.layers) - 1} for i, (w, b) in enumerate(mlp.layers)]
+    fourier = None if mlp.proj is None else {
+        "P": mlp.proj.tolist(), "shape": list(mlp.proj.shape),
+        "formula": "q = 2 * pi * (f @ P), P [n_features][fourier_dim]; input = concat(sin(q), cos(q))"}
+    return {"input": "the feature vector f, in the order of features.list", "fourier": fourier,
+            "activation": act, "activation_formula": ACTIVATIONS[act],
+            "layers": layers,
+            "formula": "y = W @ input + b per layer (W [out][in]); the activation after every layer with "
+                       "activation true; the last layer has one output z"}
+
+
+def test_vectors(rule: Rule) -> list[dict]:
+    """States with their features, tau, g and h from the library, for checking an implementation."""
+    rng = np.random.default_rng(2024)
+    states = [("kepler pair at e = 0.5, a = 1, pericentre", *kepler_ic(0.5, 1.0)[:3]),
+              ("four bodies in 3-D", rng.uniform(0.5, 2.0, 4), rng.normal(size=(4, 3)), rng.normal(size=(4, 3)) * 0.5)]
+    out = []
+    for name, m, x, v in states:
+        a = rule.accelerations(x, m)
+        feats, tau = scale_free_numpy(x, v, a, m, rule.eps)
+        h = rule.h(x, v, a, m)
+        out.append({"name": name, "m": m.tolist(), "x": x.tolist(), "v": v.tolist(), "a": a.tolist(),
+                    "features": feats.tolist(), "tau": tau, "g": float(rule._h.mlp(feats)), "h": h})
+    return out
+
+
+def export(path: str) -> dict:
+    """The JSON document of the rule in the checkpoint at ``path``."""
+    try:
+        ckpt = load_checkpoint(path)
+        rule = load_rule(ckpt)
+    except (CheckpointError, ConfigError, ValueError) as exc:
+        raise InputError(" ".join(str(exc).split())) from None
+    if rule.mode == "seed":
+        raise InputError(f"checkpoint {path}: a seed-mode model (model.output dt, {rule.cfg.features.feature_type} "
+                         f"features) has no portable rule; only factor models with scale_free features export")
+    rule.source = str(Path(path).resolve())
+    cfg = rule.cfg
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "units": "G = 1; any consistent length, mass and time units (the rule is scale-free)",
+        "softening": rule.eps,
+        "accelerations": DEFINITIONS["a_i"],
+        "timescale": {"name": "tau", "formula": "tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
+                      "min_acceleration": 1e-300},
+        "features": {"kind": "scale_free", "count": len(FEATURES),
+                     "list": [{"index": i, "name": n, "formula": f} for i, (n, f) in enumerate(FEATURES)],
+                     "definitions": DEFINITIONS,
+                     "constants": {"tau_ratio_cap": TAU_RATIO_CAP, "cos2_guard": 1e-300}},
+        "network": network_spec(rule),
+        "output": output_spec(rule),
+        "mode": mode_spec(rule),
+        "integrator": {"scheme": "kick-drift-kick leapfrog (trained with)", "substeps": rule.substeps,
+                       "formula": "v += dt/2 * a; x += dt * v; a = a(x); v += dt/2 * a (substeps times per dt)"},
+        "provenance": {"checkpoint": rule.source, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                       "epoch": ckpt.get("epoch"), "config_summary": cfg.summary(),
+                       "model": {"hidden_dims": list(cfg.model.hidden_dims), "activation": cfg.model.activation,
+                                 "output": cfg.model.output, "recursive": cfg.model.recursive,
+                                 "symmetric_iterations": cfg.model.symmetric_iterations, "dtype": cfg.model.dtype},
+                       "system": {"ic": cfg.system.ic, "num_particles": cfg.system.num_particles,
+                                  "dim": cfg.system.dim, "softening": cfg.system.softening,
+                                  "n_steps": cfg.system.n_steps},
+                       "run": {"name": cfg.run.name, "seed": cfg.run.seed},
+                       "description": rule.describe()},
+        "test_vectors": test_vectors(rule),
+    }
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        out = Path(args.out)
+        if out.is_dir():
+            raise InputError(f"--out {out}: is a folder; give the JSON file's path")
+        doc = export(args.checkpoint)
+        data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+    except (InputError, ValueError) as exc:  # ValueError: a non-finite weight (allow_nan=False)
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, data)
+    print(f"export: {doc['mode']['kind']} rule of {doc['provenance']['checkpoint']} "
+          f"(epoch {doc['provenance']['epoch']}) -> {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
