@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, build_model, collect, make_optimizer, passage_gradient, predict_dt
+from aits import Samples, Stepper, build_model, collect_trajectory, make_optimizer, passage_gradient, predict_dt
 from aits.metrics import declare
 from aits.systems import Systems
 
@@ -39,14 +39,14 @@ class Collector:
         with ``train.passage`` also the passage objective's gradient at the broadcast weights over
         rollouts from this epoch's samples (it rides in ``samples.passage`` to the learner).
 
-        Returns (samples, metrics): one Samples for all B systems; metrics are ``collect/*``
+        Returns (samples, metrics): one Samples for all B systems; metrics are ``part1/*``
         (``passage/*``) plus ``system/collect_time`` (s).
         """
         start = time.perf_counter()
         self.load_weights(weights)
         optimizer = make_optimizer(self.model, self.cfg)
         with own_torch_rng(self):
-            samples, metrics = collect(self.model, optimizer, self.systems, self.stepper, self.cfg)
+            samples, metrics = collect_trajectory(self.model, optimizer, self.systems, self.stepper, self.cfg)
             if self.cfg.train.passage:  # at the broadcast weights, not the locally retrained ones
                 self.load_weights(weights)
                 samples.passage, pm = passage_gradient(self.model, samples, self.stepper, self.cfg,

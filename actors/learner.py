@@ -7,7 +7,8 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, apply_passage, build_model, evaluate, generalize, make_optimizer, predict_dt
+from aits import (Samples, Stepper, apply_passage, build_model, evaluate, generalize_on_trajectory, make_optimizer,
+                  predict_dt)
 
 from .common import load_config, load_scales, own_torch_rng
 
@@ -36,13 +37,14 @@ class Learner:
     def generalize(self, *parts: Samples) -> dict:
         """Generalize on the collectors' samples (plus the kept samples), then, with ``train.passage``,
         one optimiser step on the mean of the passage gradients the samples carry. Returns
-        ``generalize/*`` metrics (``passage/applied``) and ``system/learner_time`` (s)."""
+        ``part2/*`` metrics (``passage/applied``) and ``system/learner_time`` (s)."""
         start = time.perf_counter()
         samples = Samples.concat(list(parts) if self.kept is None else [self.kept, *parts])
         cap = self.cfg.train.generalize_capacity
         self.kept = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
         with own_torch_rng(self):
-            metrics = generalize(self.model, self.optimizer, samples, self.stepper, self.cfg, self.rng)
+            metrics = generalize_on_trajectory(self.model, self.optimizer, samples, self.stepper, self.cfg,
+                                               self.rng)
             if self.cfg.train.passage:  # one step on the mean of the collectors' passage gradients
                 grads = [p.passage for p in parts]  # apply_passage skips collectors that sent none
                 metrics["passage/applied"] = float(apply_passage(self.model, self.optimizer, grads))
@@ -52,7 +54,7 @@ class Learner:
     def step(self, with_state: bool, *parts: Samples) -> dict:
         """One epoch in one call: generalize on the collectors' samples, then what the driver needs.
 
-        Returns ``{"metrics": generalize(...), "weights": weights()}`` plus ``"state": state()`` when
+        Returns ``{"metrics": self.generalize(...), "weights": weights()}`` plus ``"state": state()`` when
         ``with_state`` (checkpoint epochs); the state shares the weights, they are copied once.
         """
         metrics = self.generalize(*parts)

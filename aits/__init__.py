@@ -1,11 +1,12 @@
 """AITimeStepper core library: physics, features, dt model, config, checkpoints and the
-two-phase training algorithm (collect, generalize). Imports neither Ray nor W&B."""
+two-phase training algorithm (the seed's names: ``collect_trajectory``, the collect phase;
+``generalize_on_trajectory``, the generalize phase). Imports neither Ray nor W&B."""
 from .checkpoint import (CheckpointError, build_payload, checkpoint_path, config_from_checkpoint,
                          latest_checkpoint, load_checkpoint, save_checkpoint)
-from .collect import collect, retrain_until_accepted
+from .collect import collect_trajectory, retrain_until_accepted
 from .config import Config, ConfigError
 from .features import HistoryBuffer, NormScales, build_features, feature_dim
-from .generalize import generalize
+from .generalize import generalize_on_trajectory
 from .model import DtModel, build_model
 from .norm import auto_norm_scales
 from .passage import apply_passage, passage_gradient
@@ -17,7 +18,7 @@ from .systems import Orbit
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "DtModel", "HistoryBuffer", "NormScales", "Orbit", "Samples",
     "Stepper", "apply_passage", "auto_norm_scales", "band_loss", "build_features", "build_model", "build_payload", "checkpoint_path",
-    "collect", "config_from_checkpoint", "evaluate", "feature_dim", "generalize", "latest_checkpoint",
-    "load_checkpoint", "load_rule", "make_optimizer", "optimizer_step", "passage_gradient", "predict_dt", "retrain_until_accepted",
+    "collect_trajectory", "config_from_checkpoint", "evaluate", "feature_dim", "generalize_on_trajectory",
+    "latest_checkpoint", "load_checkpoint", "load_rule", "make_optimizer", "optimizer_step", "passage_gradient", "predict_dt", "retrain_until_accepted",
     "save_checkpoint",
 ]

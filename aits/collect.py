@@ -6,7 +6,7 @@ B = 1 is the seed's loop exactly. For B > 1 one retrain step serves the whole re
 optimiser steps on the *mean* band loss over the rejected systems (the seed steps on each system's
 own loss, one system at a time), so a slot costs max(retrains) batched steps instead of
 sum(retrains) single ones, and each system sees weights moved by its neighbours' losses too.
-``collect/retrain_steps`` and ``collect/mean_rejected_per_retrain`` show the sharing.
+``part1/retrain_steps`` and ``part1/mean_rejected_per_retrain`` show the sharing.
 """
 from __future__ import annotations
 
@@ -24,35 +24,35 @@ from .stepper import Prepared, Stepper, band_loss, optimizer_step
 from .systems import Systems
 
 METRICS = declare({
-    "collect/systems": "sum",                    # systems stepped (B per collector)
-    "collect/accepted": "sum",                   # accepted system-steps
-    "collect/samples": "sum",                    # of which shipped (past the history warm-up)
-    "collect/warmup_discarded": "sum",
-    "collect/mean_retrains": "mean",             # per system and slot, as in the seed
-    "collect/max_retrains": "max",
-    "collect/retrain_limit_hits": "sum",         # system-slots lost at max_retrain_steps
-    "collect/nonfinite": "sum",                  # system-slots ended by a non-finite attempt or gradient
-    "collect/orbit_restarts": "sum",
-    "collect/acceptance_rate": "mean",           # accepted / (accepted + per-system retrains)
-    "collect/mean_dt": "mean",
-    "collect/mean_rel_dE": "mean",
-    "collect/retrain_steps": "sum",              # shared optimiser steps on rejected subsets
-    "collect/mean_rejected_per_retrain": "mean",  # systems served by one retrain step (1 at B = 1)
-    "collect/attempt_calls": "sum",              # batched attempts (model forward + leapfrog + energy)
+    "part1/systems": "sum",                    # systems stepped (B per collector)
+    "part1/accepted": "sum",                   # accepted system-steps
+    "part1/samples": "sum",                    # of which shipped (past the history warm-up)
+    "part1/warmup_discarded": "sum",
+    "part1/mean_retrains": "mean",             # per system and slot, as in the seed
+    "part1/max_retrains": "max",
+    "part1/retrain_limit_hits": "sum",         # system-slots lost at max_retrain_steps
+    "part1/nonfinite": "sum",                  # system-slots ended by a non-finite attempt or gradient
+    "part1/orbit_restarts": "sum",
+    "part1/acceptance_rate": "mean",           # accepted / (accepted + per-system retrains)
+    "part1/mean_dt": "mean",
+    "part1/mean_rel_dE": "mean",
+    "part1/retrain_steps": "sum",              # shared optimiser steps on rejected subsets
+    "part1/mean_rejected_per_retrain": "mean",  # systems served by one retrain step (1 at B = 1)
+    "part1/attempt_calls": "sum",              # batched attempts (model forward + leapfrog + energy)
     # median accepted dt over the classical timescale min_i sqrt(r_i,nn / |a_i|) of its state: the
     # classical rule's eta; a collapsing policy shows here first (driver warns below a floor)
-    "collect/dt_over_classical": "median",
-    "collect/collapsed": "sum",                  # system-slots given up: attempted dt < COLLAPSE_RATIO * tau
-    "collect/stalled": "sum",                    # system-slots given up: no progress in STALL_WINDOW retrains
+    "part1/dt_over_classical": "median",
+    "part1/collapsed": "sum",                  # system-slots given up: attempted dt < COLLAPSE_RATIO * tau
+    "part1/stalled": "sum",                    # system-slots given up: no progress in STALL_WINDOW retrains
 })
 
 
 # A rejected attempt whose dt is below this fraction of the classical timescale is not retrained
 # further: the policy has collapsed on that state (e.g. an unsoftened close encounter) and more
-# steps there only push it further down; the slot is lost and counted in collect/collapsed.
+# steps there only push it further down; the slot is lost and counted in part1/collapsed.
 COLLAPSE_RATIO = 1e-6
 # Rejected systems whose mean band loss improved by less than STALL_GAIN over the last STALL_WINDOW
-# retrain steps are given up for the slot (collect/stalled): gradient descent sits at a stationary
+# retrain steps are given up for the slot (part1/stalled): gradient descent sits at a stationary
 # point of rel_dE(dt) (it is not monotone once dt exceeds the system's timescale) and, with
 # unlimited retrains, would loop for ever.
 STALL_WINDOW = 500
@@ -169,13 +169,14 @@ def retrain_until_accepted(model, optimizer, stepper: Stepper, prep: Prepared, c
     return slot, bool(slot.accepted.all()), int(slot.retrains.max(initial=0)), bool(slot.stuck.any())
 
 
-def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -> tuple[Samples, dict]:
-    """Collect on B systems: ``steps_per_epoch`` slots, each attempting every system at once.
+def collect_trajectory(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -> tuple[Samples, dict]:
+    """The collect phase (the seed's Part 1) on B systems: ``steps_per_epoch`` slots, each
+    attempting every system at once.
 
     Accepted systems advance (and restart after ``periods_per_orbit`` periods or a non-finite state);
     a system that hits ``max_retrain_steps`` loses the slot and stays where it is; a stuck one restarts.
     States reached after fewer than ``history_len`` steps have no full history and are not shipped.
-    Returns (samples in slot order, system order within a slot; metrics).
+    Returns (samples in slot order, system order within a slot; ``part1/*`` metrics, the seed's names).
     """
     t, K, B = cfg.train, cfg.features.history_len, len(systems)
     out = Samples.empty(K, systems.N, systems.D, capacity=B * t.steps_per_epoch)
@@ -206,23 +207,23 @@ def collect(model, optimizer, systems: Systems, stepper: Stepper, cfg: Config) -
         restarts += len(systems.advance(acc, slot.x[acc], slot.v[acc], slot.dt[acc]))
     slots = B * t.steps_per_epoch
     metrics = {
-        "collect/systems": B,
-        "collect/accepted": accepted,
-        "collect/samples": n,
-        "collect/warmup_discarded": warmup,
-        "collect/mean_retrains": ratio(retrains_sum, slots),
-        "collect/max_retrains": retrains_max,
-        "collect/retrain_limit_hits": limit_hits,
-        "collect/nonfinite": nonfinite,
-        "collect/orbit_restarts": restarts,
-        "collect/acceptance_rate": ratio(accepted, accepted + retrains_sum),
-        "collect/mean_dt": ratio(dt_sum, accepted),
-        "collect/mean_rel_dE": ratio(err_sum, accepted),
-        "collect/retrain_steps": retrain_steps,
-        "collect/mean_rejected_per_retrain": ratio(rejected_total, retrain_steps),
-        "collect/attempt_calls": attempts,
-        "collect/dt_over_classical": float(np.median(np.concatenate(dt_over_tau))) if accepted else 0.0,
-        "collect/collapsed": collapsed,
-        "collect/stalled": stalled,
+        "part1/systems": B,
+        "part1/accepted": accepted,
+        "part1/samples": n,
+        "part1/warmup_discarded": warmup,
+        "part1/mean_retrains": ratio(retrains_sum, slots),
+        "part1/max_retrains": retrains_max,
+        "part1/retrain_limit_hits": limit_hits,
+        "part1/nonfinite": nonfinite,
+        "part1/orbit_restarts": restarts,
+        "part1/acceptance_rate": ratio(accepted, accepted + retrains_sum),
+        "part1/mean_dt": ratio(dt_sum, accepted),
+        "part1/mean_rel_dE": ratio(err_sum, accepted),
+        "part1/retrain_steps": retrain_steps,
+        "part1/mean_rejected_per_retrain": ratio(rejected_total, retrain_steps),
+        "part1/attempt_calls": attempts,
+        "part1/dt_over_classical": float(np.median(np.concatenate(dt_over_tau))) if accepted else 0.0,
+        "part1/collapsed": collapsed,
+        "part1/stalled": stalled,
     }
     return out.take(slice(0, n)), metrics

@@ -10,27 +10,29 @@ from .samples import Samples
 from .stepper import Stepper, band_loss, optimizer_step
 
 
-declare({"generalize/n_samples": "mean", "generalize/iterations": "mean", "generalize/converged": "mean",
-         "generalize/skipped": "mean", "generalize/loss": "mean", "generalize/pass_rate_first": "mean",
-         "generalize/pass_rate_last": "mean", "generalize/nonfinite_skips": "sum"})
+declare({"part2/n_samples": "mean", "part2/iterations": "mean", "part2/converged": "mean",
+         "part2/skipped": "mean", "part2/loss": "mean", "part2/pass_rate_first": "mean",
+         "part2/pass_rate_last": "mean", "part2/nonfinite_skips": "sum"})
 
 
-def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config,
-               rng: np.random.Generator) -> dict:
-    """Generalize: minibatches of accepted samples, each evaluated as one batched attempt,
-    one optimiser step on the failing samples' mean loss until a minibatch all passes.
+def generalize_on_trajectory(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config,
+                             rng: np.random.Generator) -> dict:
+    """The generalize phase (the seed's Part 2): minibatches of accepted samples, each evaluated as
+    one batched attempt, one optimiser step on the failing samples' mean loss until a minibatch all
+    passes.
 
     With ``train.band_on_accept`` the step's loss also holds the lower band edge of the
     passing samples (mean over the whole minibatch), so needlessly small steps are pushed up
-    while generalize runs; the stopping rule stays the seed's.
+    while generalize runs; the stopping rule stays the seed's. Returns ``part2/*`` metrics (the
+    seed's names).
     """
     t = cfg.train
     n = len(samples)
-    metrics = {"generalize/n_samples": n, "generalize/iterations": 0, "generalize/converged": 1.0, "generalize/skipped": 0.0,
-               "generalize/loss": 0.0, "generalize/pass_rate_first": 1.0, "generalize/pass_rate_last": 1.0,
-               "generalize/nonfinite_skips": 0}
+    metrics = {"part2/n_samples": n, "part2/iterations": 0, "part2/converged": 1.0, "part2/skipped": 0.0,
+               "part2/loss": 0.0, "part2/pass_rate_first": 1.0, "part2/pass_rate_last": 1.0,
+               "part2/nonfinite_skips": 0}
     if n < max(t.generalize_min_samples, 1):
-        metrics["generalize/skipped"] = 1.0
+        metrics["part2/skipped"] = 1.0
         return metrics
     prep_all = stepper.prepare_samples(samples)  # features do not depend on the model: build once
     bs = min(t.generalize_batch_size, n)
@@ -41,8 +43,8 @@ def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config
         passed = att.passed(t.energy_threshold)
         rate = float(passed.double().mean())
         if it == 0:
-            metrics["generalize/pass_rate_first"] = rate
-        metrics["generalize/pass_rate_last"] = rate
+            metrics["part2/pass_rate_first"] = rate
+        metrics["part2/pass_rate_last"] = rate
         if bool(passed.all()):
             converged = True
             break
@@ -52,9 +54,9 @@ def generalize(model, optimizer, samples: Samples, stepper: Stepper, cfg: Config
             loss = per.mean()
         else:
             loss = per[~passed].mean()
-        metrics["generalize/loss"] = float(loss.detach())
-        metrics["generalize/iterations"] = it + 1
+        metrics["part2/loss"] = float(loss.detach())
+        metrics["part2/iterations"] = it + 1
         if not optimizer_step(model, optimizer, loss):
-            metrics["generalize/nonfinite_skips"] += 1
-    metrics["generalize/converged"] = float(converged)
+            metrics["part2/nonfinite_skips"] += 1
+    metrics["part2/converged"] = float(converged)
     return metrics

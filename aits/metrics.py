@@ -2,7 +2,7 @@
 
 The module that makes a metric declares its rule once, next to the code::
 
-    declare({"collect/accepted": "sum", "collect/max_retrains": "max", "collect/mean_dt": "mean"})
+    declare({"part1/accepted": "sum", "part1/max_retrains": "max", "part1/mean_dt": "mean"})
 
 and whoever gathers rows from several workers (the driver, over its collectors) calls
 ``merge(rows)``: each key is combined by its declared rule. A key nobody declared is averaged.

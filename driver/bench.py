@@ -1,5 +1,6 @@
 """Benchmarks: every figure is a ratio of two things measured side by side in this run, timing the
-library's own functions (aits.generalize, aits.collect, aits.collect.retrain_slot, the actors).
+library's own functions (aits.generalize_on_trajectory, aits.collect_trajectory, aits.collect.retrain_slot,
+the actors).
 
     python driver/bench.py [--quick] [--out bench.json] [--only micro|collectors|service]
 
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 
 from actors import Collector, Learner
-from aits import (Config, Samples, Stepper, auto_norm_scales, band_loss, build_model, collect, evaluate, generalize,
-                  make_optimizer, optimizer_step)
+from aits import (Config, Samples, Stepper, auto_norm_scales, band_loss, build_model, collect_trajectory, evaluate,
+                  generalize_on_trajectory, make_optimizer, optimizer_step)
 from aits.collect import retrain_slot
 from aits.physics import leapfrog
 from aits.systems import Systems
@@ -145,8 +146,8 @@ def micro(quick: bool, device: str = "cpu") -> dict:
     never = bench_config(generalize_steps=iters, generalize_min_samples=1, max_retrain_steps=iters)
     never.train.energy_threshold = 1e-300
 
-    def run_generalize(m, o, st):  # aits.generalize: prepare once, then `iters` minibatch steps
-        return lambda: generalize(m, o, samples, st, never, np.random.default_rng(0))
+    def run_generalize(m, o, st):  # generalize_on_trajectory: prepare once, then `iters` minibatch steps
+        return lambda: generalize_on_trajectory(m, o, samples, st, never, np.random.default_rng(0))
 
     def seed_loop():  # the seed: features, attempt and loss sample by sample, then one step
         losses = []
@@ -200,7 +201,7 @@ def micro(quick: bool, device: str = "cpu") -> dict:
 
 # ---------------------------------------------------------------- collectors (laptop model, one core)
 def collectors(quick: bool) -> dict:
-    """aits.collect at the laptop config: B systems at once against one at a time, against the batched
+    """aits.collect_trajectory at the laptop config: B systems at once against one at a time, against the batched
     no-grad floor, per core; and the learner's pace against the collectors'."""
     torch.set_num_threads(1)
     n, slots, reps = (64, 2, 2) if quick else (256, 4, 3)
@@ -217,7 +218,7 @@ def collectors(quick: bool) -> dict:
         model.load_state_dict(w0)
         systems.load_state_dict(state)
         opt = make_optimizer(model, cfg)
-        return timed(lambda: collect(model, opt, systems, stepper, cfg))
+        return timed(lambda: collect_trajectory(model, opt, systems, stepper, cfg))
 
     def batched_floor():  # features + forward + leapfrog + energy for the n states, no grad
         with torch.no_grad():
@@ -227,12 +228,12 @@ def collectors(quick: bool) -> dict:
     rate_many, rate_one, floor, per_acc = [], [], [], []
     for _ in range(reps):
         el, (_, m) = run(many, start)
-        rate_many.append(m["collect/accepted"] / el)
-        per_acc.append(el / m["collect/accepted"])
+        rate_many.append(m["part1/accepted"] / el)
+        per_acc.append(el / m["part1/accepted"])
         el1 = acc1 = 0
         for s, st in zip(ones, one_starts):
             e, (_, m1) = run(s, st)
-            el1, acc1 = el1 + e, acc1 + m1["collect/accepted"]
+            el1, acc1 = el1 + e, acc1 + m1["part1/accepted"]
         rate_one.append(acc1 / el1)
         many.load_state_dict(start)
         floor.append(timeit(batched_floor, 5) / n)
@@ -250,8 +251,8 @@ def collectors(quick: bool) -> dict:
         model.load_state_dict(w0)
         sys_lap.load_state_dict(lap_start)
         opt = make_optimizer(model, lap)
-        el, (_, m) = timed(lambda: collect(model, opt, sys_lap, lap_stepper, lap))
-        per_core.append(m["collect/accepted"] / el)
+        el, (_, m) = timed(lambda: collect_trajectory(model, opt, sys_lap, lap_stepper, lap))
+        per_core.append(m["part1/accepted"] / el)
     pace = learner_pace(lap, 2 if quick else 10)
     # The learner without the passage objective (generalize only), and the same B = n collect with
     # band_on_accept: a lower-edge optimiser step in almost every slot.
@@ -260,8 +261,8 @@ def collectors(quick: bool) -> dict:
     model.load_state_dict(w0)
     many.load_state_dict(start)
     opt = make_optimizer(model, wb)
-    el, (_, m) = timed(lambda: collect(model, opt, many, stepper, wb))
-    with_band = el / m["collect/accepted"] / statistics.median(floor)
+    el, (_, m) = timed(lambda: collect_trajectory(model, opt, many, stepper, wb))
+    with_band = el / m["part1/accepted"] / statistics.median(floor)
     return {
         "collector_samples_per_s_per_core": statistics.median(per_core),
         "vectorised_speedup_vs_per_system": statistics.median(speed),
@@ -359,7 +360,7 @@ def service(quick: bool) -> dict:
                 el, out = timed(fn)
                 times[k].append(el)
                 if k == "parallel":
-                    accepted = sum(m["collect/accepted"] for m in out)
+                    accepted = sum(m["part1/accepted"] for m in out)
         for a in [*cols, remote_learner]:  # free their CPUs for the driver's own actors
             ray.kill(a)
         pipe = {False: [], True: []}

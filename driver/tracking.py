@@ -50,7 +50,7 @@ class Tracker:
 
     def rewind(self, keep_until: int) -> None:
         """Drop the rows of epochs after ``keep_until`` (atomically: a kill here keeps the rest)."""
-        rows = read_rows(self.path) if keep_until else []
+        rows = [seed_names(r) for r in read_rows(self.path)] if keep_until else []
         text = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= keep_until)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(text)
@@ -69,6 +69,19 @@ class Tracker:
 
             self.run.finish()
             wandb.teardown()  # wait for the W&B service to write the run out before returning
+
+
+# Metric prefixes this project logged before it went back to the seed's (a resumed old run's rows)
+RENAMED = {"collect/": "part1/", "generalize/": "part2/"}
+
+
+def seed_names(row: dict) -> dict:
+    """``row`` with the keys of an older run (``collect/*``, ``generalize/*``) under the seed's prefixes."""
+    out = {}
+    for key, value in row.items():
+        old = next((p for p in RENAMED if key.startswith(p)), None)
+        out[RENAMED[old] + key[len(old):] if old else key] = value
+    return out
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -1,9 +1,10 @@
 """The epoch loop of driver/train.py: a ``Trainer`` owns the actors of one run and its steps.
 
-One epoch: broadcast the weights, the collect phase on every collector (``collect``), one learner
-call that runs the generalize phase and returns metrics, weights and, on checkpoint epochs, its
-state (``generalize``), log the row, checkpoint. Faults the run can repair are repaired here: a
-dead collector is replaced from the state kept after its last finished collect; a dead learner is
+One epoch (``Trainer.train_epoch_two_phase``; ``Trainer.run`` is the seed's ``run_two_phase_training``):
+broadcast the weights, the collect phase (the seed's Part 1) on every collector (``collect``), one
+learner call that runs the generalize phase (Part 2) and returns metrics, weights and, on
+checkpoint epochs, its state, log the row, checkpoint. Faults the run can repair are repaired here:
+a dead collector is replaced from the state kept after its last finished collect; a dead learner is
 rebuilt from the newest checkpoint, the collectors rewound to it and the epochs since repeated
 (``rebuild_learner``).
 """
@@ -71,12 +72,21 @@ class Trainer:
         self.bar = None
         self.learner_restarts = 0  # rebuilds since the newest checkpoint (bounded)
         self.unlogged_restarts = 0  # rebuilds not yet counted in a metrics row
+        # The epoch state; ``run`` and ``rewind`` set it from the checkpoint (or the start).
+        self.newest: dict | Path | None = None  # the checkpoint a rebuilt learner starts from
+        self.elapsed_before = 0.0  # seconds trained before this process (over all resumes)
+        self.weights: dict = {}  # the learner's newest weights, broadcast at the next epoch
+        self.converged: list = []  # per epoch: 1.0 / 0.0, None when skipped (too few samples)
+        self.resume_weights: dict | None = None  # a resumed pipelined run's first collect weights
+        self.pending: Collected | None = None  # with ray.pipeline: the next epoch's collect, under way
+        self.pending_weights: dict | None = None  # the weights that collect runs with
 
     # ------------------------------------------------------------ the loop
     def run(self, ckpt: dict | None) -> tuple[int, str]:
-        """Train from ``ckpt`` (None: from the start). Returns (last epoch, why it ended)."""
+        """Train from ``ckpt`` (None: from the start), epoch by epoch (the seed's
+        ``run_two_phase_training``). Returns (last epoch, why it ended)."""
         extra = ckpt["extra"] if ckpt else {}
-        self.newest = ckpt  # the checkpoint a rebuilt learner starts from: a dict until we save one
+        self.newest = ckpt  # a dict until we save one
         self.elapsed_before = extra.get("elapsed", 0.0)
         try:
             epoch = self.rewind(ckpt)
@@ -88,7 +98,7 @@ class Trainer:
         self.bar = tqdm(total=self.cfg.train.epochs, initial=epoch, desc="epochs", unit="epoch", dynamic_ncols=True)
         while epoch < self.cfg.train.epochs:
             try:
-                reason = self.run_epoch(epoch + 1)
+                reason = self.train_epoch_two_phase(epoch + 1)
             except LearnerLost as lost:
                 epoch = self.rebuild_learner(lost)
                 continue
@@ -97,8 +107,9 @@ class Trainer:
                 return epoch, reason
         return epoch, "complete"
 
-    def run_epoch(self, epoch: int) -> str | None:
-        """Collect, generalise, log, checkpoint. Returns why the run must stop after it, or None."""
+    def train_epoch_two_phase(self, epoch: int) -> str | None:
+        """One epoch: collect (Part 1) on every collector, generalize (Part 2) in one learner call, log,
+        checkpoint. Returns why the run must stop after it, or None."""
         t0 = time.perf_counter()
         weights_ref = self.backend.put(self.weights)  # one copy in the object store for every collector
         t_put = time.perf_counter() - t0
@@ -160,15 +171,15 @@ class Trainer:
         """The epoch's metrics row to metrics.jsonl, W&B and the progress bar."""
         collect = merge(collected.rows)  # collector order; each metric combines by its declared rule
         # An epoch with too few samples to generalize on is not a converged one: recorded as None.
-        self.converged.append(None if generalized.get("generalize/skipped") else generalized["generalize/converged"])
+        self.converged.append(None if generalized.get("part2/skipped") else generalized["part2/converged"])
         row = {"epoch": epoch, **collect, **generalized, "system/epoch_time": dt_epoch, "system/broadcast_time": t_put,
-               "system/samples_per_s": collect["collect/accepted"] / dt_epoch,
+               "system/samples_per_s": collect["part1/accepted"] / dt_epoch,
                "system/collector_restarts": collected.restarts, "system/learner_restarts": self.unlogged_restarts}
         self.unlogged_restarts = 0
         self.tracker.log(row)
         self.bar.set_postfix({"acc/s": f"{row['system/samples_per_s']:.0f}",
-                              "retrains": f"{collect['collect/mean_retrains']:.2f}",
-                              "pass": f"{generalized['generalize/pass_rate_first']:.2f}"}, refresh=False)
+                              "retrains": f"{collect['part1/mean_retrains']:.2f}",
+                              "pass": f"{generalized['part2/pass_rate_first']:.2f}"}, refresh=False)
         self.bar.update(1)
         self.check_collapse(epoch, collect)
         return row
@@ -177,14 +188,14 @@ class Trainer:
         """Warn when the learned dt falls below COLLAPSE_FLOOR classical timescales (or no step is
         accepted at all); stop after COLLAPSE_EPOCHS such epochs in a row: a silent collapse trains
         nothing useful."""
-        ratio = collect.get("collect/dt_over_classical", 1.0)
+        ratio = collect.get("part1/dt_over_classical", 1.0)
         if ratio >= COLLAPSE_FLOOR:
             self.collapsed = 0
             return
         self.collapsed += 1
-        what = (f"median learned dt is {ratio:.2e} of" if collect.get("collect/accepted") else
-                f"no step was accepted ({collect.get('collect/stalled', 0)} slots stalled in the retrain loop, "
-                f"{collect.get('collect/collapsed', 0)} gave up below 1e-6 of)")
+        what = (f"median learned dt is {ratio:.2e} of" if collect.get("part1/accepted") else
+                f"no step was accepted ({collect.get('part1/stalled', 0)} slots stalled in the retrain loop, "
+                f"{collect.get('part1/collapsed', 0)} gave up below 1e-6 of)")
         tqdm.write(f"warning: epoch {epoch}: {what} the classical timescale min sqrt(r/|a|) "
                    f"(floor {COLLAPSE_FLOOR:g}): no usable policy is being trained")
         if self.collapsed >= COLLAPSE_EPOCHS:
@@ -203,7 +214,7 @@ class Trainer:
                  "learner": {k: learner_state[k] for k in ("rng", "torch_rng", "kept")},
                  "pending_weights": self.pending_weights}
         payload = build_payload(epoch, learner_state["model"], learner_state["optimizer"], self.cfg, self.sc,
-                                loss=row.get("generalize/loss"), info=row, logs={"converged": self.converged},
+                                loss=row.get("part2/loss"), info=row, logs={"converged": self.converged},
                                 extra=extra)
         self.newest = save_checkpoint(checkpoint_path(self.run_dir, epoch), payload)
         self.learner_restarts = 0

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from aits import (Config, DtModel, HistoryBuffer, Orbit, Samples, Stepper, auto_norm_scales, band_loss, collect,
-                  evaluate, feature_dim, generalize, make_optimizer, optimizer_step, retrain_until_accepted)
+from aits import (Config, DtModel, HistoryBuffer, Orbit, Samples, Stepper, auto_norm_scales, band_loss,
+                  collect_trajectory, evaluate, feature_dim, generalize_on_trajectory, make_optimizer, optimizer_step,
+                  retrain_until_accepted)
 from aits.collect import retrain_slot
 from aits.physics import kepler_ic, random_ic
 from aits.systems import Systems
@@ -54,17 +55,17 @@ def test_retrain_limit_is_reported_not_raised():
                                     init_dt=0.3)
     orbit = Orbit(cfg, 0, np.random.default_rng(0))
     x0 = orbit.x.copy()
-    samples, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["collect/retrain_limit_hits"] == 3
-    assert metrics["collect/accepted"] == 0 and len(samples) == 0
+    samples, metrics = collect_trajectory(model, opt, orbit, stepper, cfg)
+    assert metrics["part1/retrain_limit_hits"] == 3
+    assert metrics["part1/accepted"] == 0 and len(samples) == 0
     np.testing.assert_array_equal(orbit.x, x0)  # a lost slot does not move the orbit
 
 
 def test_collect_discards_warmup_and_ships_own_history():
     cfg, stepper, model, opt = make({"features": {"history_len": 3}, "train": {"steps_per_epoch": 10}})
     orbit = Orbit(cfg, 7, np.random.default_rng(1))
-    s1, m1 = collect(model, opt, orbit, stepper, cfg)
-    assert m1["collect/accepted"] == 10 and m1["collect/warmup_discarded"] == 3 and len(s1) == 7
+    s1, m1 = collect_trajectory(model, opt, orbit, stepper, cfg)
+    assert m1["part1/accepted"] == 10 and m1["part1/warmup_discarded"] == 3 and len(s1) == 7
     assert s1.hist_x.shape == (7, 3, 2, 2) and s1.hist_dt.shape == (7, 3)
     assert np.all(s1.rel_dE < cfg.train.energy_threshold) and np.all(s1.orbit_id == 7)
     np.testing.assert_array_equal(s1.step, np.arange(3, 10))
@@ -72,8 +73,8 @@ def test_collect_discards_warmup_and_ships_own_history():
     np.testing.assert_array_equal(s1.hist_x[1:, -1], s1.x[:-1])
     np.testing.assert_array_equal(s1.hist_dt[1:, -1], s1.dt[:-1])
     np.testing.assert_allclose(s1.dt[1:], s1.accepted_dt[:-1])
-    s2, m2 = collect(model, opt, orbit, stepper, cfg)  # the orbit continues: no warm-up
-    assert len(s2) == 10 and m2["collect/warmup_discarded"] == 0
+    s2, m2 = collect_trajectory(model, opt, orbit, stepper, cfg)  # the orbit continues: no warm-up
+    assert len(s2) == 10 and m2["part1/warmup_discarded"] == 0
     np.testing.assert_array_equal(s2.step, np.arange(10, 20))
 
 
@@ -81,8 +82,8 @@ def test_orbit_restarts_after_periods_and_on_nonfinite():
     cfg, stepper, model, opt = make({"system": {"periods_per_orbit": 0.01}, "train": {"steps_per_epoch": 30}},
                                     init_dt=0.003)
     orbit = Orbit(cfg, 0, np.random.default_rng(2))
-    _, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["collect/orbit_restarts"] >= 1 and orbit.restarts[0] == metrics["collect/orbit_restarts"]
+    _, metrics = collect_trajectory(model, opt, orbit, stepper, cfg)
+    assert metrics["part1/orbit_restarts"] >= 1 and orbit.restarts[0] == metrics["part1/orbit_restarts"]
     assert orbit.t[0] < 0.01 * orbit.period[0] + 0.1
     restarted = orbit.advance([0], np.full_like(orbit.x, np.nan), orbit.v, np.array([0.01]))
     assert list(restarted) == [0] and np.isfinite(orbit.x).all() and orbit.steps[0] == 0
@@ -109,7 +110,7 @@ def _samples(cfg, stepper, model, opt, n_orbits=3):
     parts = []
     for i in range(n_orbits):
         orbit = Orbit(cfg, i, np.random.default_rng(10 + i))
-        parts.append(collect(model, opt, orbit, stepper, cfg)[0])
+        parts.append(collect_trajectory(model, opt, orbit, stepper, cfg)[0])
     return Samples.concat(parts)
 
 
@@ -136,10 +137,10 @@ def test_generalize_lowers_loss_of_failing_samples():
     failing = before >= cfg.train.energy_threshold
     assert 0 < int(failing.sum())
     loss_before = band_loss(before[failing], cfg.train.E_lower, cfg.train.E_upper).mean()
-    metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
+    metrics = generalize_on_trajectory(model, opt, samples, stepper, cfg, np.random.default_rng(0))
     after = evaluate(model, stepper, samples)
     loss_after = band_loss(after[failing], cfg.train.E_lower, cfg.train.E_upper).mean()
-    assert metrics["generalize/iterations"] > 0 and metrics["generalize/pass_rate_first"] < 1.0
+    assert metrics["part2/iterations"] > 0 and metrics["part2/pass_rate_first"] < 1.0
     assert float(loss_after) < 0.5 * float(loss_before)
     assert float((after >= cfg.train.energy_threshold).double().mean()) < float(failing.double().mean())
 
@@ -147,8 +148,8 @@ def test_generalize_lowers_loss_of_failing_samples():
 def test_generalize_skips_small_sets_and_uses_minibatches():
     cfg, stepper, model, opt = make({"train": {"generalize_min_samples": 100, "steps_per_epoch": 12}})
     samples = _samples(cfg, stepper, model, opt, 1)
-    m = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    assert m["generalize/skipped"] == 1.0 and m["generalize/converged"] == 1.0 and m["generalize/iterations"] == 0
+    m = generalize_on_trajectory(model, opt, samples, stepper, cfg, np.random.default_rng(0))
+    assert m["part2/skipped"] == 1.0 and m["part2/converged"] == 1.0 and m["part2/iterations"] == 0
 
 
 def test_band_on_accept_pushes_small_steps_up_in_collection():
@@ -157,7 +158,7 @@ def test_band_on_accept_pushes_small_steps_up_in_collection():
         cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 40, "band_on_accept": flag, "E_lower": 1e-5,
                                                    "lr": 1e-2}},
                                         init_dt=0.0005)
-        samples, metrics = collect(model, opt, Orbit(cfg, 0, np.random.default_rng(0)), stepper, cfg)
+        samples, metrics = collect_trajectory(model, opt, Orbit(cfg, 0, np.random.default_rng(0)), stepper, cfg)
         assert bool((samples.rel_dE < cfg.train.energy_threshold).all())
         dts[flag] = samples.accepted_dt
     np.testing.assert_allclose(dts[False], 0.0005, rtol=1e-5)  # without it the model keeps its small dt
@@ -176,16 +177,16 @@ def test_band_on_accept_loss_in_generalize():
     assert 0 < int(failing.sum()) < len(r) and bool((r[~failing] < t.E_lower).any())
     expected = torch.where(failing, band_loss(r, t.E_lower, t.E_upper),
                            band_loss(r, t.E_lower, t.E_upper, lower_only=True)).mean()
-    metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    assert metrics["generalize/iterations"] == 1
-    np.testing.assert_allclose(metrics["generalize/loss"], float(expected), rtol=1e-10)
+    metrics = generalize_on_trajectory(model, opt, samples, stepper, cfg, np.random.default_rng(0))
+    assert metrics["part2/iterations"] == 1
+    np.testing.assert_allclose(metrics["part2/loss"], float(expected), rtol=1e-10)
     cfg.train.band_on_accept = False
     with torch.no_grad():
         model.net[-1].bias += 0.5
     r = evaluate(model, stepper, samples)
     failing = r >= t.energy_threshold
-    metrics = generalize(model, opt, samples, stepper, cfg, np.random.default_rng(0))
-    np.testing.assert_allclose(metrics["generalize/loss"], float(band_loss(r[failing], t.E_lower, t.E_upper).mean()),
+    metrics = generalize_on_trajectory(model, opt, samples, stepper, cfg, np.random.default_rng(0))
+    np.testing.assert_allclose(metrics["part2/loss"], float(band_loss(r[failing], t.E_lower, t.E_upper).mean()),
                                rtol=1e-10)
 
 
@@ -195,8 +196,8 @@ def test_float32_model_with_float64_physics(dtype):
     model = model.to(torch.float32)
     opt = make_optimizer(model, cfg)
     orbit = Orbit(cfg, 0, np.random.default_rng(0))
-    samples, metrics = collect(model, opt, orbit, stepper, cfg)
-    assert metrics["collect/accepted"] == 10
+    samples, metrics = collect_trajectory(model, opt, orbit, stepper, cfg)
+    assert metrics["part1/accepted"] == 10
     assert samples.x.dtype == np.float64
     assert evaluate(model, stepper, samples).dtype == torch.float64
 
@@ -281,9 +282,9 @@ def test_one_system_per_collector_is_the_seed_loop_bit_for_bit(case):
     ref_opt = make_optimizer(ref_model, cfg)
     systems, orbit = Systems.for_collector(cfg, 4, 1), RefOrbit(cfg, 4, np.random.default_rng(cfg.run.seed + 4))
     for _ in range(3):  # epochs: state carries over
-        samples, metrics = collect(model, opt, systems, stepper, cfg)
+        samples, metrics = collect_trajectory(model, opt, systems, stepper, cfg)
         rows, counts = ref_collect(ref_model, ref_opt, orbit, stepper, cfg)
-        assert len(samples) == len(rows) == metrics["collect/samples"]
+        assert len(samples) == len(rows) == metrics["part1/samples"]
         if rows:
             np.testing.assert_array_equal(samples.x, np.stack([r[0] for r in rows]))
             np.testing.assert_array_equal(samples.step, [r[1] for r in rows])
@@ -291,15 +292,15 @@ def test_one_system_per_collector_is_the_seed_loop_bit_for_bit(case):
             np.testing.assert_array_equal(samples.rel_dE, [r[3] for r in rows])
             np.testing.assert_array_equal(samples.retrains, [r[4] for r in rows])
             np.testing.assert_array_equal(samples.hist_x, np.stack([r[5] for r in rows]))
-        assert metrics["collect/max_retrains"] == max(counts)
-        assert metrics["collect/retrain_steps"] == sum(counts)  # B = 1: one step per retrain
+        assert metrics["part1/max_retrains"] == max(counts)
+        assert metrics["part1/retrain_steps"] == sum(counts)  # B = 1: one step per retrain
         np.testing.assert_array_equal(systems.x[0], orbit.x)
         for k, v in model.state_dict().items():
             assert torch.equal(v, ref_model.state_dict()[k]), k
     if "periods_per_orbit" in case.get("system", {}):
         assert systems.restarts[0] > 0
     if "max_retrain_steps" in case.get("train", {}):
-        assert metrics["collect/retrain_limit_hits"] > 0
+        assert metrics["part1/retrain_limit_hits"] > 0
 
 
 def test_systems_have_independent_streams():
@@ -323,18 +324,18 @@ def test_collect_on_many_systems_ships_each_systems_own_history():
     cfg, stepper, model, opt = make({"features": {"history_len": 3}, "train": {"steps_per_epoch": 12,
                                                                               "max_retrain_steps": 0}})
     systems = Systems.for_collector(cfg, 0, 5)
-    samples, metrics = collect(model, opt, systems, stepper, cfg)
-    assert metrics["collect/accepted"] == 60 and metrics["collect/samples"] == len(samples) == 45
-    assert metrics["collect/systems"] == 5 and metrics["collect/warmup_discarded"] == 15
+    samples, metrics = collect_trajectory(model, opt, systems, stepper, cfg)
+    assert metrics["part1/accepted"] == 60 and metrics["part1/samples"] == len(samples) == 45
+    assert metrics["part1/systems"] == 5 and metrics["part1/warmup_discarded"] == 15
     for j in range(5):
         s = samples.take(samples.orbit_id == j)
         np.testing.assert_array_equal(s.step, np.arange(3, 12))
         np.testing.assert_array_equal(s.hist_x[1:, -1], s.x[:-1])  # each system's chain is its own
         np.testing.assert_array_equal(s.dt[1:], s.accepted_dt[:-1])
     assert np.all(samples.rel_dE < cfg.train.energy_threshold)
-    assert metrics["collect/retrain_steps"] <= metrics["collect/max_retrains"] * 12
-    if metrics["collect/retrain_steps"]:
-        assert 1 <= metrics["collect/mean_rejected_per_retrain"] <= 5
+    assert metrics["part1/retrain_steps"] <= metrics["part1/max_retrains"] * 12
+    if metrics["part1/retrain_steps"]:
+        assert 1 <= metrics["part1/mean_rejected_per_retrain"] <= 5
 
 
 def test_rejected_subset_retrains_together_on_its_mean_loss():
@@ -366,7 +367,7 @@ def test_epoch_without_usable_attempts_reports_zero_rates():
     cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 4}})
     with torch.no_grad():
         model.net[-1].bias.fill_(float("nan"))  # every attempt non-finite: nothing accepted, nothing retrained
-    samples, metrics = collect(model, opt, Systems.for_collector(cfg, 0, 3), stepper, cfg)
-    assert len(samples) == 0 and metrics["collect/accepted"] == 0 and metrics["collect/nonfinite"] == 12
-    assert metrics["collect/acceptance_rate"] == 0.0 and metrics["collect/mean_dt"] == 0.0
-    assert metrics["collect/mean_rejected_per_retrain"] == 0.0 and metrics["collect/mean_retrains"] == 0.0
+    samples, metrics = collect_trajectory(model, opt, Systems.for_collector(cfg, 0, 3), stepper, cfg)
+    assert len(samples) == 0 and metrics["part1/accepted"] == 0 and metrics["part1/nonfinite"] == 12
+    assert metrics["part1/acceptance_rate"] == 0.0 and metrics["part1/mean_dt"] == 0.0
+    assert metrics["part1/mean_rejected_per_retrain"] == 0.0 and metrics["part1/mean_retrains"] == 0.0

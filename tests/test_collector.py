@@ -28,10 +28,10 @@ def test_collect_returns_post_warmup_samples_with_histories(ray_session):
     samples, metrics = ray.get(collector.collect.options(num_returns=2).remote(weights_ref))
 
     assert isinstance(samples, Samples)
-    assert metrics["collect/orbit_restarts"] == 0 and metrics["collect/retrain_limit_hits"] == 0
-    assert metrics["collect/accepted"] == steps
-    assert len(samples) == steps - K == metrics["collect/samples"]
-    assert metrics["collect/warmup_discarded"] == K
+    assert metrics["part1/orbit_restarts"] == 0 and metrics["part1/retrain_limit_hits"] == 0
+    assert metrics["part1/accepted"] == steps
+    assert len(samples) == steps - K == metrics["part1/samples"]
+    assert metrics["part1/warmup_discarded"] == K
     assert samples.hist_x.shape == (steps - K, K, 2, 2) and samples.hist_v.shape == (steps - K, K, 2, 2)
     assert samples.hist_dt.shape == (steps - K, K)
     assert (samples.rel_dE < cfg.train.energy_threshold).all()
@@ -64,7 +64,7 @@ def test_dt_after_broadcast_equals_learner(ray_session):
     samples = ray.get(samples_ref)
     batch = (samples.m, samples.x, samples.v, samples.dt, samples.hist_x, samples.hist_v, samples.hist_dt)
     dt_learner = ray.get(learner.predict_dt.remote(*batch))
-    if metrics["generalize/iterations"] > 0:
+    if metrics["part2/iterations"] > 0:
         assert not np.array_equal(ray.get(collector.predict_dt.remote(*batch)), dt_learner)
 
     ray.get(collector.load_weights.remote(ray.put(ray.get(learner.weights.remote()))))

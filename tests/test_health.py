@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from aits import Config, Stepper
-from aits.collect import STALL_WINDOW, collect, retrain_slot
+from aits.collect import STALL_WINDOW, collect_trajectory, retrain_slot
 from aits.model import build_model
 from aits.norm import auto_norm_scales
 from aits.physics import crossing_time
@@ -31,7 +31,7 @@ def test_run_built_to_collapse_warns_and_stops_with_one_line(tmp_path, capsys):
     errors = [line for line in out.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training collapsed" in errors[0] and "softening" in errors[0]
     rows = [json.loads(line) for line in (tmp_path / "collapse" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 5 and all(r["collect/dt_over_classical"] < 1e-6 for r in rows)
+    assert len(rows) == 5 and all(r["part1/dt_over_classical"] < 1e-6 for r in rows)
 
 
 def test_healthy_kepler_run_reports_its_eta():
@@ -39,9 +39,9 @@ def test_healthy_kepler_run_reports_its_eta():
                             "model": {"hidden_dims": [8], "output": "factor", "init_factor": 0.02},
                             "train": {"steps_per_epoch": 20}})
     stepper, model = Stepper(cfg, auto_norm_scales(cfg)), build_model(cfg)
-    _, metrics = collect(model, make_optimizer(model, cfg), Systems.for_collector(cfg, 0, 2), stepper, cfg)
+    _, metrics = collect_trajectory(model, make_optimizer(model, cfg), Systems.for_collector(cfg, 0, 2), stepper, cfg)
     # an untrained factor model is the classical rule with eta = init_factor
-    assert abs(metrics["collect/dt_over_classical"] - 0.02) < 2e-3
+    assert abs(metrics["part1/dt_over_classical"] - 0.02) < 2e-3
 
 
 def test_unsoftened_random_retrain_loop_stalls_instead_of_looping_for_ever():

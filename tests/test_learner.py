@@ -33,8 +33,8 @@ def test_generalize_lowers_failing_fraction(ray_session):
     after = float((ray.get(learner.evaluate.remote(ref)) >= thr).mean())
     assert before > 0.5
     assert after < 0.5 * before
-    assert metrics["generalize/n_samples"] == len(samples) and metrics["generalize/iterations"] > 0
-    assert metrics["generalize/pass_rate_first"] < metrics["generalize/pass_rate_last"]
+    assert metrics["part2/n_samples"] == len(samples) and metrics["part2/iterations"] > 0
+    assert metrics["part2/pass_rate_first"] < metrics["part2/pass_rate_last"]
 
 
 def test_generalize_skips_small_sets():
@@ -43,7 +43,7 @@ def test_generalize_skips_small_sets():
     learner = Learner(conf, scales)
     before = learner.weights()
     metrics = learner.generalize(_samples(conf, scales, 1).take(slice(0, 5)))
-    assert metrics["generalize/skipped"] == 1.0 and metrics["generalize/converged"] == 1.0
+    assert metrics["part2/skipped"] == 1.0 and metrics["part2/converged"] == 1.0
     assert all(torch.equal(before[k], v) for k, v in learner.weights().items())
 
 
@@ -68,6 +68,6 @@ def test_learner_state_restore_round_trip(ray_session):
     got = ray.get(second.generalize.remote(part_b))
     got_weights = ray.get(second.weights.remote())
     expect.pop("system/learner_time"), got.pop("system/learner_time")
-    assert got == expect and got["generalize/n_samples"] == 20 + len(part_b)
+    assert got == expect and got["part2/n_samples"] == 20 + len(part_b)
     assert all(torch.equal(got_weights[k], v) for k, v in expect_weights.items())
     assert len(ray.get(second.state.remote())["kept"]["dt"]) == min(50, len(samples))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import actors.collector  # noqa: F401 - declares system/collect_time
-from aits import collect  # noqa: F401 - importing aits declares the collect/* rules
+from aits import collect  # noqa: F401 - importing aits declares the part1/* rules
 from aits.metrics import declare, merge, ratio, rule
 
 
@@ -15,8 +15,8 @@ def test_merge_applies_declared_rules():
     assert merge(rows) == {"test/count": 5, "test/worst": 7.0, "test/best": 0.5, "test/other": 2.0}
     assert merge([]) == {}
     # The collect phase and the collector declare theirs next to where they are made.
-    assert rule("collect/accepted") == "sum" and rule("collect/max_retrains") == "max"
-    assert rule("collect/mean_dt") == "mean" and rule("system/collect_time") == "max"
+    assert rule("part1/accepted") == "sum" and rule("part1/max_retrains") == "max"
+    assert rule("part1/mean_dt") == "mean" and rule("system/collect_time") == "max"
     with pytest.raises(ValueError):
         declare({"test/x": "average"})
 

@@ -157,12 +157,12 @@ def test_learner_never_applies_nonfinite_gradients(tiny_cfg):
     bad.x[0, 0, 0] = np.nan  # one non-finite state: NaN features, NaN rel_dE, NaN gradients
     before = learner.weights()
     metrics = learner.generalize(bad)  # batch = all 4 samples: every step sees the NaN
-    assert metrics["generalize/iterations"] == 20 and metrics["generalize/nonfinite_skips"] == 20
-    assert metrics["generalize/converged"] == 0.0
+    assert metrics["part2/iterations"] == 20 and metrics["part2/nonfinite_skips"] == 20
+    assert metrics["part2/converged"] == 0.0
     assert_same_weights(learner.weights(), before)
     # control: the same samples without the NaN do move the weights
     metrics = learner.generalize(samples.take(slice(1, 4)))
-    assert metrics["generalize/nonfinite_skips"] == 0
+    assert metrics["part2/nonfinite_skips"] == 0
     assert any(not torch.equal(learner.weights()[k], before[k]) for k in before)
 
 
@@ -176,11 +176,11 @@ def test_collector_nonfinite_state_restarts_orbit(tiny_cfg):
     restarts = state["systems"]["restarts"]
     col.restore(state)
     samples, metrics = col.collect(weights)
-    assert metrics["collect/nonfinite"] == 1 and metrics["collect/orbit_restarts"] >= 1
+    assert metrics["part1/nonfinite"] == 1 and metrics["part1/orbit_restarts"] >= 1
     assert col.state()["systems"]["restarts"] >= restarts + 1
     assert np.isfinite(samples.x).all() and np.isfinite(col.state()["systems"]["x"]).all()
     # the slot was lost, the orbit's fresh history refills its warm-up before samples ship again
-    assert metrics["collect/accepted"] == tiny_cfg.train.steps_per_epoch - 1
+    assert metrics["part1/accepted"] == tiny_cfg.train.steps_per_epoch - 1
 
 
 # ---------------------------------------------------------------- driver SIGKILL

@@ -20,7 +20,7 @@ def test_many_systems_ray_equals_inprocess(ray_session, tmp_path):
     assert_same_weights(final_weights(tmp_path / "runs" / "ray"), final_weights(tmp_path / "runs" / "local"))
     r = rows(tmp_path / "runs" / "ray")
     assert _strip(r) == _strip(rows(tmp_path / "runs" / "local"))
-    assert r[-1]["collect/systems"] == 6 and r[-1]["collect/accepted"] > 40
+    assert r[-1]["part1/systems"] == 6 and r[-1]["part1/accepted"] > 40
 
 
 def test_many_systems_resume_equals_uninterrupted(tmp_path, capsys):

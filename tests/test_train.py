@@ -14,6 +14,7 @@ from driver.train import main
 import wandb_reader
 from helpers import assert_same_weights, final_weights, rows, strip_timing, write_config
 
+
 def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_path, capsys):
     cfg = write_config(tmp_path, wandb={"mode": "offline"})
     assert main(["--config", cfg]) == 0
@@ -36,12 +37,12 @@ def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_p
     assert [r["epoch"] for r in metrics] == [1, 2, 3]
     for r in metrics:
         # every collector ships steps_per_epoch - history_len samples once nothing is lost
-        lost = r["collect/retrain_limit_hits"] + r["collect/nonfinite"]
-        assert r["collect/accepted"] == 2 * 20 - lost
-        assert r["generalize/n_samples"] == r["collect/samples"]  # generalize_capacity 0: this epoch only
+        lost = r["part1/retrain_limit_hits"] + r["part1/nonfinite"]
+        assert r["part1/accepted"] == 2 * 20 - lost
+        assert r["part2/n_samples"] == r["part1/samples"]  # generalize_capacity 0: this epoch only
         assert r["system/epoch_time"] > 0 and r["system/samples_per_s"] > 0
-    assert metrics[0]["collect/warmup_discarded"] == 2 * 2 and metrics[1]["collect/warmup_discarded"] == 0
-    rate = 100 * sum(r["generalize/converged"] for r in metrics) / 3
+    assert metrics[0]["part1/warmup_discarded"] == 2 * 2 and metrics[1]["part1/warmup_discarded"] == 0
+    rate = 100 * sum(r["part2/converged"] for r in metrics) / 3
     assert f"convergence rate: {rate:.1f}%" in out
 
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -49,9 +50,9 @@ def test_three_epoch_run_writes_checkpoints_metrics_and_wandb(ray_session, tmp_p
     history = wandb_reader.history(runs[0])
     assert len(history) == 3
     for logged, row in zip(history, metrics):
-        assert any(k.startswith("collect/") for k in logged) and any(k.startswith("generalize/") for k in logged)
+        assert any(k.startswith("part1/") for k in logged) and any(k.startswith("part2/") for k in logged)
         assert any(k.startswith("system/") for k in logged)
-        for key in ("epoch", "collect/accepted", "collect/mean_retrains", "generalize/loss", "generalize/converged"):
+        for key in ("epoch", "part1/accepted", "part1/mean_retrains", "part2/loss", "part2/converged"):
             assert logged[key] == pytest.approx(row[key], rel=1e-12), key
     info = wandb_reader.run_info(runs[0])
     assert info["project"] == "AITimeStepper"

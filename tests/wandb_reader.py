@@ -48,7 +48,7 @@ def records(path) -> list[bytes]:
 
 
 def history(path) -> list[dict]:
-    """The logged rows: one dict per ``history`` record, keys as logged (``collect/...``)."""
+    """The logged rows: one dict per ``history`` record, keys as logged (``part1/...``)."""
     rows = []
     for raw in records(path):
         rec = wandb_internal_pb2.Record()
