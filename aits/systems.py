@@ -36,7 +36,7 @@ class Systems:
     A collector with index c owns ids ``c·B .. c·B+B-1``, seeded ``run.seed + id`` (for B = 1:
     ``run.seed + c``, the seed's one orbit per collector). :meth:`from_arrays` builds systems from
     given states instead (no config, no RNGs: they step with :meth:`push` and cannot restart).
-    ``acc`` is a(x) of the current states where a caller keeps it (``aits.simulate`` does), else None;
+    ``acc`` is a(x) of the current states where a caller keeps it, else None;
     it is no part of the state dict.
     """
 

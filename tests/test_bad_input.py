@@ -20,7 +20,7 @@ from driver.train import main
 from helpers import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN, SIMULATE = str(ROOT / "driver" / "train.py"), str(ROOT / "driver" / "simulate.py")
+TRAIN, EVALUATE = str(ROOT / "driver" / "train.py"), str(ROOT / "driver" / "evaluate.py")
 INPROC = "driver.train.main in this process"  # errors found before anything starts: no interpreter start-up
 
 # (case, CLI, arguments; {cfg}, {tmp}, {ckpt} are filled in, expected exit, words the one stderr line holds)
@@ -55,12 +55,14 @@ CASES = [
      ["weights_only.pt", "not a training checkpoint", "extra.collectors"]),
     ("unwritable output dir", TRAIN, "--config {cfg} --set run.output_dir={tmp}/afile/runs", 2,
      ["run.output_dir", "afile", "cannot create"]),
-    ("simulate: checkpoint of another N", SIMULATE, "--checkpoint {ckpt} --ic {tmp}/three.txt --out {tmp}/sim",
-     2, ["three", "N=3", "trained on N=2"]),
-    ("simulate: corrupt checkpoint", SIMULATE, "--checkpoint {tmp}/corrupt.pt --out {tmp}/sim", 1,
+    ("evaluate: corrupt checkpoint", EVALUATE, "--checkpoint {tmp}/corrupt.pt --out {tmp}/sim", 2,
      ["corrupt.pt", "corrupt"]),
-    ("simulate: eccentricity 1", SIMULATE, "--checkpoint {ckpt} --orbit 1.0,1 --out {tmp}/sim", 2,
-     ["--orbit", "eccentricity"]),
+    ("evaluate: missing checkpoint", EVALUATE, "--checkpoint {tmp}/gone.pt --out {tmp}/sim", 2,
+     ["gone.pt", "not found"]),
+    ("evaluate: checkpoint of another program", EVALUATE, "--checkpoint {tmp}/other.pt --out {tmp}/sim", 2,
+     ["other.pt", "missing keys"]),
+    ("evaluate: unknown suite", EVALUATE, "--checkpoint {ckpt} --suite huge --out {tmp}/sim", 2,
+     ["--suite", "invalid choice", "'huge'"]),
     # every spelling of a non-finite or huge number, from --set and from YAML
     ("nan", INPROC, "--config {cfg} --set train.lr=nan", 2, ["train.lr", "finite", "nan"]),
     (".nan", INPROC, "--config {cfg} --set system.softening=.nan", 2, ["system.softening", "finite"]),
@@ -116,7 +118,6 @@ def inputs(tmp_path_factory) -> dict:
     assert main(["--config", cfg]) == 0
     ckpt = tmp / "runs" / "good" / "model" / "model_epoch_0001.pt"
     (tmp / "bad_ic.txt").write_text("1.0 0 0 0 0\n1.0 1 oops 0 1\n")
-    (tmp / "three.txt").write_text("1 0 0 0 0\n1 1 0 0 1\n1 -1 0 0 -1\n")
     (tmp / "broken.yaml").write_text("train: [1, 2\n")
     (tmp / "corrupt.pt").write_bytes(ckpt.read_bytes()[:5000])
     torch.save({"epoch": 1, "model_state_dict": {}, "config": {}}, tmp / "weights_only.pt")
@@ -178,7 +179,7 @@ def test_bad_input_table(inputs):
         for w in words:
             assert w in lines[0], (name, w, lines[0])
         if code:
-            assert lines[0].startswith(("error: ", "simulate: error: ")), (name, lines[0])
+            assert lines[0].startswith(("error: ", "evaluate: error: ")), (name, lines[0])
             assert not proc.stdout.strip(), (name, proc.stdout)
             assert not run_dir.exists(), name  # nothing written
             assert not (inputs["tmp"] / "sim").exists(), name
