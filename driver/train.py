@@ -46,6 +46,9 @@ def parse_args(argv):
                    help="'auto': continue this run's newest checkpoint (fresh start if none); or a checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run folder that holds checkpoints, deleting them")
+    p.add_argument("--movie", action="store_true",
+                   help="at the end, render the final checkpoint on its training system beside the classical "
+                        "step recursion: <run>/movie.mp4 (or .gif; docs/REPORT.md)")
     return p.parse_args(argv)
 
 
@@ -110,7 +113,13 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return train(cfg, ckpt)
+    code = train(cfg, ckpt)
+    if args.movie and code == 0:
+        from driver.movie import training_movie
+
+        path, fmt, frames, seconds = training_movie(Path(cfg.run.output_dir) / cfg.run.name)
+        print(f"Training movie ({fmt}, {frames} frames, {seconds:.1f} s): {path.resolve()}", flush=True)
+    return code
 
 
 def train(cfg: Config, ckpt: dict | None, on_epoch=None) -> int:
