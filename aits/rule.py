@@ -168,8 +168,9 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
             use :meth:`start` and :meth:`next_dt`.
         """
         if self.mode != "explicit":
+            hint = "" if self.mode == "seed" else " (rule.h gives its step function)"
             raise ValueError(f"rule.dt is the explicit form; this rule is {self.mode}: use rule.start and "
-                             f"rule.next_dt (rule.h gives its step function)")
+                             f"rule.next_dt{hint}")
         x, v, m = _check(x, v, m)
         return float(self._learned.policy(I.State(m, x, v, I.accel(x, m, self.eps), eps=self.eps)))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -144,7 +145,8 @@ def export(path: str) -> dict:
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "units": "G = 1; any consistent length, mass and time units (the rule is scale-free)",
         "softening": rule.eps,
-        "accelerations": DEFINITIONS["a_i"],
+        "accelerations": {"formula": DEFINITIONS["a_i"].split(": ", 1)[1], "G": 1.0,
+                          "note": "the rule's input a: your integrator's accelerations at x, with this softening"},
         "timescale": {"name": "tau", "formula": "tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                       "min_acceleration": 1e-300},
         "features": {"kind": "scale_free", "count": len(FEATURES),
@@ -158,13 +160,7 @@ def export(path: str) -> dict:
                        "formula": "v += dt/2 * a; x += dt * v; a = a(x); v += dt/2 * a (substeps times per dt)"},
         "provenance": {"checkpoint": rule.source, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
                        "epoch": ckpt.get("epoch"), "config_summary": cfg.summary(),
-                       "model": {"hidden_dims": list(cfg.model.hidden_dims), "activation": cfg.model.activation,
-                                 "output": cfg.model.output, "recursive": cfg.model.recursive,
-                                 "symmetric_iterations": cfg.model.symmetric_iterations, "dtype": cfg.model.dtype},
-                       "system": {"ic": cfg.system.ic, "num_particles": cfg.system.num_particles,
-                                  "dim": cfg.system.dim, "softening": cfg.system.softening,
-                                  "n_steps": cfg.system.n_steps},
-                       "run": {"name": cfg.run.name, "seed": cfg.run.seed},
+                       "config": cfg.to_dict(),
                        "description": rule.describe()},
         "test_vectors": test_vectors(rule),
     }
@@ -183,6 +179,9 @@ def main(argv=None) -> int:
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
+    umask = os.umask(0)
+    os.umask(umask)
+    out.chmod(0o666 & ~umask)  # a file for others to read: the umask's mode, not mkstemp's private 0600
     print(f"export: {doc['mode']['kind']} rule of {doc['provenance']['checkpoint']} "
           f"(epoch {doc['provenance']['epoch']}) -> {out.resolve()}")
     return 0

@@ -168,11 +168,11 @@ def main(argv=None) -> int:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in runs.items():
-        ax.semilogy(np.asarray(r["t"]) / period, np.maximum(r["rel"], 1e-17), lw=0.8,
+        ax.semilogy(np.asarray(r["t"][1:]) / period, np.maximum(r["rel"][1:], 1e-17), lw=0.8,
                     label=f"{name} ({r['steps']} steps, {r['force_evals']} evals)")
     ax.set_xlabel("t / period")
     ax.set_ylabel("|dE/E|")
-    ax.set_title(f"Kepler e = {args.e}: {rule.mode} learned rule in REBOUND leapfrog (DKD) and KDK")
+    ax.set_title(f"Kepler e = {args.e}: the {rule.mode} learned rule, REBOUND leapfrog (DKD) and KDK", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "energy.png", dpi=120)
