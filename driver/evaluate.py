@@ -1,12 +1,14 @@
-"""Scoreboard: judge checkpoints against the classical step rules at equal force evaluations and
-equal wall time.
+"""The evaluation command: judge checkpoints against the classical step rules at equal force
+evaluations and equal wall time, on a suite of test systems or on your own.
 
-    python driver/evaluate.py --checkpoint CKPT [CKPT ...] --suite quick|standard [--out DIR] [--workers N]
+    python driver/evaluate.py --checkpoint CKPT [CKPT ...] [--suite SUITE] [--out DIR] [--workers N]
+    python driver/evaluate.py --checkpoint CKPT --system bodies.txt --duration 20
 
-Writes ``DIR/scoreboard.json``, ``DIR/scoreboard.md`` and plots (``DIR/<system>.png``: |dE/E| and
-dt against time for the long cases; ``DIR/cost.png``: max |dE/E| against force evaluations).
-Systems run in parallel as Ray tasks (``--workers``, default: the cores), in this process with
-``--workers 1``. See README "Scoreboard" and docs/DESIGN.md.
+Writes ``DIR/scoreboard.json``, ``DIR/scoreboard.md`` and plots (``DIR/<system>.png``: the bodies'
+x-y paths of the learned run and of the strongest classical rule beside |dE/E| and dt against time;
+``DIR/cost.png``: max |dE/E| against force evaluations). Every method runs on the one numpy loop of
+``aits.integrators``. Systems run in parallel as Ray tasks (``--workers``, default: the cores), in
+this process with ``--workers 1``. See README "Is my checkpoint worth using?" and docs/DESIGN.md §6.
 """
 from __future__ import annotations
 
@@ -232,25 +234,75 @@ def markdown(board: dict) -> str:
 
 
 def plot_files(plots: dict, board: dict) -> dict[str, bytes]:
-    """PNG bytes by file name."""
+    """PNG bytes by file name: per system (first checkpoint) ``<system>.png``, and ``cost.png``.
+
+    ``<system>.png``: left, the bodies' x-y paths (D >= 2; series with ``x``) of the learned run and of
+    the best classical baseline (the board's ``strongest`` for the system, else the baseline with the
+    lowest max |dE/E| among the series); right, |dE/E| and dt against time for every method, the
+    baselines at equal force evaluations.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def worst(ser) -> float:  # max |dE/E| of a series; a NaN (a destroyed run) counts as infinite
+        r = np.asarray(ser["rel_dE"], dtype=float)
+        return float(r.max()) if r.size and not np.isnan(r).any() else math.inf
+
     files = {}
     first = next(iter(plots))
+    entries = board.get("systems", {})
+    entries = entries.get(first, {}) if board.get("systems_keyed_by_checkpoint") else entries
     for name, data in plots[first].items():
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-        for meth, ser in data["series"].items():
-            if ser:
-                ax1.semilogy(ser["t"], np.maximum(ser["rel_dE"], 1e-17), lw=0.8, label=meth)
-                ax2.semilogy(ser["t"], np.maximum(ser["dt"], 1e-300), lw=0.8, label=meth)
+        series = {meth: ser for meth, ser in data["series"].items() if ser}
+        colors = {meth: f"C{i % 10}" for i, meth in enumerate(series)}
+        learned = next((meth for meth in series if meth not in BASELINES and meth != "ias15"), None)
+        best = named = (entries.get(name) or {}).get("strongest")
+        if best not in series:  # no strongest named: the most accurate baseline plotted here
+            finite = {meth: worst(ser) for meth, ser in series.items() if meth in BASELINES}
+            finite = {meth: p for meth, p in finite.items() if math.isfinite(p)}
+            best = min(finite, key=finite.get) if finite else None
+        paths = [meth for meth in (learned, best)
+                 if meth and len(np.shape(series[meth].get("x", []))) == 3 and np.shape(series[meth]["x"])[2] >= 2]
+        if paths:
+            fig = plt.figure(figsize=(15, 7))
+            grid = fig.add_gridspec(2, 2, width_ratios=(1, 1.4))
+            ax_orbit = fig.add_subplot(grid[:, 0])
+            ax1 = fig.add_subplot(grid[0, 1])
+            ax2 = fig.add_subplot(grid[1, 1], sharex=ax1)
+        else:
+            fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+        for meth, ser in series.items():
+            ax1.semilogy(ser["t"], np.maximum(ser["rel_dE"], 1e-17), lw=0.8, color=colors[meth], label=meth)
+            ax2.semilogy(ser["t"], np.maximum(ser["dt"], 1e-300), lw=0.8, color=colors[meth], label=meth)
         ax1.set_ylabel("|ΔE/E|")
         ax2.set_ylabel("dt")
         ax2.set_xlabel("t")
         ax1.legend(fontsize=8)
-        ax1.set_title(f"{name} ({first}), baselines at equal force evaluations")
+        ax1.set_title(f"{name} ({first}), baselines at equal force evaluations", fontsize=10)
+        if paths:
+            for meth, style in zip(paths, ("-", "--")):
+                x = np.asarray(series[meth]["x"], dtype=float)
+                for i in range(x.shape[1]):
+                    ax_orbit.plot(x[:, i, 0], x[:, i, 1], style, lw=0.8, color=colors[meth],
+                                  label=meth if i == 0 else None)
+                ax_orbit.plot(x[-1, :, 0], x[-1, :, 1], "o", ms=4, color=colors[meth])  # where each run ends
+            # Frame the more accurate path, so one diverging run cannot squash the picture.
+            frame = min(paths, key=lambda meth: worst(series[meth]))
+            xy = np.asarray(series[frame]["x"], dtype=float)[..., :2].reshape(-1, 2)
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if len(xy):  # a square frame: equal aspect without matplotlib moving the limits
+                mid, half = 0.5 * (xy.min(0) + xy.max(0)), 0.55 * float(np.ptp(xy, axis=0).max()) + 1e-12
+                ax_orbit.set_xlim(mid[0] - half, mid[0] + half)
+                ax_orbit.set_ylim(mid[1] - half, mid[1] + half)
+            ax_orbit.set_aspect("equal", adjustable="box")
+            ax_orbit.set(xlabel="x", ylabel="y")
+            why = "strongest at equal evaluations" if best == named else "lowest max |ΔE/E|"
+            ax_orbit.set_title(f"x-y paths: {', '.join(paths)}" + (f" ({best}: {why})" if best in paths else ""),
+                               fontsize=10)
+            ax_orbit.legend(fontsize=8)
+        fig.tight_layout()
         files[f"{name}.png"] = _png(fig, plt)
     names = list(plots[first])
     cols = min(3, len(names))
