@@ -213,6 +213,11 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
             The step (time units): ``h`` (explicit), ``h^2 / dt_prev`` (recursive, ``h`` first),
             the fixed point of ``(h(z) + h(trial(dt))) / 2`` after ``k`` iterations (symmetric), or
             the seed model's dt (seed, with the history of the states this stepper saw).
+
+        Raises
+        ------
+        aits.integrators.BadStep
+            The step is not finite and positive (the evaluation stops such a run as ``bad_dt``).
         """
         if self._state is None:
             raise ValueError("rule.next_dt before rule.start")

@@ -100,7 +100,7 @@ def mode_spec(rule: Rule) -> dict:
 
 def network_spec(rule: Rule) -> dict:
     """The MLP exactly as the library's numpy inference holds it (``aits.policy.NumpyMLP``), float64."""
-    mlp = rule._h.mlp
+    mlp = _mlp(rule)
     act = rule.cfg.model.activation
     layers = [{"W": w.T.tolist(), "b": b.tolist(), "shape": [int(w.shape[1]), int(w.shape[0])],
                "activation": i < len(mlp.layers) - 1} for i, (w, b) in enumerate(mlp.layers)]
@@ -114,6 +114,14 @@ def network_spec(rule: Rule) -> dict:
                        "activation true; the last layer has one output z"}
 
 
+def _mlp(rule: Rule):
+    """The numpy MLP inside the rule's step function (``aits.policy.FactorStep.mlp``)."""
+    mlp = getattr(rule._h, "mlp", None)
+    if mlp is None or not hasattr(mlp, "layers"):
+        raise InputError(f"step function {type(rule._h).__name__}: no numpy MLP to export")
+    return mlp
+
+
 def test_vectors(rule: Rule) -> list[dict]:
     """States with their features, tau, g and h from the library, for checking an implementation."""
     rng = np.random.default_rng(2024)
@@ -125,7 +133,7 @@ def test_vectors(rule: Rule) -> list[dict]:
         feats, tau = scale_free_numpy(x, v, a, m, rule.eps)
         h = rule.h(x, v, a, m)
         out.append({"name": name, "m": m.tolist(), "x": x.tolist(), "v": v.tolist(), "a": a.tolist(),
-                    "features": feats.tolist(), "tau": tau, "g": float(rule._h.mlp(feats)), "h": h})
+                    "features": feats.tolist(), "tau": tau, "g": float(_mlp(rule)(feats)), "h": h})
     return out
 
 

@@ -175,7 +175,8 @@ def main(argv=None) -> int:
     a = rule.accel(x, m)
 
     def energy(x, v):
-        return 0.5 * float(m @ (v * v).sum(-1)) - m[0] * m[1] / math.sqrt(float(np.sum((x[1] - x[0]) ** 2)) + rule.eps ** 2)
+        r2 = float(np.sum((x[1] - x[0]) ** 2)) + rule.eps ** 2
+        return 0.5 * float(m @ (v * v).sum(-1)) - m[0] * m[1] / math.sqrt(r2)
 
     e0 = energy(x, v)
     rule.start()

@@ -238,7 +238,8 @@ def test_rebound_example_short(ckpts, tmp_path, capsys, name):
         assert math.isfinite(r["max_rel_dE"]) and r["max_rel_dE"] > 0
         assert r["t_final"] == pytest.approx(summary["t_end"], rel=1e-12)
     lr = runs["learned_rebound"]
-    assert runs["fixed_same_steps"]["steps"] == lr["steps"] and runs["fixed_same_evals"]["force_evals"] == lr["force_evals"]
+    assert runs["fixed_same_steps"]["steps"] == lr["steps"]
+    assert runs["fixed_same_evals"]["force_evals"] == lr["force_evals"]
     per_step = 2 + (2 if name == "symmetric" else 0)  # the rule's a(x), REBOUND's step; + 2 per trial
     assert lr["force_evals"] == per_step * lr["steps"]
     assert runs["learned_kdk"]["force_evals"] == 1 + (2 if name == "symmetric" else 1) * runs["learned_kdk"]["steps"]
