@@ -199,7 +199,8 @@ def render_movie(series_by_method: dict[str, dict], m, path_stem, frames: int = 
         paths = [ax.plot([], [], lw=0.7, color=body[b], alpha=0.8, animated=True)[0] for b in range(n_bodies)]
         dots = ax.scatter(xs[name][0, :, 0], xs[name][0, :, 1], s=sizes, c=body,
                           edgecolors="k", linewidths=0.4, zorder=3, animated=True)
-        label = ax.text(0.02, 0.97, "", transform=ax.transAxes, va="top", fontsize=8, animated=True)
+        label = ax.text(0.02, 0.97, "", transform=ax.transAxes, va="top", fontsize=8, animated=True, zorder=4,
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.75, "pad": 1.5})
         bodies[name] = (paths, dots, label)
         moving += [*paths, dots, label]
     curves, markers = [], []
@@ -274,6 +275,46 @@ def pick_pair(entry: dict, series: dict[str, dict]) -> tuple[str, str | None]:
         cands = [(e, b) for e, b in cands if e is not None and np.isfinite(e) and b in series]
         strongest = min(cands)[1] if cands else None
     return learned, strongest
+
+
+def _e(x) -> str:
+    return "–" if x is None else f"{x:.2e}"
+
+
+def movie_systems(systems, requested=None) -> list[str]:
+    """Names of the systems an evaluation films: ``requested`` (checked: ValueError naming an unknown
+    one), else every long or practitioner system, else the first system."""
+    names = [s.name for s in systems]
+    if requested:
+        unknown = [n for n in requested if n not in names]
+        if unknown:
+            raise ValueError(f"--movie-system: no system {unknown[0]!r} in this suite (systems: {', '.join(names)})")
+        return list(dict.fromkeys(requested))
+    chosen = [s.name for s in systems if s.long or s.family in ("practitioner", "user")]
+    return chosen or names[:1]
+
+
+def evaluation_movies(out_dir, systems: dict[str, dict], plots: dict[str, dict], names: list[str],
+                      frames: int = 120, fps: float = 20, dpi: int = 80, fmt: str | None = None,
+                      label: str = "") -> dict[str, str]:
+    """Render ``out_dir/<system>.mp4`` (or ``.gif``) for each of ``names``: the primary learned run
+    beside the strongest classical one (:func:`pick_pair`), from the scoreboard entries ``systems``
+    and the plot data ``plots`` ({system: entry['_plot']}) of one checkpoint. Prints one line per
+    movie; returns {system: file name}."""
+    out = {}
+    for name in names:
+        entry, plot = systems[name], plots[name]
+        learned, classical = pick_pair(entry, plot["series"])
+        pair = {k: plot["series"][k] for k in (learned, classical) if k}
+        errs = "  vs  ".join(f"{k} max |ΔE/E| {_e(entry['methods'][k].get('max_rel_dE'))}" for k in pair)
+        title = (f"{name} {label}: {errs}  at {entry['methods'][learned].get('force_evals')} force evaluations"
+                 if classical else f"{name} {label}: {errs}")
+        path, kind, n, seconds = render_movie(pair, plot["m"], Path(out_dir) / name, frames=frames, fps=fps, dpi=dpi,
+                                              title=title, fmt=fmt)
+        print(f"Movie {name}: {kind}, {n} frames, {path.stat().st_size / 1e6:.2f} MB, rendered in {seconds:.1f} s: "
+              f"{path}", flush=True)
+        out[name] = path.name
+    return out
 
 
 # ---------------------------------------------------------------- the training movie

@@ -18,6 +18,8 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from aits import scoreboard as _scoreboard
+
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.2em 2em; color: #222; }
 h1 { font-size: 1.4em; margin: 0 0 .2em 0; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
@@ -34,8 +36,7 @@ img, video { max-width: 100%; border: 1px solid #ddd; } .media { display: flex; 
 
 # ---------------------------------------------------------------- reading the board
 # candidates for "strongest" when the board does not name it (logh and ias15 are references, not rivals)
-FALLBACK_CLASSICAL = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "adaptive_prs",
-                      "symmetric_prs", "recursive_prs")
+FALLBACK_CLASSICAL = getattr(_scoreboard, "CLASSICAL", ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive"))
 COMPARISONS = (("equal_force_evals", "evals"), ("equal_wall_time", "wall"))
 
 
@@ -164,7 +165,7 @@ def _ratio_cls(r) -> str:
 def headline_table(label: str, systems: dict) -> str:
     head = ("<tr><th rowspan=2>system</th><th rowspan=2>learned max |ΔE/E|</th><th rowspan=2>force evals</th>"
             "<th colspan=3>equal force evaluations</th><th colspan=3>equal wall time</th>"
-            "<th colspan=3>trajectory</th><th rowspan=2>statuses</th></tr>"
+            "<th colspan=3>trajectory</th><th rowspan=2>status: learned / strongest (others not ok)</th></tr>"
             "<tr><th>strongest classical</th><th>its max |ΔE/E|</th><th>learned / strongest</th>"
             "<th>strongest classical</th><th>its max |ΔE/E|</th><th>learned / strongest</th>"
             "<th>learned position error</th><th>/ strongest, equal evals</th><th>/ strongest, equal wall</th></tr>")
@@ -172,16 +173,17 @@ def headline_table(label: str, systems: dict) -> str:
     for name, entry in systems.items():
         h = headline(entry)
         tr = h["trajectory"]
-        kind = ("relative to the " + tr.get("size_name", "size")) if h["position_error_kind"] == "rel" else "vs IAS15"
+        notes = [] if h["position_error_kind"] == "rel" else ["absolute, vs IAS15"]
         if tr.get("horizon") is not None and entry.get("duration") and tr["horizon"] < entry["duration"]:
-            kind += f" at t = {show(tr['horizon'])}"
+            notes.append(f"at t = {show(tr['horizon'])}")
         if tr.get("chaotic"):
-            kind += ", chaotic"
+            notes.append("chaotic")
         if tr.get("ranked") is False:
-            kind += ", not ranked"
-        statuses = [f"learned: {h['learned_status']}"] + [
-            f"{h['strongest_' + k]}: {h['strongest_' + k + '_status']}" for k in ("evals", "wall")
-            if h["strongest_" + k] and (k == "evals" or h["strongest_wall"] != h["strongest_evals"])]
+            notes.append("not ranked")
+        kind = ", ".join(notes)
+        statuses = [h["learned_status"] or "–", h["strongest_evals_status"] or "–"]
+        if h["strongest_wall"] != h["strongest_evals"] and h["strongest_wall"]:
+            statuses.append(f"{h['strongest_wall']}: {h['strongest_wall_status']}")
         others = [s for s in h["not_ok"] if not any(s.startswith(f"{n}:") for n in
                                                      ("learned", h["strongest_evals"], h["strongest_wall"]))]
         bad = h["learned_status"] not in ("ok", None)
@@ -195,10 +197,13 @@ def headline_table(label: str, systems: dict) -> str:
                       kind if h["learned_position_error"] is not None else ""),
                   num("ratio_position_evals", h["ratio_position_evals"], _ratio_cls(h["ratio_position_evals"])),
                   num("ratio_position_wall", h["ratio_position_wall"], _ratio_cls(h["ratio_position_wall"])),
-                  f'<td class="{"bad" if bad else ""}">{esc("; ".join(statuses))}'
-                  + (f'<br><span class="note">not ok: {esc("; ".join(others))}</span>' if others else "") + "</td>"]
+                  f'<td class="{"bad" if bad else ""}">{esc(" / ".join(statuses))}'
+                  + (f'<br><span class="note">{esc("; ".join(others))}</span>' if others else "") + "</td>"]
         rows.append(f'<tr data-checkpoint="{esc(label)}" data-system="{esc(name)}">{"".join(cells)}</tr>')
-    return f'<table class="headline" data-checkpoint="{esc(label)}">{head}{"".join(rows)}</table>'
+    sizes = sorted({e.get("trajectory", {}).get("size_name") for e in systems.values()} - {None})
+    foot = ("<p class=\"note\">Position error: max over the bodies of |x − x<sub>IAS15</sub>| at the reference's "
+            "horizon" + (f", over the system's size ({esc(', '.join(sizes))})" if sizes else "") + ".</p>")
+    return f'<table class="headline" data-checkpoint="{esc(label)}">{head}{"".join(rows)}</table>{foot}'
 
 
 def verdict(systems: dict) -> str:
@@ -271,7 +276,8 @@ def summary_section(board: dict) -> str:
     out = ["<h2>Summary per family</h2><p class=\"note\">Median (worst) ratio learned / classical over the "
            "family's systems.</p>"]
     for label, fams in per.items():
-        bases = sorted({b for comps in fams.values() for bs in comps.values() for b in bs})
+        seen = dict.fromkeys(b for comps in fams.values() for bs in comps.values() for b in bs)
+        bases = sorted(seen, key=lambda b: b != "strongest")  # stable: the board's order after "strongest"
         rows = [f"<tr><td>{esc(fam)}</td><td>{esc(comp)}</td>"
                 + "".join(f"<td class=\"num\">{show(bs[b]['median'])} ({show(bs[b]['worst'])})</td>" if b in bs
                           else "<td>–</td>" for b in bases) + "</tr>"
