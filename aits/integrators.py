@@ -10,7 +10,8 @@ dominates at batch 1 and small N.
 Methods (see docs/DESIGN.md, "Scoreboard"):
 
 - ``FixedStep(dt)``: constant dt, KDK.
-- ``Adaptive(eta)``: dt = eta * tau(x), tau = min_i sqrt(r_i,nn / |a_i|), KDK (1 eval/step).
+- ``Adaptive(eta, timescale)``: dt = eta * tau, KDK (1 eval/step); tau = min_i sqrt(r_i,nn / |a_i|)
+  (``nn``) or IAS15's 2024 criterion from jerk and snap (``prs``, :func:`prs_timescale`).
 - ``SymmetricAdaptive(eta, k)``: dt = (f(start) + f(end)) / 2 with f = eta * tau, solved by ``k``
   fixed-point iterations (each a trial KDK step: one eval) and a final step (one eval).
 - ``RecursiveAdaptive(eta)``: the explicit time-reversible step recursion dt_n * dt_{n-1} = h(z_n)^2 with
@@ -80,6 +81,58 @@ def timescale(x: np.ndarray, a: np.ndarray) -> float:
     r_nn = np.sqrt(r2.min(1))
     a_mag = np.sqrt(np.einsum("ij,ij->i", a, a))
     return float(np.sqrt(r_nn / np.maximum(a_mag, 1e-300)).min())
+
+
+def jerk_snap(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0):
+    """(jerk, snap) (N,D) of every body: the first and second time derivatives of a(x) along the motion,
+    from the pair sums (a = accelerations at x, already computed: no extra force evaluation).
+
+    With r = x_j - x_i, u = v_j - v_i, A = a_j - a_i, R2 = |r|^2 + eps^2, alpha = r.u / R2 and
+    beta = (|u|^2 + r.A) / R2 + alpha^2, the pair terms are a_ij = m_j r / R2^1.5,
+    j_ij = m_j u / R2^1.5 - 3 alpha a_ij and s_ij = m_j A / R2^1.5 - 6 alpha j_ij - 3 beta a_ij
+    (the Hermite-scheme derivatives; exact with Plummer softening)."""
+    d = x[None, :, :] - x[:, None, :]
+    u = v[None, :, :] - v[:, None, :]
+    big_a = a[None, :, :] - a[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
+    np.fill_diagonal(r2, 1.0)
+    w = m[None, :] / (r2 * np.sqrt(r2))
+    np.fill_diagonal(w, 0.0)
+    alpha = np.einsum("ijk,ijk->ij", d, u) / r2
+    beta = (np.einsum("ijk,ijk->ij", u, u) + np.einsum("ijk,ijk->ij", d, big_a)) / r2 + alpha * alpha
+    a_ij = w[..., None] * d
+    j_ij = w[..., None] * u - 3.0 * alpha[..., None] * a_ij
+    s_ij = w[..., None] * big_a - 6.0 * alpha[..., None] * j_ij - 3.0 * beta[..., None] * a_ij
+    return j_ij.sum(1), s_ij.sum(1)
+
+
+# Bodies whose |a| is below this fraction of the largest carry no PRS timescale: an acceleration that
+# vanishes by symmetry (the middle body of the figure-eight at t = 0) would set tau = 0.
+PRS_A_FLOOR = 1e-8
+
+
+def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+    """IAS15's 2024 timescale (Pham, Rein & Spiegel 2024, arXiv:2401.02849, eq. 16):
+    tau_i^2 = 2 |a_i|^2 / (|j_i|^2 + |a_i| |s_i|), minimum over bodies (time units).
+
+    Even in the velocities (j is odd, s even), so it can drive time-reversible step forms. A circular
+    orbit gives exactly P / 2 pi."""
+    j, s = jerk_snap(x, v, a, m, eps)
+    a2 = np.einsum("ij,ij->i", a, a)
+    den = np.einsum("ij,ij->i", j, j) + np.sqrt(a2 * np.einsum("ij,ij->i", s, s))
+    ok = (a2 > (PRS_A_FLOOR ** 2) * a2.max()) & (den > 0)
+    if not ok.any():
+        return math.inf
+    return float(np.sqrt(2.0 * a2[ok] / den[ok]).min())
+
+
+def nn_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+    """:func:`timescale` with the signature every timescale shares (v, m, eps unused)."""
+    return timescale(x, a)
+
+
+# Classical timescales by name, all called as f(x, v, a, m, eps) -> tau (time units).
+TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale}
 
 
 def kdk(x, v, a, m, dt: float, eps: float, n_steps: int = 1):
@@ -175,11 +228,13 @@ class PolicyStep(Method):
 
 
 class Adaptive(PolicyStep):
+    """dt = eta * tau(state), tau one of :data:`TIMESCALES` (``nn``: min sqrt(r/|a|); ``prs``)."""
+
     name, param_name = "adaptive", "eta"
 
-    def __init__(self, eta: float):
-        self.eta = float(eta)
-        super().__init__(lambda s: self.eta * timescale(s.x, s.a), "adaptive")
+    def __init__(self, eta: float, timescale: str = "nn", eps: float = 0.0, name: str = "adaptive"):
+        self.eta, ts = float(eta), TIMESCALES[timescale]
+        super().__init__(lambda s: self.eta * ts(s.x, s.v, s.a, s.m, eps), name)
 
     @property
     def param(self):
@@ -224,9 +279,10 @@ class SymmetricPolicy(Method):
 class SymmetricAdaptive(SymmetricPolicy):
     name, param_name = "symmetric_adaptive", "eta"
 
-    def __init__(self, eta: float, k: int = 2):
-        self.eta = float(eta)
-        super().__init__(lambda x, v, a, m: self.eta * timescale(x, a), k, "symmetric_adaptive")
+    def __init__(self, eta: float, k: int = 2, timescale: str = "nn", eps: float = 0.0,
+                 name: str = "symmetric_adaptive"):
+        self.eta, ts = float(eta), TIMESCALES[timescale]
+        super().__init__(lambda x, v, a, m: self.eta * ts(x, v, a, m, eps), k, name)
 
     @property
     def param(self):
@@ -263,9 +319,9 @@ class RecursivePolicy(Method):
 class RecursiveAdaptive(RecursivePolicy):
     name, param_name = "recursive_adaptive", "eta"
 
-    def __init__(self, eta: float):
-        self.eta = float(eta)
-        super().__init__(lambda x, v, a, m: self.eta * timescale(x, a), "recursive_adaptive")
+    def __init__(self, eta: float, timescale: str = "nn", eps: float = 0.0, name: str = "recursive_adaptive"):
+        self.eta, ts = float(eta), TIMESCALES[timescale]
+        super().__init__(lambda x, v, a, m: self.eta * ts(x, v, a, m, eps), name)
 
     @property
     def param(self):

@@ -27,11 +27,11 @@ class SeedPolicy:
     are force evaluations, counted in ``evals_per_call``.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, scales: NormScales):
+    def __init__(self, model: torch.nn.Module, cfg: Config, scales: NormScales, eps: float | None = None):
         self.model = model.eval()
         self.cfg, self.scales = cfg, scales
         self.K = cfg.features.history_len
-        self.eps = float(cfg.system.softening)
+        self.eps = float(cfg.system.softening if eps is None else eps)
         self.dtype = resolve_dtype(cfg.run.dtype)
         self.model_dtype = resolve_dtype(cfg.model.dtype or cfg.run.dtype)
         self.evals_per_call = self.K + 1
@@ -89,8 +89,9 @@ class FactorStep:
         return self.mlp(feats) * tau
 
 
-def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method]:
-    """Step rules of a training checkpoint, ``learned`` first (the rule as trained).
+def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = None) -> dict[str, I.Method]:
+    """Step rules of a training checkpoint, ``learned`` first (the rule as trained), for systems with
+    Plummer softening ``eps`` (default: the training config's; the features see the system's own).
 
     Seed-mode models (output 'dt'): ``learned`` only. Factor models with scale-free features:
     ``learned`` and the other of the explicit / time-symmetric forms (``learned_explicit`` or
@@ -106,8 +107,8 @@ def learned_methods(ckpt: dict, cfg: Config | None = None) -> dict[str, I.Method
     if mc.output != "factor" or cfg.features.feature_type != "scale_free":
         if mc.output == "factor":
             raise ValueError("evaluation of factor models needs features.feature_type scale_free")
-        return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales), "learned")}
-    h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening))
+        return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales, eps), "learned")}
+    h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening if eps is None else eps))
     if mc.recursive:
         return {"learned": I.RecursivePolicy(h, "learned"),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}

@@ -5,14 +5,17 @@ writes the report. For one system, :func:`score_system` runs
 
 - the learned method(s) of the checkpoint,
 - ``ias15`` (REBOUND at its default accuracy): the reference trajectory and a cost anchor,
-- each classical family (``fixed``, ``adaptive``, ``symmetric_adaptive``, ``recursive_adaptive``,
-  ``logh`` for two bodies)
+- each classical family: ``fixed`` and the explicit, time-symmetric and recursive forms with the
+  nearest-neighbour timescale (``adaptive``, ``symmetric_adaptive``, ``recursive_adaptive``) and with
+  IAS15's 2024 timescale (``adaptive_prs``, ``symmetric_prs``, ``recursive_prs``); ``logh`` for two
+  bodies as a reference row)
   at **equal force evaluations**: its step parameter searched until its count lies within
   ``EVAL_TOL`` of the learned run's, and at **equal wall time**: the parameter rescaled until its
   loop time matches the learned run's (within ``WALL_TOL``, a few tries),
 
 and reports per method ``force_evals, steps, wall_time_s, max_rel_dE, final_rel_dE,
-drift_slope, final_position_error, status`` and the ratios learned / baseline of max |dE/E|.
+drift_slope, final_position_error, position_error_rel, status``, the ``strongest`` classical family
+and the ratios learned / baseline of max |dE/E| and of the position error.
 """
 from __future__ import annotations
 
@@ -25,22 +28,46 @@ import numpy as np
 from . import integrators as I
 from .physics import crossing_time, kepler_ic, random_ic
 
-BASELINES = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "logh")
+# Classical step rules on the same KDK loop: every form (explicit, time-symmetric, reversible recursion)
+# with both timescales (``nn``: min sqrt(r/|a|); ``prs``: IAS15's 2024 criterion), and fixed dt.
+CLASSICAL = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "adaptive_prs", "symmetric_prs",
+             "recursive_prs")
+# logh (two bodies) is another integrator: a reference row, never a candidate for ``strongest``.
+BASELINES = (*CLASSICAL, "logh")
 METHOD_NAMES = ("learned", *BASELINES, "ias15")
+# family -> (form, timescale)
+FAMILY_FORMS = {"adaptive": ("explicit", "nn"), "symmetric_adaptive": ("symmetric", "nn"),
+                "recursive_adaptive": ("recursive", "nn"), "adaptive_prs": ("explicit", "prs"),
+                "symmetric_prs": ("symmetric", "prs"), "recursive_prs": ("recursive", "prs")}
 EVAL_TOL = 0.02  # equal force evaluations: within 2 %
 WALL_TOL = 0.10  # equal wall time: within 10 % (wall clocks on shared cores wander more than that)
 SYMMETRIC_ITERATIONS = 1  # fixed-point iterations of symmetric_adaptive: 1 is the strongest at equal evaluations (k = 2, 3 measured 2-4x worse)
 PLOT_POINTS = 1500  # trajectory points kept per method for plots
+# A run whose max |dE/E| exceeds this is not ok (status ``energy_error``): the orbit is not to be trusted.
+ENERGY_FAIL = 1e-1
+# A run whose bodies end farther than this many system sizes from the reference is ``destroyed``.
+DESTROYED = 1.0
+# Chaos horizon: a twin reference with positions moved by TWIN_KICK sizes. A regular orbit's split grows
+# linearly (a phase drift; its running maximum is bounded by the first sample's split times t / t_1 and a
+# pericentre speed-up); trajectory errors are taken at the last reference sample where the split's running
+# maximum stays within TWIN_GROWTH of that linear envelope. Beyond it the motion is chaotic and errors of
+# any size are amplified without bound.
+TWIN_KICK = 1e-9
+TWIN_GROWTH = 1e4
+# A horizon shorter than this fraction of the duration leaves the trajectory error unranked.
+MIN_HORIZON = 0.05
+REFERENCE_SAMPLES = 200
 
 
 # ---------------------------------------------------------------- systems
 @dataclass
 class System:
-    """One test system: initial state, duration, softening, and what family it belongs to."""
+    """One test system: initial state, duration, softening, what family it belongs to, its size
+    (the length trajectory errors are relative to) and, for public problems, its source."""
 
     name: str
-    kind: str  # kepler | random | triple
-    family: str  # kepler_long | kepler_scale | nbody_random | triple
+    kind: str  # kepler | random | triple | problem | file
+    family: str  # kepler_long | kepler_scale | nbody_random | triple | practitioner | user
     params: dict
     m: np.ndarray
     x: np.ndarray
@@ -48,17 +75,30 @@ class System:
     duration: float
     eps: float = 0.0
     long: bool = False  # plotted against time
+    size: float = 0.0  # 0: the mean pair distance at t = 0 (set in __post_init__)
+    size_name: str = "mean pair distance at t = 0"
+    source: str = ""
+    bounded: bool = True  # a bound system: its drift slope is judged
+
+    def __post_init__(self):
+        if self.size <= 0:
+            n = len(self.m)
+            d = np.sqrt(((self.x[None] - self.x[:, None]) ** 2).sum(-1))
+            self.size = float(d.sum() / (n * (n - 1)))
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "family": self.family, "params": self.params, "duration": self.duration,
-                "N": int(self.x.shape[0]), "D": int(self.x.shape[1]), "softening": self.eps}
+                "N": int(self.x.shape[0]), "D": int(self.x.shape[1]), "softening": self.eps,
+                "size": self.size, "size_name": self.size_name, "source": self.source}
 
 
-def kepler_system(e: float, a: float, periods: float, family: str, dim: int = 2, mass=1.0) -> System:
+def kepler_system(e: float, a: float, periods: float, family: str, dim: int = 2, mass=1.0,
+                  name: str | None = None, source: str = "") -> System:
     m, x, v, period = kepler_ic(e, a, mass, dim)
-    name = f"kepler_e{e:g}_a{a:g}_{periods:g}P"
+    name = name or f"kepler_e{e:g}_a{a:g}_{periods:g}P"
     return System(name, "kepler", family, {"e": e, "a": a, "periods": periods, "period": period},
-                  m, x, v, periods * period, long=periods >= 50)
+                  m, x, v, periods * period, long=periods >= 50, size=a, size_name="semi-major axis",
+                  source=source or "two-body problem, analytic initial conditions at pericentre (aits.physics.kepler_ic)")
 
 
 def random_system(n: int, dim: int, seed: int, crossings: float, eps: float, mass=1.0,
@@ -67,10 +107,10 @@ def random_system(n: int, dim: int, seed: int, crossings: float, eps: float, mas
     tc = crossing_time(m, x)
     return System(f"random_N{n}_s{seed}", "random", "nbody_random",
                   {"N": n, "seed": seed, "crossings": crossings, "crossing_time": tc},
-                  m, x, v, crossings * tc, eps=eps)
+                  m, x, v, crossings * tc, eps=eps, bounded=False)
 
 
-def hierarchical_triple(outer_periods: float, eps: float = 0.0, dim: int = 2) -> System:
+def hierarchical_triple(outer_periods: float, eps: float = 0.0, dim: int = 2, family: str = "triple") -> System:
     """Inner binary (m = 0.5 + 0.5, a = 0.1, e = 0.3) at pericentre and a third body (m = 0.5) on an
     outer orbit (a = 1, e = 0.2) about the binary's centre of mass, started at its pericentre."""
     mi, xi, vi, _ = kepler_ic(0.3, 0.1, [0.5, 0.5], dim)
@@ -81,15 +121,72 @@ def hierarchical_triple(outer_periods: float, eps: float = 0.0, dim: int = 2) ->
     v = np.concatenate([vi + vo[0], vo[1:]])
     com_x = (m[:, None] * x).sum(0) / m.sum()
     com_v = (m[:, None] * v).sum(0) / m.sum()
-    return System("hierarchical_triple", "triple", "triple",
+    return System("hierarchical_triple", "triple", family,
                   {"inner": {"a": 0.1, "e": 0.3}, "outer": {"a": 1.0, "e": 0.2}, "outer_periods": outer_periods,
-                   "outer_period": p_out}, m, x - com_x, v - com_v, outer_periods * p_out, eps=eps)
+                   "outer_period": p_out}, m, x - com_x, v - com_v, outer_periods * p_out, eps=eps,
+                  size=1.0, size_name="outer semi-major axis",
+                  source="elements chosen here (inner a = 0.1, e = 0.3; outer a = 1, e = 0.2; masses 0.5)")
+
+
+def practitioner_systems(quick: bool = False) -> list[System]:
+    """The public problems practitioners run (aits/problems.py has their initial conditions and
+    sources): periodic and close-encounter three-body problems, the outer solar system, a Kozai-Lidov
+    triple, near-radial orbits, planets of small mass ratio, a hierarchical triple, softened Plummer
+    spheres and an unsoftened small cluster. ``quick``: a short form of a few of them (tests)."""
+    from . import problems as P
+
+    out: list[System] = []
+    m, x, v, period = P.figure_eight()
+    out.append(System("figure_eight", "problem", "practitioner", {"period": period, "periods": 1 if quick else 10},
+                      m, x, v, (1 if quick else 10) * period, size=float(np.linalg.norm(x[0])),
+                      size_name="distance of body 1 from the centre at t = 0",
+                      source="Chenciner & Montgomery 2000 (Ann. Math. 152, 881), initial conditions of Simo"))
+    m, x, v = P.pythagorean()
+    out.append(System("pythagorean", "problem", "practitioner", {"t_end": 2.0 if quick else 20.0},
+                      m, x, v, 2.0 if quick else 20.0, bounded=False,
+                      source="Burrau 1913; Szebehely & Peters 1967 (AJ 72, 876)"))
+    if quick:
+        out.append(kepler_system(0.99, 1.0, 1, "practitioner", name="kepler_e0.99"))
+        m, x, v = P.plummer(16, 0)
+        out.append(System("plummer_N16_eps0.05", "problem", "practitioner", {"N": 16, "crossings": 0.5},
+                          m, x, v, 0.5 * 2 * math.sqrt(2), eps=0.05, bounded=False,
+                          source="Plummer 1911; sampled as Aarseth, Henon & Wielen 1974 (A&A 37, 183), seed 0"))
+        return out
+    m, x, v = P.outer_solar_system()
+    out.append(System("outer_solar_system", "problem", "practitioner", {"days": 50_000.0},
+                      m, x, v, 50_000.0, size=5.2026, size_name="Jupiter's semi-major axis (AU)",
+                      source="Hairer, Lubich & Wanner 2006, Sect. I.2.4 (5 Sept 1994; AU, days)"))
+    m, x, v, p_in = P.kozai_lidov(75.0)
+    out.append(System("kozai_lidov_i75", "problem", "practitioner", {"inner_period": p_in, "inner_periods": 300},
+                      m, x, v, 300 * p_in, size=1.0, size_name="inner semi-major axis",
+                      source="elements chosen here; e_max = 0.94 from Kozai 1962 (AJ 67, 591), Lidov 1962"))
+    out.append(kepler_system(0.99, 1.0, 20, "practitioner", name="kepler_e0.99"))
+    out.append(kepler_system(0.999, 1.0, 5, "practitioner", dim=3, name="kepler_e0.999_3d"))
+    out.append(kepler_system(P.EARTH["e"], 1.0, 20, "practitioner", mass=[1.0, P.EARTH["q"]], name="planet_earth",
+                             source="Earth: e = 0.0167 (Simon et al. 1994), M_sun/M_earth = 332946.05 (IAU 2009)"))
+    out.append(kepler_system(P.HD80606B["e"], 1.0, 20, "practitioner", mass=[1.0, P.HD80606B["q"]],
+                             name="planet_hd80606b", source="HD 80606 b: e = 0.927, m sin i = 3.9 M_J (Naef et al. 2001)"))
+    out.append(hierarchical_triple(5, family="practitioner"))
+    for n, eps, crossings in ((16, 0.05, 5.0), (64, 0.05, 2.0)):
+        m, x, v = P.plummer(n, 0)
+        out.append(System(f"plummer_N{n}_eps{eps:g}", "problem", "practitioner", {"N": n, "crossings": crossings},
+                          m, x, v, crossings * 2 * math.sqrt(2), eps=eps, bounded=False,
+                          source="Plummer 1911; sampled as Aarseth, Henon & Wielen 1974 (A&A 37, 183), seed 0"))
+    m, x, v = P.plummer(8, 1)
+    out.append(System("cluster_N8_unsoftened", "problem", "practitioner", {"N": 8, "crossings": 2.0},
+                      m, x, v, 2.0 * 2 * math.sqrt(2), bounded=False,
+                      source="a Plummer sample (Aarseth, Henon & Wielen 1974), seed 1, no softening: close encounters"))
+    return out
 
 
 def suite_systems(suite: str, n_bodies: int, dim: int, eps: float, mass=1.0) -> list[System]:
-    """The fixed, seeded systems of a suite for a checkpoint with ``n_bodies`` bodies in ``dim``."""
+    """The fixed, seeded systems of a suite for a checkpoint with ``n_bodies`` bodies in ``dim``.
+    ``practitioner`` (and ``practitioner_quick``) do not depend on the checkpoint: scale-free rules
+    take any N."""
+    if suite in ("practitioner", "practitioner_quick"):
+        return practitioner_systems(quick=suite == "practitioner_quick")
     if suite not in ("quick", "standard"):
-        raise ValueError(f"suite must be quick or standard, got {suite!r}")
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
     quick = suite == "quick"
     out: list[System] = []
     if n_bodies == 2:
@@ -108,19 +205,72 @@ def suite_systems(suite: str, n_bodies: int, dim: int, eps: float, mass=1.0) -> 
     return out
 
 
+SUITES = ("quick", "standard", "practitioner", "practitioner_quick")
+
+
+def parse_duration(text: str, m: np.ndarray, x: np.ndarray, v: np.ndarray) -> tuple[float, str]:
+    """A duration ``T`` (time units), ``<k>P`` (two-body periods from the initial orbit's energy) or
+    ``<k>tc`` (crossing times sqrt(L^3/M)). Returns (time units, description); ValueError if bad."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("tc"):
+            k, unit = float(t[:-2]), "tc"
+        elif t.endswith("p"):
+            k, unit = float(t[:-1]), "P"
+        else:
+            k, unit = float(t), ""
+    except ValueError:
+        raise ValueError(f"--duration {text!r}: expected a number, <k>P (periods) or <k>tc (crossing times)") from None
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"--duration {text!r}: must be positive and finite")
+    if unit == "tc":
+        return k * crossing_time(m, x), f"{k:g} crossing times"
+    if unit == "P":
+        if len(m) != 2:
+            raise ValueError(f"--duration {text!r}: periods need a two-body system (got N = {len(m)}); use tc")
+        mu = float(m.sum())
+        r = float(np.linalg.norm(x[1] - x[0]))
+        energy = 0.5 * float(np.sum((v[1] - v[0]) ** 2)) - mu / r
+        if energy >= 0:
+            raise ValueError(f"--duration {text!r}: the two bodies are unbound: no period")
+        return k * 2 * math.pi * math.sqrt((-mu / (2 * energy)) ** 3 / mu), f"{k:g} periods"
+    return k, f"{k:g} time units"
+
+
+def file_system(path, duration: str, eps: float = 0.0) -> System:
+    """A user's system from an IC file (rows [m, x..., v...], :func:`aits.physics.load_ic_file`) for a
+    ``duration`` as :func:`parse_duration` reads it. ValueError with one line for bad input."""
+    from pathlib import Path
+
+    from .physics import load_ic_file
+
+    m, x, v = load_ic_file(path)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"--softening {eps}: must be finite and >= 0")
+    if eps == 0:
+        d = np.sqrt(((x[None] - x[:, None]) ** 2).sum(-1))
+        if (d[~np.eye(len(m), dtype=bool)] == 0).any():
+            raise ValueError(f"IC file {path}: two bodies at the same position without softening")
+    t_end, desc = parse_duration(duration, m, x, v)
+    return System(Path(path).stem, "file", "user", {"file": str(path), "duration": desc}, m, x, v, t_end,
+                  eps=eps, long=True, source=f"user file {path}",
+                  bounded=bool(I.energies(x[None], v[None], m, eps)[0] < 0))
+
+
 # ---------------------------------------------------------------- baselines
-def make_baseline(family: str, param: float) -> I.Method:
+def make_baseline(family: str, param: float, eps: float = 0.0) -> I.Method:
     if family == "fixed":
         return I.FixedStep(param)
-    if family == "adaptive":
-        return I.Adaptive(param)
-    if family == "symmetric_adaptive":
-        return I.SymmetricAdaptive(param, SYMMETRIC_ITERATIONS)
-    if family == "recursive_adaptive":
-        return I.RecursiveAdaptive(param)
     if family == "logh":
         return I.LogH(param)
-    raise ValueError(f"unknown baseline {family!r}")
+    if family not in FAMILY_FORMS:
+        raise ValueError(f"unknown baseline {family!r}")
+    form, ts = FAMILY_FORMS[family]
+    if form == "explicit":
+        return I.Adaptive(param, ts, eps, family)
+    if form == "symmetric":
+        return I.SymmetricAdaptive(param, SYMMETRIC_ITERATIONS, ts, eps, family)
+    return I.RecursiveAdaptive(param, ts, eps, family)
 
 
 def initial_param(family: str, sys: System, target_evals: int, n_steps: int) -> float:
@@ -129,12 +279,16 @@ def initial_param(family: str, sys: System, target_evals: int, n_steps: int) -> 
     steps = max(target_evals, 2)
     if family == "logh":  # dt ~ h / (-U)
         return sys.duration * (-I.accel_pot(sys.x, sys.m, sys.eps)[1]) / steps
-    tau0 = I.timescale(sys.x, I.accel(sys.x, sys.m, sys.eps))
-    if family == "adaptive":
+    form, ts = FAMILY_FORMS[family]
+    a0 = I.accel(sys.x, sys.m, sys.eps)
+    tau0 = I.TIMESCALES[ts](sys.x, sys.v, a0, sys.m, sys.eps)
+    if not (math.isfinite(tau0) and tau0 > 0):
+        tau0 = I.timescale(sys.x, a0)
+    if form == "explicit":
         return sys.duration / (steps * tau0 * n_steps)
-    if family == "recursive_adaptive":  # one substep per step
+    if form == "recursive":  # one substep per step
         return sys.duration / (steps * tau0)
-    return sys.duration * (SYMMETRIC_ITERATIONS + 1) / (steps * tau0)  # symmetric_adaptive
+    return sys.duration * (SYMMETRIC_ITERATIONS + 1) / (steps * tau0)  # symmetric
 
 
 def run_method(method: I.Method, sys: System, n_steps: int, max_steps: int, record: bool = True) -> I.Run:
@@ -152,7 +306,7 @@ def _search(family: str, sys: System, target: int, n_steps: int, tol: float, max
     cap = int(3 * target + 50)
 
     def count(q):
-        run = run_method(make_baseline(family, q), sys, n_steps, cap)
+        run = run_method(make_baseline(family, q, sys.eps), sys, n_steps, cap)
         trials.append(run)
         status = run.metrics["status"]
         # a failed run says only "too few" (blown up early) or "too many" (the cap) evaluations
@@ -206,51 +360,61 @@ def match_wall(family: str, sys: System, eq_run: I.Run, target_wall: float, n_st
             run = run_method(make_baseline("fixed", sys.duration / (steps * n_steps)), sys, n_steps, steps + 2)
         else:
             cap = int(3 * _evals(run) * scale + 50)
-            run = run_method(make_baseline(family, run.metrics["param"] / scale), sys, n_steps, cap)
+            run = run_method(make_baseline(family, run.metrics["param"] / scale, sys.eps), sys, n_steps, cap)
     return run
 
 
 # ---------------------------------------------------------------- reference
-def ias15(sys: System, n_out: int = 200) -> dict | None:
-    """REBOUND IAS15 at its default accuracy: final positions, max |dE/E| on ``n_out`` samples,
-    loop wall time, and its force evaluations (counted with a no-op additional-forces callback
-    in a second, untimed run). None without REBOUND or for D > 3."""
+def _rebound_sim(sys: System, x: np.ndarray):
+    import rebound
+
+    d = sys.x.shape[1]
+    sim = rebound.Simulation()
+    sim.G = 1.0
+    sim.integrator = "ias15"
+    sim.softening = float(sys.eps)
+    for i in range(len(sys.m)):
+        pos = list(x[i]) + [0.0] * (3 - d)
+        vel = list(sys.v[i]) + [0.0] * (3 - d)
+        sim.add(m=float(sys.m[i]), x=pos[0], y=pos[1], z=pos[2], vx=vel[0], vy=vel[1], vz=vel[2])
+    return sim
+
+
+def _sample(sim, ts, d: int):
+    xs, vs = [], []
+    for tk in ts:
+        sim.integrate(float(tk), exact_finish_time=1)
+        xs.append(np.array([[p.x, p.y, p.z][:d] for p in sim.particles]))
+        vs.append(np.array([[p.vx, p.vy, p.vz][:d] for p in sim.particles]))
+    return xs, vs
+
+
+def ias15(sys: System, n_out: int = REFERENCE_SAMPLES) -> dict | None:
+    """REBOUND IAS15 at its default accuracy: positions at ``n_out`` sample times, max |dE/E| on them,
+    loop wall time, its force evaluations (counted with a no-op additional-forces callback in a
+    second, untimed run) and the chaos horizon (a third run from positions moved by ``TWIN_KICK``
+    sizes: the last sample where their split stays within ``TWIN_GROWTH`` of linear growth). None without REBOUND or
+    for D > 3."""
     try:
-        import rebound
+        import rebound  # noqa: F401
     except ImportError:
         return None
     d = sys.x.shape[1]
     if d > 3:
         return None
-
-    def build():
-        sim = rebound.Simulation()
-        sim.G = 1.0
-        sim.integrator = "ias15"
-        sim.softening = float(sys.eps)
-        for i in range(len(sys.m)):
-            pos = list(sys.x[i]) + [0.0] * (3 - d)
-            vel = list(sys.v[i]) + [0.0] * (3 - d)
-            sim.add(m=float(sys.m[i]), x=pos[0], y=pos[1], z=pos[2], vx=vel[0], vy=vel[1], vz=vel[2])
-        return sim
-
-    sim = build()
     ts = np.linspace(0.0, sys.duration, n_out + 1)[1:]
-    xs, vs = [sys.x], [sys.v]
+    sim = _rebound_sim(sys, sys.x)
     start = time.perf_counter()
-    for tk in ts:
-        sim.integrate(float(tk), exact_finish_time=1)
-        xs.append(np.array([[p.x, p.y, p.z][:d] for p in sim.particles]))
-        vs.append(np.array([[p.vx, p.vy, p.vz][:d] for p in sim.particles]))
+    xs, vs = _sample(sim, ts, d)
     wall = time.perf_counter() - start
+    xs, vs = [sys.x, *xs], [sys.v, *vs]
     # energies with the project's formula (softened potential included), as for every other method
     e = I.energies(np.stack(xs), np.stack(vs), sys.m, sys.eps)
     errs = np.abs((e[1:] - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
-    x_final = xs[-1]
     steps = int(sim.steps_done)
 
     count = [0]
-    sim2 = build()
+    sim2 = _rebound_sim(sys, sys.x)
 
     def tally(_simp):  # adds no force: only counts how often IAS15 evaluates the forces
         count[0] += 1
@@ -258,10 +422,49 @@ def ias15(sys: System, n_out: int = 200) -> dict | None:
     sim2.additional_forces = tally
     sim2.force_is_velocity_dependent = 0
     sim2.integrate(float(sys.duration), exact_finish_time=1)
-    return {"x_final": x_final, "metrics": {
+
+    kicked = sys.x.copy()
+    kicked[0, 0] += TWIN_KICK * sys.size
+    twin_x, _ = _sample(_rebound_sim(sys, kicked), ts, d)
+    split = np.array([np.linalg.norm(a - b, axis=-1).max() for a, b in zip(xs[1:], twin_x)]) / sys.size
+    envelope = max(split[0], TWIN_KICK) * np.arange(1, n_out + 1)
+    beyond = np.nonzero(np.maximum.accumulate(split) > TWIN_GROWTH * envelope)[0]
+    k = n_out - 1 if beyond.size == 0 else int(beyond[0]) - 1
+    horizon = float(ts[k]) if k >= 0 else 0.0
+    return {"t": ts, "x": np.stack(xs[1:]), "horizon_index": k, "metrics": {
         "method": "ias15", "force_evals": count[0], "steps": steps, "wall_time_s": wall,
         "max_rel_dE": float(max(errs)), "final_rel_dE": float(errs[-1]), "drift_slope": None,
-        "final_position_error": 0.0, "status": "ok", "energy_samples": n_out}}
+        "final_position_error": 0.0, "position_error_rel": 0.0, "status": "ok", "energy_samples": n_out},
+        "horizon": horizon, "chaotic": beyond.size > 0}
+
+
+def position_at(traj: dict, t: float) -> np.ndarray:
+    """Positions (N,D) of a recorded run at time ``t`` by cubic Hermite interpolation between the
+    recorded steps either side (positions and velocities at both): O(dt^4), far below a
+    second-order integrator's own O(dt^2) position error."""
+    ts = traj["t"]
+    k = int(np.searchsorted(ts, t, side="right")) - 1
+    k = min(max(k, 0), len(ts) - 1)
+    if k == len(ts) - 1 or ts[k] == t:
+        return traj["x"][k]
+    h = ts[k + 1] - ts[k]
+    s = (t - ts[k]) / h
+    x0, x1, v0, v1 = traj["x"][k], traj["x"][k + 1], traj["v"][k], traj["v"][k + 1]
+    return ((2 * s ** 3 - 3 * s ** 2 + 1) * x0 + (s ** 3 - 2 * s ** 2 + s) * h * v0
+            + (-2 * s ** 3 + 3 * s ** 2) * x1 + (s ** 3 - s ** 2) * h * v1)
+
+
+def judged_status(status: str, max_rel_dE, pos_err_rel) -> str:
+    """The integrator's status, then the physics: ``energy_error`` when max |dE/E| exceeds
+    ``ENERGY_FAIL``, ``destroyed`` when the bodies end more than ``DESTROYED`` sizes from the
+    reference. Never ``ok`` for a run that lost its orbit."""
+    if status != "ok":
+        return status
+    if pos_err_rel is not None and pos_err_rel > DESTROYED:
+        return "destroyed"
+    if max_rel_dE is None or not math.isfinite(max_rel_dE) or max_rel_dE > ENERGY_FAIL:
+        return "energy_error"
+    return "ok"
 
 
 # ---------------------------------------------------------------- one system
@@ -269,19 +472,33 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
                  baselines=BASELINES, reference: bool = True) -> dict:
     """Every method on one system; the first entry of ``learned`` is the primary ``learned`` run
     that the baselines are matched to. Returns the system's scoreboard entry plus ``_plot``
-    (downsampled trajectories and the accuracy-against-cost points) for the driver."""
-    entry = {**sys.to_dict(), "methods": {}, "ratios": {"equal_force_evals": {}, "equal_wall_time": {}}}
+    (downsampled trajectories and the accuracy-against-cost points) for the driver.
+
+    Per method: ``force_evals, steps, wall_time_s, max_rel_dE, final_rel_dE, drift_slope,
+    position_error_rel`` (max over bodies of |x - x_IAS15| / size at the horizon),
+    ``final_position_error`` (absolute, at the horizon) and ``status``. Per system: ``strongest``
+    (the classical family with the smallest max |dE/E| at equal evaluations), ``strongest_wall``
+    (the same at equal wall time), ratios learned / family of max |dE/E| (``ratios``) and of the
+    position error (``ratios_trajectory``), each with a ``strongest`` entry."""
+    entry = {**sys.to_dict(), "methods": {}, "ratios": {"equal_force_evals": {}, "equal_wall_time": {}},
+             "ratios_trajectory": {"equal_force_evals": {}, "equal_wall_time": {}}}
     plot = {"series": {}, "cost": {}, "m": sys.m.tolist()}  # masses: the movies' momenta
     ref = ias15(sys) if reference else None
-    x_ref = ref["x_final"] if ref else None
+    ranked = ref is not None and ref["horizon"] >= MIN_HORIZON * sys.duration
+    if ref is not None:
+        entry["trajectory"] = {"horizon": ref["horizon"], "chaotic": ref["chaotic"], "ranked": ranked,
+                               "size": sys.size, "size_name": sys.size_name}
+        x_ref = ref["x"][max(ref["horizon_index"], 0)]
 
     def finish(run: I.Run) -> dict:
-        met = {k: run.metrics[k] for k in ("force_evals", "steps", "wall_time_s", "status", "param",
-                                           "param_name")}
+        met = {k: run.metrics[k] for k in ("force_evals", "steps", "wall_time_s", "param", "param_name")}
         met.update({k: run.metrics.get(k) for k in ("max_rel_dE", "final_rel_dE", "drift_slope")})
-        done = x_ref is not None and run.trajectory and run.metrics["status"] == "ok"
-        met["final_position_error"] = (float(np.linalg.norm(run.trajectory["x"][-1] - x_ref, axis=-1).max())
-                                       if done else None)
+        err = None
+        if ranked and run.trajectory and run.metrics["status"] == "ok":
+            err = float(np.linalg.norm(position_at(run.trajectory, ref["horizon"]) - x_ref, axis=-1).max())
+        met["final_position_error"] = err
+        met["position_error_rel"] = None if err is None else err / sys.size
+        met["status"] = judged_status(run.metrics["status"], met["max_rel_dE"], met["position_error_rel"])
         return met
 
     primary = None
@@ -289,7 +506,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
         run = run_method(method, sys, n_steps, max_steps)
         entry["methods"][name] = finish(run)
         plot["series"][name] = downsample(run, m=sys.m)
-        plot["cost"][name] = [(run.metrics["force_evals"], run.metrics["max_rel_dE"])]
+        plot["cost"][name] = [(run.metrics["force_evals"], run.metrics.get("max_rel_dE", math.inf))]
         if primary is None:
             primary = run
     target_evals = primary.metrics["force_evals"]
@@ -310,10 +527,32 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     lm = entry["methods"][next(iter(learned))]
     for fam in families:
         b = entry["methods"][fam]
-        entry["ratios"]["equal_force_evals"][fam] = ratio(lm["max_rel_dE"], b["max_rel_dE"])
-        entry["ratios"]["equal_wall_time"][fam] = ratio(lm["max_rel_dE"], b["equal_wall_time"]["max_rel_dE"])
+        for comp, bm in (("equal_force_evals", b), ("equal_wall_time", b["equal_wall_time"])):
+            entry["ratios"][comp][fam] = ratio(lm["max_rel_dE"], bm["max_rel_dE"])
+            entry["ratios_trajectory"][comp][fam] = ratio(lm["position_error_rel"], bm["position_error_rel"])
+    classical = [f for f in families if f in CLASSICAL]
+    entry["strongest"] = strongest(entry["methods"], classical, None)
+    entry["strongest_wall"] = strongest(entry["methods"], classical, "equal_wall_time")
+    for comp, key in (("equal_force_evals", "strongest"), ("equal_wall_time", "strongest_wall")):
+        fam = entry[key]
+        if fam is not None:
+            bm = entry["methods"][fam] if comp == "equal_force_evals" else entry["methods"][fam]["equal_wall_time"]
+            entry["ratios"][comp]["strongest"] = ratio(lm["max_rel_dE"], bm["max_rel_dE"])
+            entry["ratios_trajectory"][comp]["strongest"] = ratio(lm["position_error_rel"], bm["position_error_rel"])
     entry["_plot"] = plot
     return entry
+
+
+def strongest(methods: dict, families: list[str], comp: str | None) -> str | None:
+    """The family with the smallest finite max |dE/E| (at equal evaluations, or in the ``comp`` sub-run);
+    None when no family has one."""
+    best, name = math.inf, None
+    for fam in families:
+        met = methods[fam] if comp is None else methods[fam][comp]
+        err = met.get("max_rel_dE")
+        if err is not None and math.isfinite(err) and err < best:
+            best, name = err, fam
+    return name
 
 
 def ratio(a, b) -> float | None:
@@ -392,8 +631,11 @@ def summarize(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
         per_ckpt[label] = {fam: {comp: {b: {"median": float(np.median(v)), "worst": float(np.max(v))}
                                         for b, v in bs.items()} for comp, bs in comps.items()}
                            for fam, comps in fams.items()}
-    out = {"per_checkpoint": per_ckpt}
+    out = {"per_checkpoint": per_ckpt, "headline": {label: headline(systems) for label, systems in systems_by_ckpt.items()}}
     if len(systems_by_ckpt) > 1:
+        out["headline_across_checkpoints"] = {
+            key: spread([h[key] for h in out["headline"].values() if h.get(key) is not None])
+            for key in HEADLINE_KEYS if any(h.get(key) is not None for h in out["headline"].values())}
         across: dict = {}
         for label, fams in per_ckpt.items():
             for fam, comps in fams.items():
@@ -416,6 +658,38 @@ def summarize(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
         out["per_system"] = {name: {k: (spread(v) if isinstance(v, list) else
                                         {b: spread(r) for b, r in v.items()}) for k, v in slot.items()}
                              for name, slot in per_system.items()}
+    return out
+
+
+HEADLINE_KEYS = ("energy_equal_evals", "energy_equal_wall", "trajectory_equal_evals", "trajectory_equal_wall",
+                 "energy_worst_equal_evals")
+
+
+def headline(systems: dict[str, dict]) -> dict:
+    """One checkpoint's summary over its systems: the median (and worst) learned / strongest max |dE/E|
+    at equal evaluations and at equal wall time, the median learned / strongest position error (ranked
+    systems only), the learned runs' statuses counted, and which classical family was strongest how often."""
+    def med(key, comp):
+        vals = [e[key][comp].get("strongest") for e in systems.values()]
+        vals = [v for v in vals if v is not None]
+        return (float(np.median(vals)) if vals else None), (float(np.max(vals)) if vals else None)
+
+    out = {}
+    out["energy_equal_evals"], out["energy_worst_equal_evals"] = med("ratios", "equal_force_evals")
+    out["energy_equal_wall"], _ = med("ratios", "equal_wall_time")
+    out["trajectory_equal_evals"], _ = med("ratios_trajectory", "equal_force_evals")
+    out["trajectory_equal_wall"], _ = med("ratios_trajectory", "equal_wall_time")
+    statuses: dict[str, int] = {}
+    strongest_counts: dict[str, int] = {}
+    for e in systems.values():
+        st = e["methods"]["learned"]["status"]
+        statuses[st] = statuses.get(st, 0) + 1
+        if e.get("strongest"):
+            strongest_counts[e["strongest"]] = strongest_counts.get(e["strongest"], 0) + 1
+    out["systems"] = len(systems)
+    out["learned_status"] = statuses
+    out["not_ok"] = sum(n for st, n in statuses.items() if st != "ok")
+    out["strongest_family_counts"] = strongest_counts
     return out
 
 

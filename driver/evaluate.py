@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from aits import CheckpointError, ConfigError, config_from_checkpoint, load_checkpoint
-from aits.scoreboard import BASELINES, score_system, suite_systems, summarize
+from aits.scoreboard import BASELINES, CLASSICAL, SUITES, file_system, score_system, suite_systems, summarize
+
+# Cap on the learned run's steps: a rule far too cautious for a system ends as max_steps, not as a hang.
+MAX_LEARNED_STEPS = 1_000_000
 
 
 class InputError(Exception):
@@ -41,7 +44,16 @@ def parse_args(argv):
     p = _Parser(prog="evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
                    help="training checkpoints (model_epoch_XXXX.pt); several = several training seeds")
-    p.add_argument("--suite", choices=("quick", "standard"), default="quick")
+    p.add_argument("--suite", choices=SUITES, default=None,
+                   help="quick (default without --system), standard (the checkpoint's own kind of system), "
+                        "practitioner (public problems, any N), practitioner_quick")
+    p.add_argument("--system", action="append", default=[], metavar="FILE",
+                   help="your own system: an IC file of rows [m, x..., v...] (repeatable); needs --duration")
+    p.add_argument("--duration", metavar="T",
+                   help="for --system: time units, <k>P (two-body periods) or <k>tc (crossing times)")
+    p.add_argument("--softening", type=float, default=0.0, help="for --system: Plummer softening (default 0)")
+    p.add_argument("--max-steps", type=int, default=MAX_LEARNED_STEPS,
+                   help=f"cap on the learned run's steps (status max_steps; default {MAX_LEARNED_STEPS})")
     p.add_argument("--out", help="output folder (default: scoreboard_<suite>)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="parallel Ray tasks (default: the cores); 1 runs in this process")
@@ -49,23 +61,45 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.workers < 1:
         raise InputError(f"--workers: must be >= 1, got {args.workers}")
+    if args.max_steps < 1:
+        raise InputError(f"--max-steps: must be >= 1, got {args.max_steps}")
+    if args.system and not args.duration:
+        raise InputError("--system needs --duration (time units, <k>P or <k>tc)")
+    if args.duration and not args.system:
+        raise InputError("--duration applies to --system only")
+    if args.suite is None and not args.system:
+        args.suite = "quick"
     return args
 
 
 # ---------------------------------------------------------------- one task
-def score_task(ckpt_path: str, system, n_steps: int) -> dict:
-    """Load the checkpoint's policy and score one system (one Ray task, one thread)."""
+def score_task(ckpt_path: str, system, n_steps: int, max_steps: int = 0) -> dict:
+    """Load the checkpoint's policy and score one system (one Ray task, one thread); the learned
+    rule's features see the system's own softening."""
     import torch
 
     from aits.policy import learned_methods
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(ckpt_path)
-    return score_system(system, learned_methods(ckpt), n_steps=n_steps)
+    return score_system(system, learned_methods(ckpt, eps=system.eps), n_steps=n_steps,
+                        max_steps=max_steps or MAX_LEARNED_STEPS)
 
 
-def checkpoint_jobs(paths: list[str], suite: str) -> tuple[dict, list]:
-    """({label: info}, [(label, path, system, n_steps)]); raises InputError for an unusable checkpoint."""
+def user_systems(files: list[str], duration: str | None, eps: float) -> list:
+    """The ``--system`` files as scoreboard systems; InputError with one line for a bad file or duration."""
+    out = []
+    for path in files:
+        try:
+            out.append(file_system(path, duration, eps))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    return out
+
+
+def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | None = None) -> tuple[dict, list]:
+    """({label: info}, [(label, path, system, n_steps)]): the suite's systems (if any) and
+    ``extra_systems`` for each checkpoint; raises InputError for an unusable checkpoint."""
     infos, jobs, seen = {}, [], set()
     for path in paths:
         try:
@@ -84,12 +118,13 @@ def checkpoint_jobs(paths: list[str], suite: str) -> tuple[dict, list]:
                         "seed": cfg.run.seed, "config_summary": ckpt.get("config_summary"),
                         "N": s.num_particles, "D": s.dim, "softening": s.softening, "n_steps": s.n_steps,
                         "model_output": getattr(cfg.model, "output", "dt")}
-        for system in suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass):
+        systems = suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass) if suite else []
+        for system in [*systems, *(extra_systems or [])]:
             jobs.append((label, str(path), system, s.n_steps))
     return infos, jobs
 
 
-def run_jobs(jobs: list, workers: int, desc: str) -> list[dict]:
+def run_jobs(jobs: list, workers: int, desc: str, max_steps: int = MAX_LEARNED_STEPS) -> list[dict]:
     """Results in job order; Ray tasks when ``workers`` > 1, with a progress bar either way."""
     from tqdm import tqdm
 
@@ -98,7 +133,7 @@ def run_jobs(jobs: list, workers: int, desc: str) -> list[dict]:
     try:
         if workers == 1:
             for i, (_, path, system, ns) in enumerate(jobs):
-                results[i] = score_task(path, system, ns)
+                results[i] = score_task(path, system, ns, max_steps)
                 bar.update(1)
             return results
         import ray
@@ -111,7 +146,7 @@ def run_jobs(jobs: list, workers: int, desc: str) -> list[dict]:
             task = ray.remote(num_cpus=1)(score_task)
             # Longest systems first: the pool drains evenly.
             order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].duration * len(jobs[i][2].m))
-            refs = {task.remote(jobs[i][1], jobs[i][2], jobs[i][3]): i for i in order}
+            refs = {task.remote(jobs[i][1], jobs[i][2], jobs[i][3], max_steps): i for i in order}
             pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -165,70 +200,83 @@ def fmt(x, digits=2) -> str:
     return f"{x:.{digits}g}" if abs(x) >= 1e-3 and abs(x) < 1e4 else f"{x:.{digits}e}"
 
 
+def _systems_by_label(board: dict) -> dict:
+    return board["systems"] if board["systems_keyed_by_checkpoint"] else {
+        board["checkpoints"][0]["label"]: board["systems"]}
+
+
+def _headline_line(h: dict) -> str:
+    return (f"learned / strongest max |ΔE/E|, median over {h['systems']} systems: {fmt(h['energy_equal_evals'])} at "
+            f"equal force evaluations (worst {fmt(h['energy_worst_equal_evals'])}), {fmt(h['energy_equal_wall'])} at "
+            f"equal wall time; position error: {fmt(h['trajectory_equal_evals'])} (evals), "
+            f"{fmt(h['trajectory_equal_wall'])} (wall); learned runs not ok: {h['not_ok']} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(h['learned_status'].items()))})")
+
+
 def markdown(board: dict) -> str:
     lines = [f"# Scoreboard: suite `{board['suite']}`", "",
              f"{len(board['checkpoints'])} checkpoint(s); wall time {board['wall_time_s']:.0f} s. Ratios are "
-             "learned max |ΔE/E| / baseline max |ΔE/E| (< 1: learned better), at equal force evaluations "
-             "(`evals`) and at equal wall time (`wall`).", ""]
-    systems = board["systems"] if board["systems_keyed_by_checkpoint"] else {
-        board["checkpoints"][0]["label"]: board["systems"]}
-    for label, sysd in systems.items():
+             "learned / baseline (< 1: learned better) of max |ΔE/E| and of the position error against IAS15 "
+             "(relative to the system's size, at the trajectory horizon), at equal force evaluations (`evals`) "
+             "and at equal wall time (`wall`). `strongest`: the classical KDK rule (any timescale, any form) "
+             "with the smallest max |ΔE/E| at equal evaluations on that system.", ""]
+    summ = board["summary"]
+    for label, h in summ["headline"].items():
+        lines.append(f"- **{label}**: " + _headline_line(h))
+    if "headline_across_checkpoints" in summ:
+        lines += ["", "Over checkpoints (median [min, max] of each checkpoint's median):", ""]
+        for key, st in summ["headline_across_checkpoints"].items():
+            lines.append(f"- {key}: {fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}] (n = {st['n']})")
+    lines.append("")
+    for label, sysd in _systems_by_label(board).items():
         lines += [f"## {label}", "",
-                  "| system | learned max \\|ΔE/E\\| | evals | drift slope | status | "
-                  + " | ".join(f"/ {b} (evals) | / {b} (wall)" for b in BASELINES) + " | ias15 evals |",
-                  "|---|---|---|---|---|" + "---|---|" * len(BASELINES) + "---|"]
+                  "| system | learned max \\|ΔE/E\\| | evals | status | strongest | / strongest (evals) | "
+                  "/ strongest (wall) | position error | pos. / strongest (evals) | pos. / strongest (wall) | "
+                  "horizon | drift slope | ias15 evals |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in sysd.items():
             lm = e["methods"]["learned"]
-            cells = []
-            for b in BASELINES:
-                cells += [fmt(e["ratios"]["equal_force_evals"].get(b)), fmt(e["ratios"]["equal_wall_time"].get(b))]
+            tr = e.get("trajectory", {})
+            hz = "–" if not tr else (f"{fmt(tr['horizon'])}" + (" (chaotic)" if tr["chaotic"] else "")
+                                    + ("" if tr["ranked"] else " unranked"))
             ias = e["methods"].get("ias15", {})
-            lines.append(f"| {name} | {fmt(lm['max_rel_dE'])} | {lm['force_evals']} | {fmt(lm['drift_slope'])} | "
-                         f"{lm['status']} | " + " | ".join(cells) + f" | {ias.get('force_evals', '–')} |")
+            lines.append(
+                f"| {name} | {fmt(lm['max_rel_dE'])} | {lm['force_evals']} | {lm['status']} | {e.get('strongest') or '–'} | "
+                f"{fmt(e['ratios']['equal_force_evals'].get('strongest'))} | {fmt(e['ratios']['equal_wall_time'].get('strongest'))} | "
+                f"{fmt(lm.get('position_error_rel'))} | {fmt(e['ratios_trajectory']['equal_force_evals'].get('strongest'))} | "
+                f"{fmt(e['ratios_trajectory']['equal_wall_time'].get('strongest'))} | {hz} | {fmt(lm['drift_slope'])} | "
+                f"{ias.get('force_evals', '–')} |")
+        lines.append("")
+        lines += ["Learned / each baseline, max |ΔE/E| at equal force evaluations (equal wall time):", "",
+                  "| system | " + " | ".join(BASELINES) + " |", "|---|" + "---|" * len(BASELINES)]
+        for name, e in sysd.items():
+            cells = [f"{fmt(e['ratios']['equal_force_evals'].get(b))} ({fmt(e['ratios']['equal_wall_time'].get(b))})"
+                     for b in BASELINES]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
         lines += ["| system | method | evals | steps | wall s | max \\|ΔE/E\\| | final \\|ΔE/E\\| | drift slope | "
-                  "pos. error vs IAS15 | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "pos. error / size | status |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in sysd.items():
             for meth, mm in e["methods"].items():
                 lines.append(f"| {name} | {meth} | {mm['force_evals']} | {mm['steps']} | {fmt(mm['wall_time_s'])} | "
                              f"{fmt(mm['max_rel_dE'])} | {fmt(mm['final_rel_dE'])} | {fmt(mm.get('drift_slope'))} | "
-                             f"{fmt(mm.get('final_position_error'))} | {mm['status']} |")
+                             f"{fmt(mm.get('position_error_rel'))} | {mm['status']} |")
         lines.append("")
-    summ = board["summary"]
     lines += ["## Summary", ""]
     if "per_system" in summ:
-        lines += ["Per system over checkpoints, median [min, max] of the ratio (equal force evaluations | equal "
-                  "wall time) and of the learned run's drift slope:", "",
-                  "| system | " + " | ".join(f"/ {b} (evals) | (wall)" for b in BASELINES) + " | learned drift slope |",
-                  "|---|" + "---|---|" * len(BASELINES) + "---|"]
+        comps = ("strongest", *CLASSICAL)
+        lines += ["Per system over checkpoints, median [min, max] of learned / baseline max |ΔE/E| at equal force "
+                  "evaluations, and of the learned run's drift slope:", "",
+                  "| system | " + " | ".join(f"/ {b}" for b in comps) + " | learned drift slope |",
+                  "|---|" + "---|" * len(comps) + "---|"]
         for name, st in summ["per_system"].items():
             cells = []
-            for b in BASELINES:
+            for b in comps:
                 ev = st.get("equal_force_evals", {}).get(b)
-                wa = st.get("equal_wall_time", {}).get(b)
-                cells.append("– | –" if ev is None else f"{fmt(ev['median'])} [{fmt(ev['min'])}, {fmt(ev['max'])}] | "
-                             f"{fmt(wa['median']) if wa else '–'}")
+                cells.append("–" if ev is None else f"{fmt(ev['median'])} [{fmt(ev['min'])}, {fmt(ev['max'])}]")
             sl = st.get("learned_drift_slope")
             cells.append(f"{fmt(sl['median'])} [{fmt(sl['min'])}, {fmt(sl['max'])}]" if sl else "–")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if "across_checkpoints" in summ:
-        lines += ["Median over checkpoints of each checkpoint's median ratio per family, [min, max]:", "",
-                  "| family | comparison | " + " | ".join(BASELINES) + " |",
-                  "|---|---|" + "---|" * len(BASELINES)]
-        for fam, comps in summ["across_checkpoints"].items():
-            for comp, bs in comps.items():
-                cells = [f"{fmt(bs[b]['median'])} [{fmt(bs[b]['min'])}, {fmt(bs[b]['max'])}]" if b in bs else "–"
-                         for b in BASELINES]
-                lines.append(f"| {fam} | {comp} | " + " | ".join(cells) + " |")
-        lines.append("")
-    else:
-        lines += ["Median (worst) ratio per family:", "", "| family | comparison | " + " | ".join(BASELINES) + " |",
-                  "|---|---|" + "---|" * len(BASELINES)]
-        for fam, comps in next(iter(summ["per_checkpoint"].values())).items():
-            for comp, bs in comps.items():
-                cells = [f"{fmt(bs[b]['median'])} ({fmt(bs[b]['worst'])})" if b in bs else "–" for b in BASELINES]
-                lines.append(f"| {fam} | {comp} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -346,18 +394,17 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def print_summary(board: dict) -> None:
-    systems = board["systems"] if board["systems_keyed_by_checkpoint"] else {"": board["systems"]}
-    for label, sysd in systems.items():
-        if label:
-            print(f"== {label}")
-        print(f"{'system':28s} {'learned':>9s} {'evals':>8s} " + " ".join(f"{b[:12]:>12s}" for b in BASELINES)
-              + "   (ratio at equal evals / equal wall)")
+    for label, sysd in _systems_by_label(board).items():
+        print(f"== {label}")
+        print(f"{'system':26s} {'learned':>9s} {'evals':>8s} {'status':>12s} {'strongest':>18s} "
+              f"{'/strongest':>11s} {'(wall)':>7s} {'pos.err':>8s} {'/strongest':>11s}")
         for name, e in sysd.items():
             lm = e["methods"]["learned"]
-            cells = [f"{fmt(e['ratios']['equal_force_evals'].get(b))}/{fmt(e['ratios']['equal_wall_time'].get(b))}"
-                     for b in BASELINES]
-            print(f"{name:28s} {fmt(lm['max_rel_dE']):>9s} {lm['force_evals']:>8d} "
-                  + " ".join(f"{c:>12s}" for c in cells))
+            print(f"{name:26s} {fmt(lm['max_rel_dE']):>9s} {lm['force_evals']:>8d} {lm['status']:>12s} "
+                  f"{e.get('strongest') or '–':>18s} {fmt(e['ratios']['equal_force_evals'].get('strongest')):>11s} "
+                  f"{fmt(e['ratios']['equal_wall_time'].get('strongest')):>7s} {fmt(lm.get('position_error_rel')):>8s} "
+                  f"{fmt(e['ratios_trajectory']['equal_force_evals'].get('strongest')):>11s}")
+        print(_headline_line(board["summary"]["headline"][label]))
 
 
 def main(argv=None) -> int:
@@ -366,14 +413,16 @@ def main(argv=None) -> int:
         for p in args.checkpoint:
             if not Path(p).is_file():
                 raise InputError(f"checkpoint {p}: not found")
-        infos, jobs = checkpoint_jobs(args.checkpoint, args.suite)
+        infos, jobs = checkpoint_jobs(args.checkpoint, args.suite,
+                                      user_systems(args.system, args.duration, args.softening))
     except InputError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"scoreboard_{args.suite}")
+    out = Path(args.out or f"scoreboard_{args.suite or 'system'}")
     start = time.perf_counter()
-    results = run_jobs(jobs, args.workers, f"suite {args.suite}")
-    board, plots = build_report(args.suite, infos, jobs, results, time.perf_counter() - start)
+    suite = "+".join([*([args.suite] if args.suite else []), *(["system"] if args.system else [])])
+    results = run_jobs(jobs, args.workers, f"suite {suite}", args.max_steps)
+    board, plots = build_report(suite, infos, jobs, results, time.perf_counter() - start)
     files = {"scoreboard.json": json.dumps(board, indent=1).encode(), "scoreboard.md": markdown(board).encode()}
     if not args.no_plots:
         files.update(plot_files(plots, board))
