@@ -134,6 +134,25 @@ def norm_scales_of(ckpt: dict, cfg: Config | None = None, path=None):
     return NormScales(**vals)
 
 
+def fit_weights(model: torch.nn.Module, ckpt: dict, path=None) -> torch.nn.Module:
+    """Load a checkpoint's ``model_state_dict`` into ``model`` (built from its config); returns ``model``.
+
+    Raises
+    ------
+    CheckpointError
+        Weights that do not fit the model the config describes, in one line naming the file and the
+        first mismatch (e.g. ``size mismatch for net.0.weight ...``).
+    """
+    try:
+        model.load_state_dict(ckpt["model_state_dict"])
+    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        why = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else lines[0]
+        where = f"checkpoint {path}" if path else "checkpoint"
+        raise CheckpointError(f"{where}: weights do not fit the model its config describes ({why[:200]})") from None
+    return model
+
+
 def latest_checkpoint(run_dir) -> Path | None:
     """Newest ``model_epoch_*.pt`` of a run folder (by epoch number), or None."""
     files = sorted((Path(run_dir) / "model").glob("model_epoch_*.pt"))

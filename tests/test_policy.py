@@ -13,7 +13,7 @@ import torch
 from aits import (Config, DtModel, NormScales, Orbit, Samples, Stepper, auto_norm_scales, build_payload,
                   collect_trajectory, feature_dim, generalize_on_trajectory, make_optimizer, predict_dt)
 from aits import integrators as I
-from aits.checkpoint import CheckpointError, norm_scales_of
+from aits.checkpoint import CheckpointError, fit_weights, norm_scales_of
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
 from aits.systems import Systems
@@ -88,6 +88,21 @@ def test_norm_scales_of_other_normalisations():
     for bad in ({"L0": 1.0}, {**stored, "V0": "fast"}, {**stored, "A0": float("nan")}, {**stored, "T0": 0.0}):
         with pytest.raises(CheckpointError, match="model_epoch_0001.pt: norm_scales must hold"):
             norm_scales_of({"config": none.to_dict(), "norm_scales": bad}, path="model_epoch_0001.pt")
+
+
+def test_weights_of_another_model_are_one_clear_error():
+    """Weights that do not fit the model the checkpoint's config describes: CheckpointError naming the file."""
+    cfg = seed_config()
+    other = seed_config()
+    other.model.hidden_dims = [16, 16]
+    ckpt = payload(cfg, seed_model(other))
+    model = DtModel.from_config(cfg, feature_dim("delta_mag", 2)).double()
+    with pytest.raises(CheckpointError, match=r"^checkpoint run/m\.pt: weights do not fit the model its config "
+                                              r"describes \(((Missing|Unexpected) key|size mismatch)"):
+        fit_weights(model, ckpt, "run/m.pt")
+    good = payload(cfg, seed_model(cfg))
+    assert fit_weights(model, good) is model
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), good["model_state_dict"].values()))
 
 
 # ---------------------------------------------------------------- the learned rule as trained
@@ -185,8 +200,8 @@ def test_factor_rule_takes_the_training_attempts_dt(mode):
         prep.dt_prev[0] = 1.0
     with torch.no_grad():
         dt = stepper.attempt(model, prep).dt.numpy()
-    if mode == "recursive":  # the first step is h itself: no previous step
-        dt[0] = float(stepper.step_size(model, prep.feats[:1], prep.tau[:1])[0])
+        if mode == "recursive":  # the first step is h itself: no previous step
+            dt[0] = float(stepper.step_size(model, prep.feats[:1], prep.tau[:1])[0])
     np.testing.assert_allclose(tr["dt"][1:n + 1], dt, rtol=1e-11)
 
 
