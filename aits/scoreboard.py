@@ -53,7 +53,10 @@ DESTROYED = 1.0
 # maximum stays within TWIN_GROWTH of that linear envelope. Beyond it the motion is chaotic and errors of
 # any size are amplified without bound.
 TWIN_KICK = 1e-9
-TWIN_GROWTH = 1e4
+TWIN_GROWTH = 1e2
+# Where the twins' split has grown more than this by the horizon (shear at a near-radial pericentre, chaos),
+# any error is amplified as much: position errors are compared, but ``destroyed`` is not judged from them.
+AMPLIFY_MAX = 1e3
 # A horizon shorter than this fraction of the duration leaves the trajectory error unranked.
 MIN_HORIZON = 0.05
 REFERENCE_SAMPLES = 200
@@ -431,7 +434,8 @@ def ias15(sys: System, n_out: int = REFERENCE_SAMPLES) -> dict | None:
     beyond = np.nonzero(np.maximum.accumulate(split) > TWIN_GROWTH * envelope)[0]
     k = n_out - 1 if beyond.size == 0 else int(beyond[0]) - 1
     horizon = float(ts[k]) if k >= 0 else 0.0
-    return {"t": ts, "x": np.stack(xs[1:]), "horizon_index": k, "metrics": {
+    amplification = float(split[max(k, 0)] / TWIN_KICK)
+    return {"t": ts, "x": np.stack(xs[1:]), "horizon_index": k, "amplification": amplification, "metrics": {
         "method": "ias15", "force_evals": count[0], "steps": steps, "wall_time_s": wall,
         "max_rel_dE": float(max(errs)), "final_rel_dE": float(errs[-1]), "drift_slope": None,
         "final_position_error": 0.0, "position_error_rel": 0.0, "status": "ok", "energy_samples": n_out},
@@ -457,7 +461,8 @@ def position_at(traj: dict, t: float) -> np.ndarray:
 def judged_status(status: str, max_rel_dE, pos_err_rel) -> str:
     """The integrator's status, then the physics: ``energy_error`` when max |dE/E| exceeds
     ``ENERGY_FAIL``, ``destroyed`` when the bodies end more than ``DESTROYED`` sizes from the
-    reference. Never ``ok`` for a run that lost its orbit."""
+    reference (``pos_err_rel`` None: not judged, as where the reference amplifies any error).
+    Never ``ok`` for a run that lost its orbit."""
     if status != "ok":
         return status
     if pos_err_rel is not None and pos_err_rel > DESTROYED:
@@ -487,8 +492,9 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     ranked = ref is not None and ref["horizon"] >= MIN_HORIZON * sys.duration
     if ref is not None:
         entry["trajectory"] = {"horizon": ref["horizon"], "chaotic": ref["chaotic"], "ranked": ranked,
-                               "size": sys.size, "size_name": sys.size_name}
+                               "amplification": ref["amplification"], "size": sys.size, "size_name": sys.size_name}
         x_ref = ref["x"][max(ref["horizon_index"], 0)]
+    judge_position = ranked and ref["amplification"] <= AMPLIFY_MAX
 
     def finish(run: I.Run) -> dict:
         met = {k: run.metrics[k] for k in ("force_evals", "steps", "wall_time_s", "param", "param_name")}
@@ -498,7 +504,8 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
             err = float(np.linalg.norm(position_at(run.trajectory, ref["horizon"]) - x_ref, axis=-1).max())
         met["final_position_error"] = err
         met["position_error_rel"] = None if err is None else err / sys.size
-        met["status"] = judged_status(run.metrics["status"], met["max_rel_dE"], met["position_error_rel"])
+        met["status"] = judged_status(run.metrics["status"], met["max_rel_dE"],
+                                      met["position_error_rel"] if judge_position else None)
         return met
 
     primary = None
