@@ -304,7 +304,8 @@ def plot_files(plots: dict, board: dict) -> dict[str, bytes]:
     entries = entries.get(first, {}) if board.get("systems_keyed_by_checkpoint") else entries
     for name, data in plots[first].items():
         series = {meth: ser for meth, ser in data["series"].items() if ser}
-        colors = {meth: f"C{i % 10}" for i, meth in enumerate(series)}
+        palette = [f"C{i}" for i in range(10)] if len(series) <= 10 else list(plt.get_cmap("tab20").colors)
+        colors = {meth: palette[i % len(palette)] for i, meth in enumerate(series)}
         learned = next((meth for meth in series if meth not in BASELINES and meth != "ias15"), None)
         best = named = (entries.get(name) or {}).get("strongest")
         if best not in series:  # no strongest named: the most accurate baseline plotted here
@@ -327,14 +328,15 @@ def plot_files(plots: dict, board: dict) -> dict[str, bytes]:
         ax1.set_ylabel("|ΔE/E|")
         ax2.set_ylabel("dt")
         ax2.set_xlabel("t")
-        ax1.legend(fontsize=8)
+        ax1.legend(fontsize=7, ncol=1 + len(series) // 8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax1.set_title(f"{name} ({first}), baselines at equal force evaluations", fontsize=10)
         if paths:
+            why = "strongest at equal evaluations" if best == named else "lowest max |ΔE/E|"
             for meth, style in zip(paths, ("-", "--")):
                 x = np.asarray(series[meth]["x"], dtype=float)
                 for i in range(x.shape[1]):
                     ax_orbit.plot(x[:, i, 0], x[:, i, 1], style, lw=0.8, color=colors[meth],
-                                  label=meth if i == 0 else None)
+                                  label=(f"{meth} ({why})" if meth == best else meth) if i == 0 else None)
                 ax_orbit.plot(x[-1, :, 0], x[-1, :, 1], "o", ms=4, color=colors[meth])  # where each run ends
             # Frame the more accurate path, so one diverging run cannot squash the picture.
             frame = min(paths, key=lambda meth: worst(series[meth]))
@@ -346,9 +348,7 @@ def plot_files(plots: dict, board: dict) -> dict[str, bytes]:
                 ax_orbit.set_ylim(mid[1] - half, mid[1] + half)
             ax_orbit.set_aspect("equal", adjustable="box")
             ax_orbit.set(xlabel="x", ylabel="y")
-            why = "strongest at equal evaluations" if best == named else "lowest max |ΔE/E|"
-            ax_orbit.set_title(f"x-y paths: {', '.join(paths)}" + (f" ({best}: {why})" if best in paths else ""),
-                               fontsize=10)
+            ax_orbit.set_title("x-y paths (dots: the end)", fontsize=10)
             ax_orbit.legend(fontsize=8)
         fig.tight_layout()
         files[f"{name}.png"] = _png(fig, plt)
