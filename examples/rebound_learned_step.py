@@ -21,7 +21,7 @@ simulation). The accuracy differs from the trained KDK, so the run is also repea
 - ``fixed_same_evals``: the same with as many force evaluations as ``learned_rebound``;
 
 and REBOUND's IAS15 gives the reference end positions. Writes ``DIR/energy.png`` (|dE/E| against
-time) and ``DIR/summary.json``; prints max |dE/E|, steps, force evaluations and the position
+time, with its running maximum) and ``DIR/summary.json``; prints max |dE/E|, steps, force evaluations and the position
 error at the end for each run.
 """
 from __future__ import annotations
@@ -168,10 +168,12 @@ def main(argv=None) -> int:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in runs.items():
-        ax.semilogy(np.asarray(r["t"][1:]) / period, np.maximum(r["rel"][1:], 1e-17), lw=0.8,
-                    label=f"{name} ({r['steps']} steps, {r['force_evals']} evals)")
+        t, rel = np.asarray(r["t"][1:]) / period, np.maximum(r["rel"][1:], 1e-17)
+        line, = ax.semilogy(t, np.maximum.accumulate(rel), lw=1.4,
+                            label=f"{name} ({r['steps']} steps, {r['force_evals']} evals)")
+        ax.semilogy(t, rel, lw=0.5, alpha=0.3, color=line.get_color())  # the instantaneous error, faint
+    ax.set_ylabel("|dE/E| (faint) and its running max")
     ax.set_xlabel("t / period")
-    ax.set_ylabel("|dE/E|")
     ax.set_title(f"Kepler e = {args.e}: the {rule.mode} learned rule, REBOUND leapfrog (DKD) and KDK", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
