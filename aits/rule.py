@@ -43,6 +43,9 @@ class Rule:
         A checkpoint dictionary (:func:`aits.load_checkpoint`).
     source : str, optional
         Where it came from (shown by :meth:`describe`).
+    softening : float, optional
+        Plummer softening of the systems the rule will step (default: the training config's); the
+        accelerations and the softening feature use it.
 
     Attributes
     ----------
@@ -51,7 +54,8 @@ class Rule:
     k : int
         Fixed-point iterations of the symmetric form (0 for the other forms).
     eps : float
-        Plummer softening of the accelerations (the checkpoint's ``system.softening``).
+        Plummer softening of the accelerations and features (``softening``, else the checkpoint's
+        ``system.softening``).
     substeps : int
         Kick-drift-kick substeps of ``dt`` each the rule was trained with (``system.n_steps`` for
         the explicit and seed forms, 1 for the symmetric and recursive forms): a step advances
@@ -91,17 +95,19 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
     dt = 0.007077, g = 0.0200
     """
 
-    def __init__(self, ckpt: dict, source: str | None = None):
+    def __init__(self, ckpt: dict, source: str | None = None, softening: float | None = None):
         self.cfg: Config = config_from_checkpoint(ckpt)
         self.source = source or "<checkpoint dict>"
         self.epoch = ckpt.get("epoch")
-        methods = learned_methods(ckpt, self.cfg)
+        self.eps = float(self.cfg.system.softening if softening is None else softening)
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"rule: softening must be finite and >= 0, got {softening}")
+        methods = learned_methods(ckpt, self.cfg, self.eps)
         learned = methods["learned"]
         # Every factor model comes with a time-symmetric form of its step function h: take h from it.
         sym = next((mt for mt in methods.values() if isinstance(mt, I.SymmetricPolicy)), None)
         self._h = None if sym is None else sym.h
         self._learned = learned
-        self.eps = float(self.cfg.system.softening)
         self.k = 0
         if isinstance(learned, I.RecursivePolicy):
             self.mode = "recursive"
@@ -264,13 +270,15 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         return f"Rule(mode={self.mode!r}, k={self.k}, eps={self.eps:g}, source={self.source!r})"
 
 
-def load_rule(path_or_checkpoint) -> Rule:
+def load_rule(path_or_checkpoint, softening: float | None = None) -> Rule:
     """The step rule of a training checkpoint, for use in your own integrator.
 
     Parameters
     ----------
     path_or_checkpoint : str, Path or dict
         A checkpoint file (``runs/<name>/model/model_epoch_XXXX.pt``) or a loaded checkpoint dict.
+    softening : float, optional
+        Plummer softening of your systems (default: the training config's ``system.softening``).
 
     Returns
     -------
@@ -285,8 +293,8 @@ def load_rule(path_or_checkpoint) -> Rule:
         The checkpoint's model cannot run as a step rule (a factor model without scale-free features).
     """
     if isinstance(path_or_checkpoint, dict):
-        return Rule(path_or_checkpoint)
-    return Rule(load_checkpoint(path_or_checkpoint), str(Path(path_or_checkpoint)))
+        return Rule(path_or_checkpoint, softening=softening)
+    return Rule(load_checkpoint(path_or_checkpoint), str(Path(path_or_checkpoint)), softening)
 
 
 def symmetric_dt(h: Callable, x, v, a, m, k: int, trial: Trial) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -78,7 +79,12 @@ def parse_args(argv):
     p = _Parser(prog="export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="CK", help="training checkpoint (model_epoch_XXXX.pt)")
     p.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write (e.g. rule.json)")
-    return p.parse_args(argv)
+    p.add_argument("--softening", type=float, metavar="EPS",
+                   help="Plummer softening of the target systems (default: the training config's)")
+    args = p.parse_args(argv)
+    if args.softening is not None and not (math.isfinite(args.softening) and args.softening >= 0):
+        raise InputError(f"--softening: must be finite and >= 0, got {args.softening}")
+    return args
 
 
 def output_spec(rule: Rule) -> dict:
@@ -137,11 +143,11 @@ def test_vectors(rule: Rule) -> list[dict]:
     return out
 
 
-def export(path: str) -> dict:
-    """The JSON document of the rule in the checkpoint at ``path``."""
+def export(path: str, softening: float | None = None) -> dict:
+    """The JSON document of the rule in the checkpoint at ``path`` (for systems with ``softening``)."""
     try:
         ckpt = load_checkpoint(path)
-        rule = load_rule(ckpt)
+        rule = load_rule(ckpt, softening)
     except (CheckpointError, ConfigError, ValueError) as exc:
         raise InputError(" ".join(str(exc).split())) from None
     if rule.mode == "seed":
@@ -180,7 +186,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         if out.is_dir():
             raise InputError(f"--out {out}: is a folder; give the JSON file's path")
-        doc = export(args.checkpoint)
+        doc = export(args.checkpoint, args.softening)
         data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
     except (InputError, ValueError) as exc:  # ValueError: a non-finite weight (allow_nan=False)
         print(f"export: error: {exc}", file=sys.stderr)

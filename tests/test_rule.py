@@ -98,6 +98,25 @@ def test_stepper_reproduces_the_evaluation_steps(ckpts, name):
         assert [rule.dt(x, v, m) for x, v in zip(tr["x"][:-1], tr["v"][:-1])] == got
 
 
+def test_softening_of_the_target_systems(ckpts, tmp_path):
+    """load_rule(softening=) and aits-export --softening: the evaluation's rule for softened systems."""
+    rule = aits.load_rule(ckpts["explicit"], softening=0.2)
+    assert rule.eps == 0.2 and "softening 0.2" in rule.describe()
+    rng = np.random.default_rng(5)
+    m, x, v = rng.uniform(0.5, 1.5, 3), rng.normal(size=(3, 2)), 0.3 * rng.normal(size=(3, 2))
+    run = I.integrate(learned_methods(aits.load_checkpoint(ckpts["explicit"]), eps=0.2)["learned"], m, x, v, 1e9,
+                      eps=0.2, max_steps=50)
+    tr = run.trajectory
+    assert [rule.dt(xi, vi, m) for xi, vi in zip(tr["x"][:-1], tr["v"][:-1])] == list(tr["dt"][1:])
+    assert rule.dt(x, v, m) != aits.load_rule(ckpts["explicit"]).dt(x, v, m)
+    out = tmp_path / "soft.json"
+    assert export.main(["--checkpoint", ckpts["explicit"], "--out", str(out), "--softening", "0.2"]) == 0
+    jr = load_example("rule_numpy").JsonRule(out)
+    assert jr.eps == 0.2 and jr.dt(x, v, m) == pytest.approx(rule.dt(x, v, m), rel=1e-13)
+    with pytest.raises(ValueError, match="softening must be finite and >= 0"):
+        aits.load_rule(ckpts["explicit"], softening=-1.0)
+
+
 def test_recursion_divides_by_the_step_it_returned(ckpts):
     rule = aits.load_rule(ckpts["recursive"])
     m, x, v, _ = kepler_ic(0.7, 1.0)
@@ -205,7 +224,8 @@ def test_export_bad_input(ckpts, tmp_path, capsys):
     cases = [(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)], "nope.pt: not found"),
              (["--checkpoint", ckpts["seed"], "--out", str(out)], "seed-mode model"),
              (["--checkpoint", ckpts["recursive"], "--out", str(tmp_path)], "is a folder"),
-             (["--out", str(out)], "--checkpoint")]
+             (["--out", str(out)], "--checkpoint"),
+             (["--checkpoint", ckpts["recursive"], "--out", str(out), "--softening", "-1"], "--softening")]
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     cases.append((["--checkpoint", str(bad), "--out", str(out)], "unreadable or corrupt"))
