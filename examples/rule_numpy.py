@@ -34,7 +34,11 @@ class JsonRule:
     """
 
     def __init__(self, path_or_doc):
-        doc = path_or_doc if isinstance(path_or_doc, dict) else json.load(open(path_or_doc))
+        if isinstance(path_or_doc, dict):
+            doc = path_or_doc
+        else:
+            with open(path_or_doc) as fh:
+                doc = json.load(fh)
         if doc.get("format") != "aits-rule" or doc.get("format_version") != 1:
             raise ValueError(f"not an aits-rule version 1 file: {doc.get('format')} {doc.get('format_version')}")
         self.eps = float(doc["softening"])
