@@ -43,6 +43,7 @@ EVAL_TOL = 0.02  # equal force evaluations: within 2 %
 WALL_TOL = 0.10  # equal wall time: within 10 % (wall clocks on shared cores wander more than that)
 SYMMETRIC_ITERATIONS = 1  # fixed-point iterations of symmetric_adaptive: 1 is the strongest at equal evaluations (k = 2, 3 measured 2-4x worse)
 PLOT_POINTS = 1500  # trajectory points kept per method for plots
+POSITION_FLOATS = 150_000  # numbers of positions kept per method for movies (N = 64, D = 3: 781 bins)
 # A run whose max |dE/E| exceeds this is not ok (status ``energy_error``): the orbit is not to be trusted.
 ENERGY_FAIL = 1e-1
 # A run whose bodies end farther than this many system sizes from the reference is ``destroyed``.
@@ -579,7 +580,8 @@ def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
     points : int
         Largest number of bins.
     m : array (N,), optional
-        The masses; with them the series also hold positions and momentum drifts.
+        The masses; with them the series also hold positions and momentum drifts (and the bins are
+        at most ``POSITION_FLOATS / (N D)``, at least 100).
 
     Returns
     -------
@@ -595,6 +597,8 @@ def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
     t, e, dt = run.trajectory["t"], run.trajectory["E"], run.trajectory["dt"]
     rel = np.abs((e - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
     n = len(t)
+    if m is not None:  # positions of many bodies: fewer bins, so a series stays ~POSITION_FLOATS numbers
+        points = min(points, max(100, POSITION_FLOATS // run.trajectory["x"][0].size))
     # bins of sample indices [a, b); a run of <= 2 samples keeps every sample
     edges = (np.arange(n + 1) if n <= 2 else np.linspace(1, n, min(points, n - 1) + 1).astype(int))
     bins = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]

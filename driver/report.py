@@ -18,7 +18,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from aits import scoreboard as _scoreboard
+from aits.scoreboard import CLASSICAL, ratio, strongest
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.2em 2em; color: #222; }
@@ -35,8 +35,6 @@ img, video { max-width: 100%; border: 1px solid #ddd; } .media { display: flex; 
 
 
 # ---------------------------------------------------------------- reading the board
-# candidates for "strongest" when the board does not name it (logh and ias15 are references, not rivals)
-FALLBACK_CLASSICAL = getattr(_scoreboard, "CLASSICAL", ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive"))
 COMPARISONS = (("equal_force_evals", "evals"), ("equal_wall_time", "wall"))
 
 
@@ -67,30 +65,23 @@ def _sub(met: dict | None, comp: str) -> dict | None:
 
 def strongest_of(entry: dict, comp: str) -> str | None:
     """The strongest classical family of a comparison: the board's ``strongest`` (equal evaluations)
-    or ``strongest_wall`` (equal wall time, else ``strongest``); without them the classical family
-    with the smallest finite max |dE/E| in ``entry['methods']``."""
+    or ``strongest_wall`` (equal wall time, else ``strongest``); for a board without them, chosen
+    from ``entry['methods']`` as the scoreboard chooses (:func:`aits.scoreboard.strongest`)."""
     if comp == "equal_force_evals" and "strongest" in entry:
         return entry["strongest"]
     if comp == "equal_wall_time" and ("strongest_wall" in entry or "strongest" in entry):
         return entry.get("strongest_wall", entry.get("strongest"))
-    best, name = math.inf, None
-    for fam in FALLBACK_CLASSICAL:
-        met = _sub(entry.get("methods", {}).get(fam), comp)
-        err = met.get("max_rel_dE") if met else None
-        if isinstance(err, (int, float)) and math.isfinite(err) and err < best:
-            best, name = err, fam
-    return name
+    methods = entry.get("methods", {})
+    return strongest(methods, [f for f in CLASSICAL if f in methods], None if comp == "equal_force_evals" else comp)
 
 
 def _ratio(table: dict | None, fam: str | None, learned, baseline):
-    """table['strongest'], else table[fam], else learned / baseline computed here."""
+    """table['strongest'], else table[fam] (the board's values, even null ones), else learned / baseline."""
     table = table or {}
     for key in ("strongest", fam):
-        if key is not None and key in table:  # the board's value, even a null one
+        if key is not None and key in table:
             return _value(table[key])
-    if learned is None or baseline in (None, 0) or not all(math.isfinite(v) for v in (learned, baseline)):
-        return None
-    return learned / baseline
+    return ratio(learned, baseline)
 
 
 def headline(entry: dict) -> dict:
