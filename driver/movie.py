@@ -110,7 +110,7 @@ def frame_indices(series: dict[str, dict], frames: int) -> tuple[np.ndarray, dic
 def _limits(xs: list[np.ndarray]) -> tuple[tuple, tuple]:
     """Common x-y limits of the orbit panels: every series' range, except series that strayed more than
     ten times as far as the first one (a blown-up run leaves the picture rather than shrinking it)."""
-    spans = [(x[..., :2].reshape(-1, 2).min(0), x[..., :2].reshape(-1, 2).max(0)) for x in xs]
+    spans = [(np.nanmin(x[..., :2].reshape(-1, 2), 0), np.nanmax(x[..., :2].reshape(-1, 2), 0)) for x in xs]
     size0 = float(np.max(spans[0][1] - spans[0][0])) or 1.0
     keep = [s for s in spans if float(np.max(s[1] - s[0])) <= 10 * size0]
     lo, hi = np.min([s[0] for s in keep], 0), np.max([s[1] for s in keep], 0)
@@ -265,16 +265,15 @@ def render_movie(series_by_method: dict[str, dict], m, path_stem, frames: int = 
 
 def pick_pair(entry: dict, series: dict[str, dict]) -> tuple[str, str | None]:
     """(learned method, classical method) of a movie: the primary learned run and the scoreboard's
-    strongest classical family (``entry['strongest']``), else the baseline with the lowest max
-    |dE/E| among fixed, adaptive, symmetric_adaptive and recursive_adaptive."""
+    strongest classical family (``entry['strongest']``), else the classical family with the lowest
+    max |dE/E| among the recorded series, chosen as the scoreboard chooses."""
+    from aits.scoreboard import CLASSICAL, strongest
+
     learned = next(iter(entry["methods"]))
-    strongest = entry.get("strongest")
-    if strongest not in series:
-        cands = [(entry["methods"][b].get("max_rel_dE"), b) for b in
-                 ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive") if b in entry["methods"]]
-        cands = [(e, b) for e, b in cands if e is not None and np.isfinite(e) and b in series]
-        strongest = min(cands)[1] if cands else None
-    return learned, strongest
+    best = entry.get("strongest")
+    if best not in series:
+        best = strongest(entry["methods"], [f for f in CLASSICAL if f in entry["methods"] and series.get(f)], None)
+    return learned, best
 
 
 def _e(x) -> str:
