@@ -42,8 +42,8 @@ BIG = 10 ** 9  # upper bound of every count that names none: 10**30 epochs is a 
 def opt(default, doc: str, **bounds):
     """A config field with its one-line ``doc`` and ``bounds`` (ge, gt, le, lt, choices)."""
     meta = {"doc": doc, **bounds}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -62,9 +62,10 @@ class RunConfig:
 
 @dataclass
 class SystemConfig:
-    ic: str = opt("kepler", "initial conditions: Kepler orbits, random N-body or a file",
-                  choices=("kepler", "random", "file"))
-    num_particles: int = opt(2, "bodies per system (kepler needs 2)", ge=2, le=10_000)
+    ic: str = opt("kepler", "initial conditions: Kepler orbits, random N-body, a file or a mixture of families",
+                  choices=("kepler", "random", "file", "mixture"))
+    num_particles: int = opt(2, "bodies per system (kepler needs 2; a mixture pads with massless bodies)",
+                             ge=2, le=10_000)
     dim: int = opt(2, "space dimension", choices=(2, 3))
     mass: Union[float, list[float]] = opt(1.0, "mass of every body, or one per body", gt=0)
     softening: float = opt(0.0, "Plummer softening length eps", ge=0)
@@ -77,8 +78,10 @@ class SystemConfig:
     vel_scale: float = opt(0.5, "velocity scale of random ICs", gt=0)
     ic_path: Optional[str] = opt(None, "IC file for ic 'file': .npy or text rows [m, x..., v...]")
     periods_per_orbit: float = opt(3.0, "a Kepler orbit restarts after this many periods", gt=0)
-    restart_after: float = opt(20.0, "a random or file system restarts after this many crossing times "
+    restart_after: float = opt(20.0, "a random, file or few_body system restarts after this many crossing times "
                                      "sqrt(L^3/M) (L: mean pair distance, M: total mass)", gt=0)
+    mixture: dict[str, float] = opt({"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1},
+                                    "family -> weight of ic 'mixture' (binary, triple, planets, few_body)", ge=0)
 
 
 @dataclass
@@ -104,6 +107,9 @@ class ModelConfig:
     output: str = opt("dt", "'dt': the model's dt; 'factor': dt = g(features) * min_i sqrt(r_i,nn / |a_i|)",
                       choices=("dt", "factor"))
     init_factor: Optional[float] = opt(None, "g an untrained factor model predicts (output bias)", gt=0)
+    max_modulation: Optional[float] = opt(None, "bounded factor: g = init_factor * M^tanh(z) stays within a factor M "
+                                                "of the classical rule it contains (and the recursion's step within M "
+                                                "of h); null: the unbounded softplus factor", gt=1, le=1000)
     symmetric_iterations: int = opt(0, "0: explicit dt = h(start); k: time-symmetric (h(start) + h(end)) / 2 "
                                        "by k fixed-point iterations", ge=0, le=20)
     recursive: bool = opt(False, "explicit time-reversible step dt_n = h(z_n)^2 / dt_{n-1} (the first step h): "
@@ -239,6 +245,7 @@ class Config:
             p.append(f"system.mass: {len(s.mass)} values for {s.num_particles} particles")
         if s.ic == "kepler" and s.num_particles != 2:
             p.append(f"system.num_particles: kepler needs exactly 2 bodies, got {s.num_particles}")
+        p += _mixture_problems(s)
         if s.e_min > s.e_max:
             p.append(f"system.e_min: {s.e_min} is above system.e_max {s.e_max}")
         if s.a_min > s.a_max:
@@ -257,6 +264,9 @@ class Config:
         if m.recursive and not (m.output == "factor" and f.feature_type == "scale_free"):
             p.append("model.recursive: the step recursion needs model.output factor and "
                      "features.feature_type scale_free (inputs even under time reversal)")
+        if m.max_modulation is not None and not (m.output == "factor" and m.init_factor is not None):
+            p.append("model.max_modulation: the bounded factor modulates a classical rule: it needs model.output "
+                     "factor and model.init_factor (the classical eta it contains)")
         if m.recursive and m.symmetric_iterations:
             p.append(f"model.recursive: pick one step rule; symmetric_iterations is {m.symmetric_iterations}, "
                      "set it to 0 for the step recursion")
@@ -274,17 +284,36 @@ class Config:
             raise ConfigError(p)
 
 
+def _mixture_problems(s: "SystemConfig") -> list[str]:
+    """One line per problem of ``system.mixture`` (any ic: an unknown family is a typo anywhere) and of
+    ``num_particles`` for the families an ic 'mixture' draws."""
+    from .families import FAMILIES, FAMILY_BODIES
+
+    out = [f"system.mixture: unknown family '{k}'{_hint(k, FAMILIES)}; families: {', '.join(FAMILIES)}"
+           for k in s.mixture if k not in FAMILIES]
+    drawn = [k for k, w in s.mixture.items() if k in FAMILIES and w > 0]
+    valid = all(math.isfinite(w) and w >= 0 for w in s.mixture.values())  # else the bounds check names it
+    if s.ic == "mixture" and not out and valid and not drawn:
+        out.append(f"system.mixture: no family has a positive weight, got {s.mixture!r}")
+    if s.ic == "mixture" and drawn:
+        need = max(drawn, key=FAMILY_BODIES.get)
+        if s.num_particles < FAMILY_BODIES[need]:
+            out.append(f"system.num_particles: mixture family '{need}' needs {FAMILY_BODIES[need]} bodies, "
+                       f"got {s.num_particles}")
+    return out
+
+
 # ---------------------------------------------------------------- generic checks
 def _check_section(name: str, section) -> list[str]:
     """One line per field of ``section`` outside its declared bounds."""
     out = []
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
-        values = value if isinstance(value, list) else [value]
+        values = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
         problem = next((q for q in (_check_value(v, f.metadata) for v in values) if q), None)
         if problem:
             text, shown = problem
-            every = "every value " if isinstance(value, list) else ""
+            every = "every value " if isinstance(value, (list, dict)) else ""
             out.append(f"{name}.{f.name}: {every}{text}" + (f", got {value!r}" if shown else ""))
     return out
 
@@ -431,6 +460,11 @@ def _coerce(value: Any, tp) -> Any:
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"expected a list of {_type_name(inner)}, got {value!r}")
         return [_coerce(v, inner) for v in value]
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping of {_type_name(key_tp)} to {_type_name(value_tp)}, got {value!r}")
+        return {_coerce(k, key_tp): _coerce(v, value_tp) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -146,14 +146,21 @@ TAU_RATIO_CAP = 5.0
 
 
 def scale_free_torch(x, v, a, m, eps: float):
-    """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a."""
+    """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a.
+
+    Massless bodies (m = 0: the padding that lets systems of different N share a batch) are left out:
+    they are no one's neighbour, set no timescale and count in no mean, so a padded system has the
+    features of the unpadded one. Every system needs at least two massive bodies."""
     b, n, _ = x.shape
     ar = torch.arange(b, device=x.device)
     d = x.unsqueeze(-3) - x.unsqueeze(-2)  # d[b,i,j] = x_j - x_i
     r2 = (d * d).sum(-1)
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    r2nn, jnn = torch.where(eye, torch.full_like(r2, math.inf), r2).min(-1)
+    massive = m > 0
+    skip = eye | ~massive.unsqueeze(-2) | ~massive.unsqueeze(-1)  # (B,N,N): self pairs and massless ones
+    r2nn, jnn = torch.where(skip, torch.full_like(r2, math.inf), r2).min(-1)
     tau_i = torch.sqrt(torch.sqrt(r2nn) / a.norm(dim=-1).clamp_min(1e-300))
+    tau_i = torch.where(massive, tau_i, torch.full_like(tau_i, math.inf))
     tau, i = tau_i.min(-1)
     j = jnn[ar, i]
     rvec = x[ar, j] - x[ar, i]
@@ -163,13 +170,14 @@ def scale_free_torch(x, v, a, m, eps: float):
     mi, mj = m[ar, i], m[ar, j]
     mu = mi + mj
     if n > 2:
-        others = torch.ones_like(tau_i, dtype=torch.bool)
+        others = massive.clone()
         others[ar, i] = False
         others[ar, j] = False
         tau2 = torch.where(others, tau_i, torch.full_like(tau_i, math.inf)).min(-1).values
         f3 = torch.log(tau2 / tau).clamp(0.0, TAU_RATIO_CAP)
-        pair = torch.sqrt(torch.where(eye, torch.ones_like(r2), r2))
-        mean = torch.where(eye, torch.zeros_like(pair), pair).sum((-1, -2)) / (n * (n - 1))
+        pair = torch.sqrt(torch.where(skip, torch.ones_like(r2), r2))
+        k = massive.sum(-1).to(x.dtype)
+        mean = torch.where(skip, torch.zeros_like(pair), pair).sum((-1, -2)) / (k * (k - 1))
         f7 = torch.log(r / mean)
     else:
         f3 = torch.full_like(tau, TAU_RATIO_CAP)
@@ -181,7 +189,10 @@ def scale_free_torch(x, v, a, m, eps: float):
 
 def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float):
     """(features (8,), tau) of one state x, v, a (N,D), m (N,): the same numbers as
-    :func:`scale_free_torch`, for fast inference at batch 1."""
+    :func:`scale_free_torch`, for fast inference at batch 1 (massless bodies left out, as there)."""
+    if (m <= 0).any():
+        keep = m > 0
+        x, v, a, m = x[keep], v[keep], a[keep], m[keep]
     n = len(m)
     d = x[None, :, :] - x[:, None, :]
     r2 = np.einsum("ijk,ijk->ij", d, d)

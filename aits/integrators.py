@@ -289,9 +289,16 @@ class SymmetricAdaptive(SymmetricPolicy):
         return self.eta
 
 
-def recursive_dt(h: float, dt_prev: float) -> float:
-    """The next step of the reversible recursion dt_n = h(z_n)^2 / dt_{n-1}; h itself at the start."""
-    return h * h / dt_prev if dt_prev > 0 else h
+def recursive_dt(h: float, dt_prev: float, clip: float | None = None) -> float:
+    """The next step of the reversible recursion dt_n = h(z_n)^2 / dt_{n-1}; h itself at the start.
+
+    With ``clip`` the step is held within [h / clip, h * clip]: the recursion's neutral alternating mode
+    (dt_n / h = c, 1/c, c, ...) cannot grow past it. Where the clip does not act (|log(dt/h)| < log clip,
+    the whole of a smooth orbit) the map is exactly reversible; where it acts it is not."""
+    dt = h * h / dt_prev if dt_prev > 0 else h
+    if clip is not None:
+        dt = min(max(dt, h / clip), h * clip)
+    return dt
 
 
 class RecursivePolicy(Method):
@@ -306,11 +313,11 @@ class RecursivePolicy(Method):
     name, param_name = "recursive", ""
 
     def __init__(self, h: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float],
-                 name: str = "recursive"):
-        self.h, self.name = h, name
+                 name: str = "recursive", clip: float | None = None):
+        self.h, self.name, self.clip = h, name, clip
 
     def step(self, state, t_left):
-        dt = recursive_dt(float(self.h(state.x, state.v, state.a, state.m)), state.dt)
+        dt = recursive_dt(float(self.h(state.x, state.v, state.a, state.m)), state.dt, self.clip)
         if not (math.isfinite(dt) and dt > 0):
             raise BadStep(dt)
         return _advance(state, dt, t_left)

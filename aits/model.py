@@ -10,17 +10,27 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.
 
 
 class DtModel(nn.Module):
-    """features (B, input_dim) -> dt (B,), strictly positive."""
+    """features (B, input_dim) -> dt (B,) or factor g (B,), strictly positive: softplus of the last layer,
+    or with ``max_modulation`` M the bounded factor init_dt * M^tanh(z) (z the last layer's output)."""
 
     def __init__(self, input_dim: int, hidden_dims=(200, 1000, 1000, 200), activation: str = "tanh",
                  dropout: float = 0.0, fourier_scale: float = 0.0, fourier_dim: int = 16,
-                 init_dt: float | None = None, seed: int | None = None):
+                 init_dt: float | None = None, seed: int | None = None, max_modulation: float | None = None):
         super().__init__()
+        # bounded factor: g = init_dt * M^tanh(z), within [init_dt / M, init_dt * M] whatever the input
+        self.max_modulation = max_modulation
+        self.eta0 = init_dt
         with torch.random.fork_rng(devices=[]):
             if seed is not None:  # same weights in every process for the same seed
                 torch.manual_seed(seed)
             self._build(input_dim, hidden_dims, activation, dropout, fourier_scale, fourier_dim)
-        if init_dt is not None:
+        if max_modulation is not None:
+            if init_dt is None:
+                raise ValueError("a bounded factor needs the classical factor it modulates (init_dt)")
+            with torch.no_grad():  # untrained: z ~ 0, g ~ init_dt, the classical rule
+                self.net[-1].weight.mul_(0.01)
+                self.net[-1].bias.zero_()
+        elif init_dt is not None:
             with torch.no_grad():
                 last = self.net[-1]
                 # A last layer 100x smaller makes the untrained output nearly the bias, so every state
@@ -53,13 +63,15 @@ class DtModel(nn.Module):
         m = cfg.model
         init = m.init_factor if getattr(m, "output", "dt") == "factor" else m.init_dt
         return cls(input_dim, m.hidden_dims, m.activation, m.dropout, m.fourier_scale, m.fourier_dim,
-                   init, seed=cfg.run.seed)
+                   init, seed=cfg.run.seed, max_modulation=getattr(m, "max_modulation", None))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         h = feats
         if self.fourier_proj is not None:
             z = 2 * math.pi * h @ self.fourier_proj
             h = torch.cat([torch.sin(z), torch.cos(z)], -1)
+        if self.max_modulation is not None:
+            return self.eta0 * torch.exp(math.log(self.max_modulation) * torch.tanh(self.net(h)[..., 0]))
         # Softplus underflows to exactly 0 for very negative inputs; dt must stay > 0 (the seed's formula).
         return self.out(self.net(h))[..., 0] + 1e-12
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import integrators as I
-from .checkpoint import norm_scales_of
+from .checkpoint import fit_weights, norm_scales_of
 from .config import Config
 from .features import HistoryBuffer, NormScales, build_features, scale_free_numpy
 from .model import build_model
@@ -60,6 +60,7 @@ class NumpyMLP:
            "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z))}
 
     def __init__(self, model: torch.nn.Module, activation: str):
+        self.max_modulation, self.eta0 = getattr(model, "max_modulation", None), getattr(model, "eta0", None)
         self.layers = [(mod.weight.detach().double().numpy().T.copy(), mod.bias.detach().double().numpy().copy())
                        for mod in model.net if isinstance(mod, torch.nn.Linear)]
         proj = getattr(model, "fourier_proj", None)
@@ -75,6 +76,8 @@ class NumpyMLP:
             h = self.act(h @ w + b)
         w, b = self.layers[-1]
         z = float(h @ w[:, 0] + b[0])
+        if self.max_modulation is not None:  # the bounded factor, as DtModel
+            return self.eta0 * self.max_modulation ** math.tanh(z)
         return (z if z > 30 else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
 
 
@@ -100,8 +103,7 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
     """
     cfg = cfg or Config.from_dict(ckpt["config"])
     scales = norm_scales_of(ckpt, cfg)
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model_state_dict"])
+    model = fit_weights(build_model(cfg), ckpt)
     model.eval()
     mc = cfg.model
     if mc.output != "factor" or cfg.features.feature_type != "scale_free":
@@ -110,7 +112,7 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
         return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales, eps), "learned")}
     h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening if eps is None else eps))
     if mc.recursive:
-        return {"learned": I.RecursivePolicy(h, "learned"),
+        return {"learned": I.RecursivePolicy(h, "learned", mc.max_modulation),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
     explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
     k = mc.symmetric_iterations

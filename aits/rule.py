@@ -232,7 +232,7 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         if self.mode == "explicit":
             dt = self.h(x, v, a, m)
         elif self.mode == "recursive":
-            dt = I.recursive_dt(self.h(x, v, a, m), self.dt_prev)
+            dt = I.recursive_dt(self.h(x, v, a, m), self.dt_prev, self._learned.clip)
         elif self.mode == "symmetric":
             dt = symmetric_dt(self._h, x, v, a, m, self.k, trial or kdk_trial(x, v, a, m, self.eps))
         else:

@@ -69,6 +69,7 @@ class Stepper:
         self.factor = cfg.model.output == "factor"  # dt = g(features) * tau
         self.symmetric = cfg.model.symmetric_iterations  # 0: explicit step
         self.recursive = cfg.model.recursive  # dt_n = h(z_n)^2 / dt_{n-1}
+        self.clip = cfg.model.max_modulation  # bounded factor: the recursion's step stays within [h/M, h*M]
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
 
@@ -119,7 +120,7 @@ class Stepper:
         """
         dt = self.step_size(model, prep.feats, prep.tau)
         if self.recursive and prep.dt_prev is not None:  # a rollout's step after its first
-            dt = dt * dt / prep.dt_prev
+            dt = recursive_dt_torch(dt, prep.dt_prev, self.clip)
         if self.symmetric:
             h0 = dt
             for _ in range(self.symmetric):
@@ -131,10 +132,14 @@ class Stepper:
         return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
 
 
-def recursive_dt_torch(h: torch.Tensor, dt_prev: torch.Tensor) -> torch.Tensor:
-    """dt = h^2 / dt_prev where dt_prev > 0, else h (B,): :func:`aits.integrators.recursive_dt` batched."""
+def recursive_dt_torch(h: torch.Tensor, dt_prev: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """dt = h^2 / dt_prev where dt_prev > 0, else h (B,), held within [h / clip, h * clip] when ``clip``
+    is set: :func:`aits.integrators.recursive_dt` batched."""
     started = dt_prev > 0
-    return torch.where(started, h * h / torch.where(started, dt_prev, torch.ones_like(dt_prev)), h)
+    dt = torch.where(started, h * h / torch.where(started, dt_prev, torch.ones_like(dt_prev)), h)
+    if clip is not None:
+        dt = torch.minimum(torch.maximum(dt, h / clip), h * clip)
+    return dt
 
 
 def band_loss(rel_dE: torch.Tensor, E_lower: float, E_upper: float, lower_only: bool = False) -> torch.Tensor:

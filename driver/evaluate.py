@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aits import CheckpointError, ConfigError, config_from_checkpoint, load_checkpoint
+from aits import CheckpointError, ConfigError, build_model, config_from_checkpoint, load_checkpoint
+from aits.checkpoint import fit_weights
 from aits.scoreboard import BASELINES, CLASSICAL, SUITES, file_system, score_system, suite_systems, summarize
 
 # Cap on the learned run's steps: a rule far too cautious for a system ends as max_steps, not as a hang.
@@ -105,6 +106,7 @@ def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | N
         try:
             ckpt = load_checkpoint(path)
             cfg = config_from_checkpoint(ckpt)
+            fit_weights(build_model(cfg), ckpt, path)
         except (CheckpointError, ConfigError) as exc:
             raise InputError(str(exc).splitlines()[0]) from None
         if "model_state_dict" not in ckpt or not ckpt.get("config"):

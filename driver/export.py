@@ -91,6 +91,10 @@ def output_spec(rule: Rule) -> dict:
     """The output transform, network output z -> step function h, as a named kind (one branch per
     ``model.output`` that has a step function)."""
     kind = rule.cfg.model.output
+    if kind == "factor" and rule.cfg.model.max_modulation is not None:
+        return {"kind": "bounded_factor", "eta0": float(rule.cfg.model.init_factor),
+                "max_modulation": float(rule.cfg.model.max_modulation),
+                "formula": "g = eta0 * max_modulation ** tanh(z); h = g * tau"}
     if kind == "factor":
         return {"kind": "softplus_factor", "softplus_threshold": 30.0, "offset": 1e-12,
                 "formula": "g = (z if z > softplus_threshold else log(1 + exp(z))) + offset; h = g * tau"}
@@ -101,6 +105,10 @@ def mode_spec(rule: Rule) -> dict:
     spec = {"kind": rule.mode, "formula": MODES[rule.mode]}
     if rule.mode == "symmetric":
         spec["iterations"] = rule.k
+    if rule.mode == "recursive":
+        clip = rule.cfg.model.max_modulation
+        spec["clip"] = None if clip is None else float(clip)
+        spec["clip_formula"] = "with clip: dt = min(max(dt, h / clip), h * clip)"
     return spec
 
 

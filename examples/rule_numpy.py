@@ -49,10 +49,11 @@ class JsonRule:
                        for lay in net["layers"]]
         self.proj = None if net["fourier"] is None else np.array(net["fourier"]["P"], dtype=np.float64)
         self.output = doc["output"]
-        if self.output["kind"] != "softplus_factor":
+        if self.output["kind"] not in ("softplus_factor", "bounded_factor"):
             raise ValueError(f"output kind {self.output['kind']!r} is not implemented here")
         self.mode = doc["mode"]["kind"]
         self.k = int(doc["mode"].get("iterations", 0))
+        self.clip = doc["mode"].get("clip")
         self.substeps = int(doc["integrator"]["substeps"])
         self.doc = doc
         self.start()
@@ -107,6 +108,8 @@ class JsonRule:
             if act:
                 y = self.act(y)
         z = float(y[0])
+        if self.output["kind"] == "bounded_factor":
+            return self.output["eta0"] * self.output["max_modulation"] ** math.tanh(z)
         soft = z if z > self.output["softplus_threshold"] else math.log1p(math.exp(z))
         return soft + self.output["offset"]
 
@@ -139,6 +142,8 @@ class JsonRule:
             dt = h0
         elif self.mode == "recursive":
             dt = h0 * h0 / self.dt_prev if self.dt_prev > 0 else h0
+            if self.clip is not None:
+                dt = min(max(dt, h0 / self.clip), h0 * self.clip)
         elif self.mode == "symmetric":
             trial = trial or (lambda s: self.kdk(x, v, a, m, s))
             dt = h0
