@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from . import families
 from .config import Config
 from .physics import crossing_time, kepler_ic, load_ic_file, random_ic
 from .samples import Samples
@@ -23,11 +24,13 @@ FIELDS = (
     ("hist_count", lambda K, N, D: (), np.int64),     # real states in the history (<= K)
     ("t", lambda K, N, D: (), np.float64),            # clock: n_steps substeps of dt per step
     ("steps", lambda K, N, D: (), np.int64),          # accepted steps since the last restart
-    ("period", lambda K, N, D: (), np.float64),       # Kepler period, or crossing time of other ICs
+    ("period", lambda K, N, D: (), np.float64),       # Kepler (inner, innermost) period, or a crossing time
     ("restarts", lambda K, N, D: (), np.int64),
-    ("e", lambda K, N, D: (), np.float64),            # Kepler eccentricity and semi-major axis (nan otherwise)
-    ("a", lambda K, N, D: (), np.float64),
+    ("e", lambda K, N, D: (), np.float64),            # (inner) binary's eccentricity and semi-major axis
+    ("a", lambda K, N, D: (), np.float64),            # (nan for random, file and few_body ICs)
+    ("family", lambda K, N, D: (), np.int64),         # index in families.FAMILIES; NO_FAMILY outside a mixture
 )
+OPTIONAL = {"family": families.NO_FAMILY}  # fields states from before them lack, and their value there
 
 
 class Systems:
@@ -68,6 +71,7 @@ class Systems:
         self.ids[:] = np.arange(B) if ids is None else np.asarray(ids, dtype=np.int64)
         self.m[:], self.x[:], self.v[:] = np.broadcast_to(np.asarray(m, dtype=np.float64), (B, N)), x, v
         self.period[:] = self.e[:] = self.a[:] = math.nan
+        self.family[:] = families.NO_FAMILY
         return self
 
     def _allocate(self, B: int) -> None:
@@ -89,8 +93,12 @@ class Systems:
         self._need_config("restart")
         s = self.cfg.system
         for i in np.asarray(idx, dtype=np.int64):
-            rng, period, e, a = self.rngs[i], math.inf, math.nan, math.nan
-            if s.ic == "kepler":
+            rng, period, e, a, family = self.rngs[i], math.inf, math.nan, math.nan, families.NO_FAMILY
+            if s.ic == "mixture":
+                family, drawn = families.draw(rng, s)
+                m, x, v = families.pad(drawn, self.N)
+                period, e, a = drawn.period, drawn.e, drawn.a
+            elif s.ic == "kepler":
                 e = rng.uniform(s.e_min, s.e_max)
                 a = rng.uniform(s.a_min, s.a_max)
                 m, x, v, period = kepler_ic(e, a, s.mass, s.dim)
@@ -98,10 +106,10 @@ class Systems:
                 m, x, v = random_ic(s.num_particles, s.dim, s.mass, s.pos_scale, s.vel_scale, rng)
             else:
                 m, x, v = self._file_ic
-            if s.ic != "kepler":  # the restart horizon's unit: its crossing time
+            if s.ic in ("random", "file"):  # the restart horizon's unit: its crossing time
                 period = crossing_time(m, x)
             self.m[i], self.x[i], self.v[i] = m, x, v
-            self.period[i], self.e[i], self.a[i] = period, e, a
+            self.period[i], self.e[i], self.a[i], self.family[i] = period, e, a, family
             self.t[i] = self.dt[i] = 0.0
             self.steps[i] = self.hist_count[i] = 0
             self.hist_x[i] = self.hist_v[i] = 0.0
@@ -118,17 +126,27 @@ class Systems:
         """Accept a step of systems ``idx`` to (x1, v1) with dt1: the pre-step state enters the history.
 
         Systems whose new state is non-finite or whose clock passed ``periods_per_orbit`` periods
-        (Kepler) or ``restart_after`` crossing times (random and file ICs) restart. Returns the restarted subset of ``idx``.
+        (Kepler; a mixture's binary, triple and planets: their period) or ``restart_after`` crossing times
+        (random and file ICs, a mixture's few_body) restart. Returns the restarted subset of ``idx``.
         """
         idx = np.asarray(idx, dtype=np.int64)
         self._need_config("advance")
         s = self.cfg.system
         self.push(idx, x1, v1, dt1, s.n_steps)
         finite = np.isfinite(x1).all(axis=(1, 2)) & np.isfinite(v1).all(axis=(1, 2))
-        horizon = s.periods_per_orbit if s.ic == "kepler" else s.restart_after
+        horizon = self.horizon(idx)
         done = ~finite | (self.t[idx] >= horizon * self.period[idx])
         self.restart(idx[done])
         return idx[done]
+
+    def horizon(self, idx) -> np.ndarray:
+        """Restart horizons of systems ``idx`` in units of their ``period`` (``system.periods_per_orbit``
+        or ``restart_after``, see :meth:`advance`)."""
+        s = self.cfg.system
+        if s.ic == "mixture":
+            few = self.family[idx] == families.FAMILIES.index("few_body")
+            return np.where(few, s.restart_after, s.periods_per_orbit)
+        return np.full(len(np.atleast_1d(idx)), s.periods_per_orbit if s.ic == "kepler" else s.restart_after)
 
     def push(self, idx, x1: np.ndarray, v1: np.ndarray, dt1: np.ndarray, n_steps: int = 1) -> None:
         """Accept a step of systems ``idx`` to (x1, v1) with dt1 (``n_steps`` substeps of it): the pre-step
@@ -172,7 +190,8 @@ class Systems:
         if len(st["rng"]) != len(self):
             raise ValueError(f"state holds {len(st['rng'])} systems, this collector steps {len(self)}")
         for name, shape, dtype in FIELDS:
-            arr = np.asarray(st[name], dtype=dtype)
+            arr = np.asarray(st[name] if name in st or name not in OPTIONAL
+                             else np.full(len(self), OPTIONAL[name]), dtype=dtype)
             want = (len(self), *shape(self.K, self.N, self.D))
             if arr.shape != want:
                 raise ValueError(f"systems state '{name}' has shape {arr.shape}, expected {want}")

@@ -330,6 +330,12 @@ def training_system(cfg):
                              "training", s.dim, s.mass)
         sys_.name = f"training_{sys_.name}"
         return sys_
+    if s.ic == "mixture":  # the first system drawn, without its massless padding
+        from aits.families import first_system
+
+        name, d = first_system(s, cfg.run.seed)
+        return System(f"training_{name}", "mixture", "training", {"family": name, "period": d.period}, d.m, d.x, d.v,
+                      (s.restart_after if name == "few_body" else s.periods_per_orbit) * d.period, eps=s.softening)
     if s.ic == "random":
         sys_ = random_system(s.num_particles, s.dim, cfg.run.seed, s.restart_after, s.softening, s.mass,
                              s.pos_scale, s.vel_scale)
