@@ -40,7 +40,6 @@ KINDS = ("loguniform", "uniform", "randint", "lograndint", "choice", "grid")
 SPEC_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
 REDUCTION_FACTOR = 2  # ASHA keeps the better half at each rung: rungs at K, 2K, 4K, ... epochs
 EXCLUDED = ("logh", "ias15")  # not in the strongest-classical comparison (logh is exact on Kepler orbits)
-SWEEP_BASELINES = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive")
 TRIAL_PREFIX = "trial_"
 
 
@@ -313,15 +312,17 @@ def quick_objective(ckpt: dict) -> dict:
         when the learned run fails on a system), and ``systems``: {system name: that ratio or None}.
         Scored without the IAS15 reference (the ratio does not use it) and without logh.
     """
+    from aits import scoreboard
     from aits.policy import learned_methods
-    from aits.scoreboard import score_system, suite_systems
 
     cfg = Config.from_dict(ckpt["config"])
     s = cfg.system
     learned = {"learned": learned_methods(ckpt, cfg)["learned"]}  # the rule as trained; no second form
+    # the classical candidates for "strongest" only: logh is a reference row, not run here
+    families = getattr(scoreboard, "CLASSICAL", tuple(b for b in scoreboard.BASELINES if b not in EXCLUDED))
     per_system = {}
-    for system in suite_systems("quick", s.num_particles, s.dim, s.softening, s.mass):
-        entry = score_system(system, learned, n_steps=s.n_steps, baselines=SWEEP_BASELINES, reference=False)
+    for system in scoreboard.suite_systems("quick", s.num_particles, s.dim, s.softening, s.mass):
+        entry = scoreboard.score_system(system, learned, n_steps=s.n_steps, baselines=families, reference=False)
         per_system[system.name] = strongest_ratio(entry)
     values = [math.inf if r is None else r for r in per_system.values()]
     return {"objective": float(np.median(values)), "systems": per_system}
