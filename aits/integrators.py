@@ -34,6 +34,8 @@ from typing import Callable
 
 import numpy as np
 
+from .physics import rel_energy_error
+
 # A step's left-over time below this fraction of the duration counts as arrived (float rounding).
 END_TOL = 1e-12
 
@@ -481,7 +483,7 @@ def energy_metrics(t: np.ndarray, e: np.ndarray) -> dict:
     """max and final |dE/E| against E(0) and the drift slope: the least-squares slope of
     log running-max |dE/E| against log t over the second half of the run (~1: linear drift,
     ~0: bounded error)."""
-    rel = np.abs((e - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
+    rel = rel_energy_error(e[0], e)
     finite = bool(np.isfinite(rel).all())
     out = {"max_rel_dE": float(np.max(rel)) if finite else math.inf,
            "final_rel_dE": float(rel[-1]), "drift_slope": None}

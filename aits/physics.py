@@ -85,13 +85,25 @@ def leapfrog(x, v, m, dt, eps: float = 0.0, n_steps: int = 1, acc0=None):
     return x, v, a
 
 
-def rel_energy_error(e0: torch.Tensor, e1: torch.Tensor) -> torch.Tensor:
-    """|(E1 - E0) / (E0 + 1e-12 |E0| + 1e-12)| elementwise."""
+def rel_energy_error(e0, e1):
+    """|(E1 - E0) / (E0 + 1e-12 |E0| + 1e-12)| elementwise: the one definition of the relative energy
+    error, for torch tensors (training, graph kept) and numpy arrays or floats (evaluation) alike.
+
+    Parameters
+    ----------
+    e0, e1 : torch.Tensor, numpy.ndarray or float
+        Energies before and after (broadcast against each other).
+
+    Returns
+    -------
+    The same kind as the inputs, dimensionless.
+    """
     # The seed's formula. The absolute 1e-12 keeps E0 = 0 (a system exactly at the bound/unbound edge)
     # from dividing by zero; the 1e-12|E0| term moves the result by one part in 1e12, far below any
     # threshold, and is kept so numbers match the seed. Both are negligible only while |E0| >> 1e-12
     # (Kepler: |E0| = m1 m2 / 2a, about 0.5 for the training orbits).
-    return ((e1 - e0) / (e0 + 1e-12 * e0.abs() + 1e-12)).abs()
+    # Python's abs: Tensor.abs or numpy.absolute, whichever the inputs are (same operations as before).
+    return abs((e1 - e0) / (e0 + 1e-12 * abs(e0) + 1e-12))
 
 
 # ---------------------------------------------------------------- initial conditions

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import integrators as I
-from .physics import crossing_time, kepler_ic, random_ic
+from .physics import crossing_time, kepler_ic, random_ic, rel_energy_error
 
 # Classical step rules on the same KDK loop: every form (explicit, time-symmetric, reversible recursion)
 # with both timescales (``nn``: min sqrt(r/|a|); ``prs``: IAS15's 2024 criterion), and fixed dt.
@@ -414,7 +414,7 @@ def ias15(sys: System, n_out: int = REFERENCE_SAMPLES) -> dict | None:
     xs, vs = [sys.x, *xs], [sys.v, *vs]
     # energies with the project's formula (softened potential included), as for every other method
     e = I.energies(np.stack(xs), np.stack(vs), sys.m, sys.eps)
-    errs = np.abs((e[1:] - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
+    errs = rel_energy_error(e[0], e[1:])
     steps = int(sim.steps_done)
 
     count = [0]
@@ -595,7 +595,7 @@ def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
     if not run.trajectory:
         return {}
     t, e, dt = run.trajectory["t"], run.trajectory["E"], run.trajectory["dt"]
-    rel = np.abs((e - e[0]) / (e[0] + 1e-12 * abs(e[0]) + 1e-12))
+    rel = rel_energy_error(e[0], e)
     n = len(t)
     if m is not None:  # positions of many bodies: fewer bins, so a series stays ~POSITION_FLOATS numbers
         points = min(points, max(100, POSITION_FLOATS // run.trajectory["x"][0].size))

@@ -174,3 +174,14 @@ def test_evaluation_loop_converges_to_rebound_ias15(eps):
         errs.append(np.linalg.norm(run.trajectory["x"][-1] - x_ref, axis=-1).max())
     assert 3.5 < errs[0] / errs[1] < 4.5, errs
     assert errs[1] < 1e-4 * np.abs(x).max()
+
+
+def test_rel_energy_error_is_one_definition_for_torch_and_numpy():
+    """The evaluation (numpy) and training (torch) read the same relative energy error, bit for bit,
+    E0 = 0 included (no division by zero)."""
+    rng = np.random.default_rng(4)
+    e0, e1 = np.r_[rng.normal(size=20), 0.0], np.r_[rng.normal(size=20), 1e-3]
+    got_np = rel_energy_error(e0, e1)
+    got_t = rel_energy_error(torch.as_tensor(e0), torch.as_tensor(e1)).numpy()
+    assert isinstance(got_np, np.ndarray) and np.array_equal(got_np, got_t)
+    assert got_np[-1] == pytest.approx(1e9) and got_np[0] == pytest.approx(abs((e1[0] - e0[0]) / e0[0]), rel=1e-11)
