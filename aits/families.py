@@ -39,12 +39,30 @@ class Drawn:
 
 # ---------------------------------------------------------------- orbits
 def loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    """One draw with log x uniform in [log lo, log hi]."""
+    """One draw with log x uniform in [log lo, log hi] (0 < lo <= hi).
+
+    Returns
+    -------
+    float
+    """
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
 def eccentric_anomaly(mean_anomaly: float, e: float) -> float:
-    """E solving Kepler's equation E - e sin E = M (radians), by Newton's method, to 1e-14."""
+    """E solving Kepler's equation E - e sin E = M by Newton's method, to 1e-14.
+
+    Parameters
+    ----------
+    mean_anomaly : float
+        M, radians (any value; reduced to [-pi, pi]).
+    e : float
+        Eccentricity in [0, 1).
+
+    Returns
+    -------
+    float
+        E in radians, in [-pi, pi].
+    """
     m = math.remainder(mean_anomaly, 2 * math.pi)  # in [-pi, pi]
     big_e = m + 0.85 * e * math.copysign(1.0, m) if e > 0.8 else m  # Danby's start converges for every e < 1
     for _ in range(100):
@@ -56,14 +74,31 @@ def eccentric_anomaly(mean_anomaly: float, e: float) -> float:
 
 
 def true_anomaly(rng: np.random.Generator, e: float) -> float:
-    """The true anomaly at a uniform mean anomaly: a uniformly random time along the orbit."""
+    """The true anomaly (radians) at a uniform mean anomaly: a uniformly random time along an orbit of
+    eccentricity ``e`` in [0, 1)."""
     big_e = eccentric_anomaly(rng.uniform(0.0, 2 * math.pi), e)
     return 2.0 * math.atan2(math.sqrt(1 + e) * math.sin(big_e / 2), math.sqrt(1 - e) * math.cos(big_e / 2))
 
 
 def relative_orbit(total_mass: float, a: float, e: float, f: float, rot: np.ndarray):
-    """(dx, dv) (3,) of body 2 relative to body 1 on the Kepler orbit (a, e) at true anomaly f, pericentre
-    along the rotated x axis, orbit normal along the rotated z axis (``rot`` (3, 3))."""
+    """Relative position and velocity on a Kepler orbit (G = 1).
+
+    Parameters
+    ----------
+    total_mass : float
+        m1 + m2.
+    a, e : float
+        Semi-major axis (length) and eccentricity in [0, 1).
+    f : float
+        True anomaly, radians.
+    rot : numpy.ndarray
+        (3, 3) orientation: the pericentre lies along ``rot`` x, the orbit normal along ``rot`` z.
+
+    Returns
+    -------
+    dx, dv : numpy.ndarray
+        (3,) each: body 2 minus body 1.
+    """
     p = a * (1.0 - e * e)
     r = p / (1.0 + e * math.cos(f))
     w = math.sqrt(total_mass / p)
@@ -83,8 +118,14 @@ def _rx(angle: float) -> np.ndarray:
 
 
 def orientation(rng: np.random.Generator, dim: int) -> np.ndarray:
-    """A random orientation (3, 3): uniform over rotations in 3-D (an isotropic orbit normal); in 2-D a
-    rotation about z, mirrored half the time (an orbit turning either way, still in the plane)."""
+    """A random orientation: uniform over rotations in 3-D (an isotropic orbit normal); in 2-D a rotation
+    about z, mirrored half the time (an orbit turning either way, still in the x-y plane).
+
+    Returns
+    -------
+    numpy.ndarray
+        (3, 3) orthogonal matrix.
+    """
     if dim == 2:
         flip = np.diag([1.0, -1.0 if rng.random() < 0.5 else 1.0, 1.0])
         return _rz(rng.uniform(0.0, 2 * math.pi)) @ flip
@@ -96,7 +137,8 @@ def orientation(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 
 def binary_eccentricity(rng: np.random.Generator, e_max: float = 0.995) -> float:
-    """Half U[0, 0.9], half 1 - loguniform(1 - e_max, 0.1): near-radial orbits as often as the rest."""
+    """An eccentricity: half U[0, 0.9], half 1 - loguniform(1 - e_max, 0.1) (near-radial orbits as often
+    as the rest). ``e_max`` in (0.9, 1)."""
     if rng.random() < 0.5:
         return float(rng.uniform(0.0, 0.9))
     return 1.0 - loguniform(rng, 1.0 - e_max, 0.1)
@@ -114,8 +156,22 @@ def _finish(m, x, v, dim: int, period: float, e: float, a: float, size: float) -
 # ---------------------------------------------------------------- families
 def binary(rng: np.random.Generator, s, e_max: float = 0.995) -> Drawn:
     """A Kepler pair: primary mass 1, mass ratio q loguniform [1e-4, 1], a loguniform [0.5, 2], e from
-    :func:`binary_eccentricity`, random orientation, at a uniformly random time along the orbit.
-    Period: the Kepler period."""
+    :func:`binary_eccentricity`, random orientation, at a uniformly random time along the orbit (true
+    anomaly from a uniform mean anomaly). ``period``: the Kepler period; ``e_max`` caps e (0.95 for a
+    triple's inner pair).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The system's own stream.
+    s : SystemConfig
+        ``dim`` (2 or 3).
+
+    Returns
+    -------
+    Drawn
+        The massive bodies, centre of mass at rest at the origin.
+    """
     e = binary_eccentricity(rng, e_max)
     q = loguniform(rng, 1e-4, 1.0)
     a = loguniform(rng, 0.5, 2.0)
@@ -128,7 +184,21 @@ def triple(rng: np.random.Generator, s) -> Drawn:
     """A hierarchical triple: the inner pair as :func:`binary` with e <= 0.95; a third body of mass
     q_out (m1 + m2), q_out loguniform [1e-3, 1], on an orbit about the pair's centre of mass with e_out
     U[0, 0.5] and a_out / a_in = U[4, 20] (1 + e_out) / (1 - e_out), so its pericentre is at least 4 a_in
-    (Mardling-Aarseth stable over these ranges), at an isotropic mutual inclination. Period: the inner one."""
+    (Mardling-Aarseth stable over these ranges), at an isotropic mutual inclination (3-D; coplanar either
+    way round in 2-D). ``period``, ``e``, ``a``: the inner pair's.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The system's own stream.
+    s : SystemConfig
+        ``dim`` (2 or 3).
+
+    Returns
+    -------
+    Drawn
+        The massive bodies, centre of mass at rest at the origin.
+    """
     inner = binary(rng, s, e_max=0.95)
     m_in = float(inner.m.sum())
     m3 = m_in * loguniform(rng, 1e-3, 1.0)
@@ -145,7 +215,20 @@ def planets(rng: np.random.Generator, s) -> Drawn:
     """A star of mass 1 with 2 or 3 planets: mass ratios loguniform [1e-6, 1e-3], a_1 = 1 and each next
     a a factor U[1.5, 3] out, e U[0, 0.3], inclinations U[0, 5 deg] to the system's plane (0 in 2-D),
     random nodes, pericentres and times; the whole system randomly oriented. Heliocentric orbits (each
-    planet's two-body orbit about the star). Period: the innermost planet's."""
+    planet's two-body orbit about the star). ``period``, ``e``, ``a``: the innermost planet's.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The system's own stream.
+    s : SystemConfig
+        ``dim`` (2 or 3).
+
+    Returns
+    -------
+    Drawn
+        The massive bodies, centre of mass at rest at the origin.
+    """
     k = int(rng.integers(2, 4))
     frame = orientation(rng, s.dim)
     m, x, v = [1.0], [np.zeros(3)], [np.zeros(3)]
@@ -167,7 +250,21 @@ def planets(rng: np.random.Generator, s) -> Drawn:
 
 def few_body(rng: np.random.Generator, s) -> Drawn:
     """The Gaussian random system of ``system.ic: random`` (``pos_scale``, ``vel_scale``, ``mass``: the first
-    n values of a list) with n uniform in 3 .. num_particles bodies. Period: its crossing time."""
+    n values of a list) with n uniform in 3 .. num_particles bodies. ``period``: its crossing time;
+    ``e``, ``a``: nan.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The system's own stream.
+    s : SystemConfig
+        ``dim`` (2 or 3), ``num_particles``, ``mass``, ``pos_scale``, ``vel_scale``.
+
+    Returns
+    -------
+    Drawn
+        The massive bodies, centre of mass at rest at the origin.
+    """
     n = int(rng.integers(3, s.num_particles + 1))
     m, x, v = random_ic(n, s.dim, _as_masses(s.mass, s.num_particles)[:n], s.pos_scale, s.vel_scale, rng)
     d = _finish(m, x, v, s.dim, crossing_time(m, x), math.nan, math.nan, 0.0)
@@ -180,7 +277,15 @@ FAMILY_FUNCTIONS = {"binary": binary, "triple": triple, "planets": planets, "few
 
 # ---------------------------------------------------------------- the mixture
 def draw(rng: np.random.Generator, s) -> tuple[int, Drawn]:
-    """(family code, unpadded system): the family drawn with the weights ``s.mixture``, then its ICs."""
+    """The family drawn with the weights ``s.mixture``, then its initial conditions, from ``rng``.
+
+    Returns
+    -------
+    code : int
+        Index of the family in ``FAMILIES``.
+    drawn : Drawn
+        Its massive bodies, unpadded.
+    """
     names = [f for f in FAMILIES if s.mixture.get(f, 0) > 0]
     w = np.array([s.mixture[f] for f in names], dtype=np.float64)
     name = names[int(rng.choice(len(names), p=w / w.sum()))]
@@ -188,8 +293,17 @@ def draw(rng: np.random.Generator, s) -> tuple[int, Drawn]:
 
 
 def pad(d: Drawn, n: int):
-    """(m (n,), x, v (n, dim)): the system with n - len(d.m) massless bodies at rest, the k-th at
-    (k + 1) PAD_DISTANCE sizes from the centre of mass along x (distinct, far from every orbit)."""
+    """The system with n - len(d.m) massless bodies at rest, the k-th (from 0) at (k + 1) PAD_DISTANCE
+    sizes from the centre of mass along x: distinct, and far from every orbit (size: ``d.size`` or the
+    farthest body now, whichever is larger).
+
+    Returns
+    -------
+    m : numpy.ndarray
+        (n,), the massive bodies first.
+    x, v : numpy.ndarray
+        (n, dim).
+    """
     extra = n - len(d.m)
     if extra < 0:
         raise ValueError(f"a drawn system has {len(d.m)} bodies, more than the {n} of the batch")

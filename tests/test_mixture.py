@@ -180,7 +180,8 @@ def test_few_body_systems_and_planar_mixtures():
     assert flat.x.shape[-1] == 2
     for i in np.nonzero(flat.family == CODE["binary"])[0][:30]:
         orbit = sim_of(*massive(flat, i)).particles[1].orbit()
-        assert orbit.e == pytest.approx(flat.e[i], rel=1e-9, abs=1e-10) and orbit.a == pytest.approx(flat.a[i], rel=1e-9)
+        assert orbit.e == pytest.approx(flat.e[i], rel=1e-9, abs=1e-10)
+        assert orbit.a == pytest.approx(flat.a[i], rel=1e-9)
     for i in np.nonzero(flat.family == CODE["triple"])[0][:30]:  # coplanar, either way round
         inner, outer = sim_of(*massive(flat, i)).orbits()
         assert abs(normal(inner) @ normal(outer)) == pytest.approx(1.0, abs=1e-12)
