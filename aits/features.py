@@ -159,6 +159,8 @@ def scale_free_torch(x, v, a, m, eps: float):
     massive = m > 0
     skip = eye | ~massive.unsqueeze(-2) | ~massive.unsqueeze(-1)  # (B,N,N): self pairs and massless ones
     r2nn, jnn = torch.where(skip, torch.full_like(r2, math.inf), r2).min(-1)
+    # a massless body has no neighbour (r2nn = inf): keep inf out of the graph, or its gradient is 0 * inf
+    r2nn = torch.where(massive, r2nn, torch.ones_like(r2nn))
     tau_i = torch.sqrt(torch.sqrt(r2nn) / a.norm(dim=-1).clamp_min(1e-300))
     tau_i = torch.where(massive, tau_i, torch.full_like(tau_i, math.inf))
     tau, i = tau_i.min(-1)
@@ -174,7 +176,9 @@ def scale_free_torch(x, v, a, m, eps: float):
         others[ar, i] = False
         others[ar, j] = False
         tau2 = torch.where(others, tau_i, torch.full_like(tau_i, math.inf)).min(-1).values
-        f3 = torch.log(tau2 / tau).clamp(0.0, TAU_RATIO_CAP)
+        alone = torch.isinf(tau2)  # two massive bodies (a padded binary): the N = 2 value, no inf in the graph
+        f3 = torch.where(alone, torch.full_like(tau, TAU_RATIO_CAP),
+                         torch.log(torch.where(alone, tau, tau2) / tau).clamp(0.0, TAU_RATIO_CAP))
         pair = torch.sqrt(torch.where(skip, torch.ones_like(r2), r2))
         k = massive.sum(-1).to(x.dtype)
         mean = torch.where(skip, torch.zeros_like(pair), pair).sum((-1, -2)) / (k * (k - 1))

@@ -62,6 +62,13 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     errs, T, tau0 = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps)
     worst = errs.max(-1).values
     keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
+    if bool(keep.any()) and not bool(keep.all()):
+        # a rollout that blew up poisons the batched graph's gradient even when its row is dropped from
+        # the loss: roll out the finite ones again, alone
+        idx = idx[keep.cpu().numpy()]
+        errs, T, tau0 = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps)
+        worst = errs.max(-1).values
+        keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
