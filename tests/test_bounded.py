@@ -154,3 +154,26 @@ def test_exported_bounded_rule_equals_the_library(tmp_path):
         dt = ours.next_dt(x, v, a, m)
         assert theirs.next_dt(x, v, a, m) == pytest.approx(dt, rel=1e-12)
         x, v, a = I.kdk(x, v, a, m, dt, 0.0)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_padded_system_has_the_unpadded_features_and_gradients(n):
+    """Massless far bodies (the mixture's padding) change no feature, no timescale, no gradient."""
+    from aits.features import scale_free_torch
+    from aits.physics import acceleration
+
+    rng = np.random.default_rng(n)
+    x, v, m = rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), rng.uniform(0.2, 1.0, n)
+    pad_x = np.array([[1e4, 0.0, 0.0], [2e4, 0.0, 0.0]])
+    out = []
+    for xx, vv, mm in ((x, v, m), (np.concatenate([x, pad_x]), np.concatenate([v, np.zeros((2, 3))]),
+                                   np.concatenate([m, np.zeros(2)]))):
+        xt = torch.tensor(xx)[None].requires_grad_()
+        vt = torch.tensor(vv)[None].requires_grad_()
+        mt = torch.tensor(mm)[None]
+        feats, tau = scale_free_torch(xt, vt, acceleration(xt, mt), mt, 0.0)
+        (feats.sum() + tau.sum()).backward()
+        assert torch.isfinite(xt.grad).all() and torch.isfinite(vt.grad).all()
+        out.append((feats.detach(), tau.detach(), xt.grad[0, :n], vt.grad[0, :n]))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
