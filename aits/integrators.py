@@ -35,6 +35,9 @@ from typing import Callable
 import numpy as np
 
 from .physics import rel_energy_error
+# The step rules' shared pieces (numpy and torch twins side by side); their names stay importable here.
+from .steprules import (PRS_A_FLOOR, TIMESCALES, jerk_snap, nn_timescale, prs_timescale,  # noqa: F401
+                        recursive_dt, symmetric_dt, timescale)
 
 # A step's left-over time below this fraction of the duration counts as arrived (float rounding).
 END_TOL = 1e-12
@@ -73,68 +76,6 @@ def energies(xs: np.ndarray, vs: np.ndarray, m: np.ndarray, eps: float = 0.0) ->
     pot = -0.5 * np.einsum("i,sij,j->s", m, inv_r, m)
     kin = 0.5 * np.einsum("i,si->s", m, (vs * vs).sum(-1))
     return kin + pot
-
-
-def timescale(x: np.ndarray, a: np.ndarray) -> float:
-    """tau = min_i sqrt(r_i,nn / |a_i|): the classical step timescale (time units)."""
-    d = x[None, :, :] - x[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d)
-    np.fill_diagonal(r2, np.inf)
-    r_nn = np.sqrt(r2.min(1))
-    a_mag = np.sqrt(np.einsum("ij,ij->i", a, a))
-    return float(np.sqrt(r_nn / np.maximum(a_mag, 1e-300)).min())
-
-
-def jerk_snap(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0):
-    """(jerk, snap) (N,D) of every body: the first and second time derivatives of a(x) along the motion,
-    from the pair sums (a = accelerations at x, already computed: no extra force evaluation).
-
-    With r = x_j - x_i, u = v_j - v_i, A = a_j - a_i, R2 = |r|^2 + eps^2, alpha = r.u / R2 and
-    beta = (|u|^2 + r.A) / R2 + alpha^2, the pair terms are a_ij = m_j r / R2^1.5,
-    j_ij = m_j u / R2^1.5 - 3 alpha a_ij and s_ij = m_j A / R2^1.5 - 6 alpha j_ij - 3 beta a_ij
-    (the Hermite-scheme derivatives; exact with Plummer softening)."""
-    d = x[None, :, :] - x[:, None, :]
-    u = v[None, :, :] - v[:, None, :]
-    big_a = a[None, :, :] - a[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
-    np.fill_diagonal(r2, 1.0)
-    w = m[None, :] / (r2 * np.sqrt(r2))
-    np.fill_diagonal(w, 0.0)
-    alpha = np.einsum("ijk,ijk->ij", d, u) / r2
-    beta = (np.einsum("ijk,ijk->ij", u, u) + np.einsum("ijk,ijk->ij", d, big_a)) / r2 + alpha * alpha
-    a_ij = w[..., None] * d
-    j_ij = w[..., None] * u - 3.0 * alpha[..., None] * a_ij
-    s_ij = w[..., None] * big_a - 6.0 * alpha[..., None] * j_ij - 3.0 * beta[..., None] * a_ij
-    return j_ij.sum(1), s_ij.sum(1)
-
-
-# Bodies whose |a| is below this fraction of the largest carry no PRS timescale: an acceleration that
-# vanishes by symmetry (the middle body of the figure-eight at t = 0) would set tau = 0.
-PRS_A_FLOOR = 1e-8
-
-
-def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
-    """IAS15's 2024 timescale (Pham, Rein & Spiegel 2024, arXiv:2401.02849, eq. 16):
-    tau_i^2 = 2 |a_i|^2 / (|j_i|^2 + |a_i| |s_i|), minimum over bodies (time units).
-
-    Even in the velocities (j is odd, s even), so it can drive time-reversible step forms. A circular
-    orbit gives exactly P / 2 pi."""
-    j, s = jerk_snap(x, v, a, m, eps)
-    a2 = np.einsum("ij,ij->i", a, a)
-    den = np.einsum("ij,ij->i", j, j) + np.sqrt(a2 * np.einsum("ij,ij->i", s, s))
-    ok = (a2 > (PRS_A_FLOOR ** 2) * a2.max()) & (den > 0)
-    if not ok.any():
-        return math.inf
-    return float(np.sqrt(2.0 * a2[ok] / den[ok]).min())
-
-
-def nn_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
-    """:func:`timescale` with the signature every timescale shares (v, m, eps unused)."""
-    return timescale(x, a)
-
-
-# Classical timescales by name, all called as f(x, v, a, m, eps) -> tau (time units).
-TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale}
 
 
 def kdk(x, v, a, m, dt: float, eps: float, n_steps: int = 1):
@@ -219,8 +160,7 @@ class PolicyStep(Method):
 
     def step(self, state, t_left):
         dt = float(self.policy(state))
-        if not (math.isfinite(dt) and dt > 0):
-            raise BadStep(dt)
+        check_dt(dt)
         extra = getattr(self.policy, "evals_per_call", 0)
         prev = (state.x, state.v, state.dt)
         n = _advance(state, dt, t_left)
@@ -261,16 +201,10 @@ class SymmetricPolicy(Method):
     def step(self, state, t_left):
         m, eps = state.m, state.eps
         h0 = float(self.h(state.x, state.v, state.a, m))
-        evals = self.evals_per_h
-        dt = h0
-        for _ in range(self.k):
-            if not (math.isfinite(dt) and dt > 0):
-                raise BadStep(dt)
-            x1, v1, a1 = kdk(state.x, state.v, state.a, m, dt, eps, 1)
-            evals += 1 + self.evals_per_h
-            dt = 0.5 * (h0 + float(self.h(x1, v1, a1, m)))
-        if not (math.isfinite(dt) and dt > 0):
-            raise BadStep(dt)
+        dt = symmetric_dt(h0, lambda d: float(self.h(*kdk(state.x, state.v, state.a, m, d, eps, 1), m)), self.k,
+                          check_dt)
+        check_dt(dt)
+        evals = self.evals_per_h + self.k * (1 + self.evals_per_h)
         dt = min(dt, t_left)
         state.x, state.v, state.a = kdk(state.x, state.v, state.a, m, dt, eps, 1)
         state.t += dt
@@ -291,18 +225,6 @@ class SymmetricAdaptive(SymmetricPolicy):
         return self.eta
 
 
-def recursive_dt(h: float, dt_prev: float, clip: float | None = None) -> float:
-    """The next step of the reversible recursion dt_n = h(z_n)^2 / dt_{n-1}; h itself at the start.
-
-    With ``clip`` the step is held within [h / clip, h * clip]: the recursion's neutral alternating mode
-    (dt_n / h = c, 1/c, c, ...) cannot grow past it. Where the clip does not act (|log(dt/h)| < log clip,
-    the whole of a smooth orbit) the map is exactly reversible; where it acts it is not."""
-    dt = h * h / dt_prev if dt_prev > 0 else h
-    if clip is not None:
-        dt = min(max(dt, h / clip), h * clip)
-    return dt
-
-
 class RecursivePolicy(Method):
     """Explicit, time-reversible steps: dt_n = h(z_n)^2 / dt_{n-1}, the first step h(z_0).
 
@@ -320,8 +242,7 @@ class RecursivePolicy(Method):
 
     def step(self, state, t_left):
         dt = recursive_dt(float(self.h(state.x, state.v, state.a, state.m)), state.dt, self.clip)
-        if not (math.isfinite(dt) and dt > 0):
-            raise BadStep(dt)
+        check_dt(dt)
         return _advance(state, dt, t_left)
 
 
@@ -396,6 +317,12 @@ class LogH(Method):
 
 class BadStep(Exception):
     """A non-finite or non-positive dt."""
+
+
+def check_dt(dt: float) -> None:
+    """Raise :class:`BadStep` unless ``dt`` is finite and positive."""
+    if not (math.isfinite(dt) and dt > 0):
+        raise BadStep(dt)
 
 
 # ---------------------------------------------------------------- the shared loop

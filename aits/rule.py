@@ -237,8 +237,7 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
             dt = symmetric_dt(self._h, x, v, a, m, self.k, trial or kdk_trial(x, v, a, m, self.eps))
         else:
             dt = self._seed_dt(x, v, a, m)
-        if not (math.isfinite(dt) and dt > 0):
-            raise I.BadStep(dt)
+        I.check_dt(dt)
         self.dt_prev, self.steps = dt, self.steps + 1
         return dt
 
@@ -300,17 +299,11 @@ def load_rule(path_or_checkpoint, softening: float | None = None) -> Rule:
 def symmetric_dt(h: Callable, x, v, a, m, k: int, trial: Trial) -> float:
     """dt = (h(z) + h(trial(dt))) / 2 by ``k`` fixed-point iterations from dt = h(z).
 
-    The iteration of :class:`aits.integrators.SymmetricPolicy` with the trial step supplied by the
-    caller (``trial(dt) -> (x1, v1, a1)``), so that any symmetric integrator can use it.
+    :func:`aits.steprules.symmetric_dt` (the iteration of :class:`aits.integrators.SymmetricPolicy`)
+    with the trial step supplied by the caller (``trial(dt) -> (x1, v1, a1)``), so that any symmetric
+    integrator can use it.
     """
-    h0 = float(h(x, v, a, m))
-    dt = h0
-    for _ in range(k):
-        if not (math.isfinite(dt) and dt > 0):
-            raise I.BadStep(dt)
-        x1, v1, a1 = trial(dt)
-        dt = 0.5 * (h0 + float(h(x1, v1, a1, m)))
-    return dt
+    return I.symmetric_dt(float(h(x, v, a, m)), lambda dt: float(h(*trial(dt), m)), k, I.check_dt)
 
 
 def kdk_trial(x, v, a, m, eps: float = 0.0) -> Trial:

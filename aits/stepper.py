@@ -12,6 +12,7 @@ from .config import Config
 from .features import NormScales, build_features, scale_free_torch
 from .physics import acceleration, energy, leapfrog, rel_energy_error, resolve_dtype
 from .samples import Samples
+from .steprules import classical_timescale, recursive_dt_torch, symmetric_dt
 
 
 @dataclass
@@ -29,14 +30,6 @@ class Prepared:
 
     def take(self, idx) -> "Prepared":
         return Prepared(*(None if (a := getattr(self, f.name)) is None else a[idx] for f in fields(self)))
-
-
-def classical_timescale(x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-    """tau = min_i sqrt(r_i,nn / |a_i|) per system, x and acc (B,N,D) -> (B,)."""
-    n = x.shape[-2]
-    d = x.unsqueeze(-3) - x.unsqueeze(-2)
-    r2 = (d * d).sum(-1) + torch.where(torch.eye(n, dtype=torch.bool, device=x.device), math.inf, 0.0)
-    return torch.sqrt(r2.min(-1).values.sqrt() / acc.norm(dim=-1).clamp_min(1e-300)).min(-1).values
 
 
 @dataclass
@@ -122,24 +115,14 @@ class Stepper:
         if self.recursive and prep.dt_prev is not None:  # a rollout's step after its first
             dt = recursive_dt_torch(dt, prep.dt_prev, self.clip)
         if self.symmetric:
-            h0 = dt
-            for _ in range(self.symmetric):
-                xt, vt, at = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, 1, acc0=prep.acc0)
+            def h_after(d):  # h at the end of a trial step of d, in the graph
+                xt, vt, at = leapfrog(prep.x, prep.v, prep.m, d, self.eps, 1, acc0=prep.acc0)
                 feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps)
-                dt = 0.5 * (h0 + self.step_size(model, feats.to(self.model_dtype), tau))
+                return self.step_size(model, feats.to(self.model_dtype), tau)
+            dt = symmetric_dt(dt, h_after, self.symmetric)
         x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.substeps, acc0=prep.acc0)
         e1 = energy(x1, v1, prep.m, self.eps)
         return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
-
-
-def recursive_dt_torch(h: torch.Tensor, dt_prev: torch.Tensor, clip: float | None = None) -> torch.Tensor:
-    """dt = h^2 / dt_prev where dt_prev > 0, else h (B,), held within [h / clip, h * clip] when ``clip``
-    is set: :func:`aits.integrators.recursive_dt` batched."""
-    started = dt_prev > 0
-    dt = torch.where(started, h * h / torch.where(started, dt_prev, torch.ones_like(dt_prev)), h)
-    if clip is not None:
-        dt = torch.minimum(torch.maximum(dt, h / clip), h * clip)
-    return dt
 
 
 def band_loss(rel_dE: torch.Tensor, E_lower: float, E_upper: float, lower_only: bool = False) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""The step rules' shared pieces, each written once, with its torch twin beside its numpy one.
+
+Training steps batches of states in torch (:class:`aits.stepper.Stepper`, gradients through the
+step); evaluation and :func:`aits.load_rule` step one state in numpy (:mod:`aits.integrators`, a few
+microseconds per call). The two needs differ, so a piece both use has two forms; they sit side by
+side here and ``tests/test_steprules.py`` holds each pair equal on random states.
+
+- the classical timescale tau = min_i sqrt(r_i,nn / |a_i|): :func:`timescale` (numpy, one state),
+  :func:`classical_timescale` (torch, a batch); and IAS15's 2024 timescale :func:`prs_timescale`
+  (numpy: the scoreboard's ``prs`` rules);
+- the step recursion dt_n = h(z_n)^2 / dt_{n-1}: :func:`recursive_dt` (floats),
+  :func:`recursive_dt_torch` (a batch);
+- the time-symmetric fixed point dt = (h(start) + h(end)) / 2: :func:`symmetric_dt`, one function
+  for floats and tensors (the caller supplies the trial step).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+# ---------------------------------------------------------------- the classical timescale
+def timescale(x: np.ndarray, a: np.ndarray) -> float:
+    """tau = min_i sqrt(r_i,nn / |a_i|) of one state, x and a (N,D): the classical step timescale
+    (time units). Torch twin: :func:`classical_timescale`."""
+    d = x[None, :, :] - x[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d)
+    np.fill_diagonal(r2, np.inf)
+    r_nn = np.sqrt(r2.min(1))
+    a_mag = np.sqrt(np.einsum("ij,ij->i", a, a))
+    return float(np.sqrt(r_nn / np.maximum(a_mag, 1e-300)).min())
+
+
+def classical_timescale(x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """tau = min_i sqrt(r_i,nn / |a_i|) per system, x and acc (B,N,D) -> (B,) (time units).
+    Numpy twin: :func:`timescale`."""
+    n = x.shape[-2]
+    d = x.unsqueeze(-3) - x.unsqueeze(-2)
+    r2 = (d * d).sum(-1) + torch.where(torch.eye(n, dtype=torch.bool, device=x.device), math.inf, 0.0)
+    return torch.sqrt(r2.min(-1).values.sqrt() / acc.norm(dim=-1).clamp_min(1e-300)).min(-1).values
+
+
+def nn_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+    """:func:`timescale` with the signature every timescale shares (v, m, eps unused)."""
+    return timescale(x, a)
+
+
+def jerk_snap(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0):
+    """(jerk, snap) (N,D) of every body: the first and second time derivatives of a(x) along the motion,
+    from the pair sums (a = accelerations at x, already computed: no extra force evaluation).
+
+    With r = x_j - x_i, u = v_j - v_i, A = a_j - a_i, R2 = |r|^2 + eps^2, alpha = r.u / R2 and
+    beta = (|u|^2 + r.A) / R2 + alpha^2, the pair terms are a_ij = m_j r / R2^1.5,
+    j_ij = m_j u / R2^1.5 - 3 alpha a_ij and s_ij = m_j A / R2^1.5 - 6 alpha j_ij - 3 beta a_ij
+    (the Hermite-scheme derivatives; exact with Plummer softening)."""
+    d = x[None, :, :] - x[:, None, :]
+    u = v[None, :, :] - v[:, None, :]
+    big_a = a[None, :, :] - a[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
+    np.fill_diagonal(r2, 1.0)
+    w = m[None, :] / (r2 * np.sqrt(r2))
+    np.fill_diagonal(w, 0.0)
+    alpha = np.einsum("ijk,ijk->ij", d, u) / r2
+    beta = (np.einsum("ijk,ijk->ij", u, u) + np.einsum("ijk,ijk->ij", d, big_a)) / r2 + alpha * alpha
+    a_ij = w[..., None] * d
+    j_ij = w[..., None] * u - 3.0 * alpha[..., None] * a_ij
+    s_ij = w[..., None] * big_a - 6.0 * alpha[..., None] * j_ij - 3.0 * beta[..., None] * a_ij
+    return j_ij.sum(1), s_ij.sum(1)
+
+
+# Bodies whose |a| is below this fraction of the largest carry no PRS timescale: an acceleration that
+# vanishes by symmetry (the middle body of the figure-eight at t = 0) would set tau = 0.
+PRS_A_FLOOR = 1e-8
+
+
+def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+    """IAS15's 2024 timescale (Pham, Rein & Spiegel 2024, arXiv:2401.02849, eq. 16):
+    tau_i^2 = 2 |a_i|^2 / (|j_i|^2 + |a_i| |s_i|), minimum over bodies (time units).
+
+    Even in the velocities (j is odd, s even), so it can drive time-reversible step forms. A circular
+    orbit gives exactly P / 2 pi. Numpy only: training uses the nearest-neighbour timescale."""
+    j, s = jerk_snap(x, v, a, m, eps)
+    a2 = np.einsum("ij,ij->i", a, a)
+    den = np.einsum("ij,ij->i", j, j) + np.sqrt(a2 * np.einsum("ij,ij->i", s, s))
+    ok = (a2 > (PRS_A_FLOOR ** 2) * a2.max()) & (den > 0)
+    if not ok.any():
+        return math.inf
+    return float(np.sqrt(2.0 * a2[ok] / den[ok]).min())
+
+
+# Classical timescales by name, all called as f(x, v, a, m, eps) -> tau (time units).
+TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale}
+
+
+# ---------------------------------------------------------------- the step recursion
+def recursive_dt(h: float, dt_prev: float, clip: float | None = None) -> float:
+    """The next step of the reversible recursion dt_n = h(z_n)^2 / dt_{n-1}; h itself at the start
+    (dt_prev <= 0). Torch twin: :func:`recursive_dt_torch`.
+
+    With ``clip`` the step is held within [h / clip, h * clip]: the recursion's neutral alternating mode
+    (dt_n / h = c, 1/c, c, ...) cannot grow past it. Where the clip does not act (|log(dt/h)| < log clip,
+    the whole of a smooth orbit) the map is exactly reversible; where it acts it is not."""
+    dt = h * h / dt_prev if dt_prev > 0 else h
+    if clip is not None:
+        dt = min(max(dt, h / clip), h * clip)
+    return dt
+
+
+def recursive_dt_torch(h: torch.Tensor, dt_prev: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """:func:`recursive_dt` for a batch, h and dt_prev (B,) -> (B,), differentiable in both."""
+    started = dt_prev > 0
+    dt = torch.where(started, h * h / torch.where(started, dt_prev, torch.ones_like(dt_prev)), h)
+    if clip is not None:
+        dt = torch.minimum(torch.maximum(dt, h / clip), h * clip)
+    return dt
+
+
+# ---------------------------------------------------------------- the time-symmetric fixed point
+def symmetric_dt(h0, h_after: Callable, k: int, check: Callable | None = None):
+    """dt = (h(start) + h(end)) / 2 by ``k`` fixed-point iterations from dt = h0 = h(start).
+
+    Parameters
+    ----------
+    h0 : float or torch.Tensor (B,)
+        The step function at the start state (time units).
+    h_after : callable
+        ``h_after(dt)``: the step function at the end of a trial step of ``dt`` from the start.
+    k : int
+        Iterations (each one trial step: one force evaluation).
+    check : callable, optional
+        ``check(dt)`` before each trial step (the numpy rules raise ``BadStep`` on a bad dt).
+
+    Returns
+    -------
+    The step, of the kind of ``h0``.
+    """
+    dt = h0
+    for _ in range(k):
+        if check is not None:
+            check(dt)
+        dt = 0.5 * (h0 + h_after(dt))
+    return dt

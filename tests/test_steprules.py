@@ -1,0 +1,52 @@
+"""Each numpy / torch pair of aits/steprules.py gives the same numbers on random states."""
+import numpy as np
+import pytest
+import torch
+
+from aits import integrators as I
+from aits import stepper
+from aits.physics import acceleration
+from aits.steprules import classical_timescale, recursive_dt, recursive_dt_torch, symmetric_dt, timescale
+
+
+@pytest.mark.parametrize("n,dim", [(2, 2), (3, 3), (5, 2)])
+def test_classical_timescale_torch_equals_numpy(n, dim):
+    rng = np.random.default_rng(n * 10 + dim)
+    m, x = rng.uniform(0.1, 2.0, size=(7, n)), rng.normal(size=(7, n, dim)) * rng.uniform(0.01, 10.0, size=(7, 1, 1))
+    a = acceleration(torch.as_tensor(x), torch.as_tensor(m)).numpy()
+    got = classical_timescale(torch.as_tensor(x), torch.as_tensor(a)).numpy()
+    want = np.array([timescale(x[b], a[b]) for b in range(7)])
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+    assert len(set(np.round(np.log(want), 6))) == 7  # the states really differ
+
+
+@pytest.mark.parametrize("clip", [None, 2.0])
+def test_recursive_dt_torch_equals_numpy(clip):
+    rng = np.random.default_rng(1)
+    h = rng.uniform(1e-3, 1.0, size=40)
+    dt_prev = np.r_[h[:30] * rng.uniform(0.2, 5.0, size=30), np.zeros(5), -h[35:]]  # started, fresh, bad
+    got = recursive_dt_torch(torch.as_tensor(h), torch.as_tensor(dt_prev), clip).numpy()
+    want = np.array([recursive_dt(float(a), float(b), clip) for a, b in zip(h, dt_prev)])
+    assert np.array_equal(got, want)
+    assert np.array_equal(got[30:], h[30:])  # no previous step: h itself
+    if clip:  # the clip really acts on some of them
+        assert ((got == h * clip) | (got == h / clip)).sum() >= 5
+
+
+def test_symmetric_dt_torch_equals_numpy_and_solves_the_fixed_point():
+    """One iteration for floats and tensors alike; with many iterations dt = (h0 + h_end(dt)) / 2."""
+    h0 = np.array([0.1, 0.3, 0.02])
+    def h_end(dt):  # smooth, contracting: the end's h falls with the trial step
+        return h0 / (1.0 + dt)
+    got = symmetric_dt(torch.as_tensor(h0), lambda d: torch.as_tensor(h_end(d.numpy())), 3).numpy()
+    want = np.array([symmetric_dt(float(h0[i]), lambda d, i=i: float(h0[i] / (1.0 + d)), 3) for i in range(3)])
+    assert np.array_equal(got, want)
+    dt = symmetric_dt(h0, h_end, 60)
+    np.testing.assert_allclose(dt, 0.5 * (h0 + h_end(dt)), rtol=1e-14)
+    with pytest.raises(I.BadStep):
+        symmetric_dt(-1.0, lambda d: 1.0, 1, I.check_dt)
+
+
+def test_old_names_are_the_shared_ones():
+    assert I.timescale is timescale and I.recursive_dt is recursive_dt
+    assert stepper.recursive_dt_torch is recursive_dt_torch and stepper.classical_timescale is classical_timescale
