@@ -1,12 +1,16 @@
-"""The dt network (docs/DESIGN.md §3): an MLP with optional Fourier features and a Softplus output."""
+"""The dt network (docs/DESIGN.md §3): an MLP with optional Fourier features and a Softplus (or bounded)
+output; :class:`NumpyMLP` is its forward pass in numpy, for the evaluation."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
+# Softplus returns z itself above this (torch's default): the numpy forward and the export use it too.
+SOFTPLUS_THRESHOLD = 20.0
 
 
 class DtModel(nn.Module):
@@ -56,7 +60,7 @@ class DtModel(nn.Module):
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
-        self.out = nn.Softplus()
+        self.out = nn.Softplus(threshold=SOFTPLUS_THRESHOLD)
 
     @classmethod
     def from_config(cls, cfg, input_dim: int) -> "DtModel":
@@ -74,6 +78,48 @@ class DtModel(nn.Module):
             return self.eta0 * torch.exp(math.log(self.max_modulation) * torch.tanh(self.net(h)[..., 0]))
         # Softplus underflows to exactly 0 for very negative inputs; dt must stay > 0 (the seed's formula).
         return self.out(self.net(h))[..., 0] + 1e-12
+
+
+class NumpyMLP:
+    """:meth:`DtModel.forward` in eval mode, in float64 numpy, for one input vector (the evaluation's and
+    ``aits.load_rule``'s step function): no autograd graph and no torch dispatch per layer (a few
+    microseconds at batch 1, where torch spends tens). Tested equal to the torch forward
+    (``tests/test_model.py``), the bounded factor included.
+
+    Parameters
+    ----------
+    model : DtModel
+        The network whose weights are copied (float64).
+    activation : str
+        Its hidden activation (``model.activation`` of the config).
+
+    Calling it: features (input_dim,) -> dt or factor g (float), as ``DtModel.forward`` of one row.
+    """
+
+    ACT = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "silu": lambda z: z / (1.0 + np.exp(-z)),
+           "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z))}
+
+    def __init__(self, model: torch.nn.Module, activation: str):
+        self.max_modulation, self.eta0 = getattr(model, "max_modulation", None), getattr(model, "eta0", None)
+        self.layers = [(mod.weight.detach().double().numpy().T.copy(), mod.bias.detach().double().numpy().copy())
+                       for mod in model.net if isinstance(mod, torch.nn.Linear)]
+        proj = getattr(model, "fourier_proj", None)
+        self.proj = None if proj is None else proj.detach().double().numpy()
+        self.act = self.ACT[activation]
+
+    def __call__(self, f: np.ndarray) -> float:
+        h = f
+        if self.proj is not None:
+            z = 2 * np.pi * (h @ self.proj)
+            h = np.concatenate([np.sin(z), np.cos(z)])
+        for w, b in self.layers[:-1]:
+            h = self.act(h @ w + b)
+        w, b = self.layers[-1]
+        z = float(h @ w[:, 0] + b[0])
+        if self.max_modulation is not None:  # the bounded factor, as DtModel
+            return self.eta0 * self.max_modulation ** math.tanh(z)
+        return (z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
+
 
 
 def build_model(cfg, device: torch.device | str = "cpu") -> DtModel:

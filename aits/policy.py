@@ -5,8 +5,6 @@ rules it defines, keyed by scoreboard method name (``learned`` first: the rule a
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -14,7 +12,7 @@ from . import integrators as I
 from .checkpoint import fit_weights, norm_scales_of
 from .config import Config
 from .features import HistoryBuffer, NormScales, build_features, scale_free_numpy
-from .model import build_model
+from .model import NumpyMLP, build_model
 from .physics import resolve_dtype
 
 
@@ -50,35 +48,6 @@ class SeedPolicy:
 
     def after_step(self, state: I.State, x_prev, v_prev, dt_prev) -> None:
         self.history.push(x_prev, v_prev, dt_prev)
-
-
-class NumpyMLP:
-    """The eval-mode forward pass of a :class:`DtModel` in float64 numpy, for one input vector:
-    no autograd graph and no torch dispatch per layer (a few microseconds at batch 1)."""
-
-    ACT = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "silu": lambda z: z / (1.0 + np.exp(-z)),
-           "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z))}
-
-    def __init__(self, model: torch.nn.Module, activation: str):
-        self.max_modulation, self.eta0 = getattr(model, "max_modulation", None), getattr(model, "eta0", None)
-        self.layers = [(mod.weight.detach().double().numpy().T.copy(), mod.bias.detach().double().numpy().copy())
-                       for mod in model.net if isinstance(mod, torch.nn.Linear)]
-        proj = getattr(model, "fourier_proj", None)
-        self.proj = None if proj is None else proj.detach().double().numpy()
-        self.act = self.ACT[activation]
-
-    def __call__(self, f: np.ndarray) -> float:
-        h = f
-        if self.proj is not None:
-            z = 2 * np.pi * (h @ self.proj)
-            h = np.concatenate([np.sin(z), np.cos(z)])
-        for w, b in self.layers[:-1]:
-            h = self.act(h @ w + b)
-        w, b = self.layers[-1]
-        z = float(h @ w[:, 0] + b[0])
-        if self.max_modulation is not None:  # the bounded factor, as DtModel
-            return self.eta0 * self.max_modulation ** math.tanh(z)
-        return (z if z > 30 else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
 
 
 class FactorStep:

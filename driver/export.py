@@ -24,6 +24,7 @@ import numpy as np
 
 from aits import CheckpointError, ConfigError, load_checkpoint, load_rule
 from aits.features import TAU_RATIO_CAP, scale_free_numpy
+from aits.model import SOFTPLUS_THRESHOLD
 from aits.physics import kepler_ic
 from aits.rule import Rule
 from driver.evaluate import write_atomic
@@ -96,7 +97,7 @@ def output_spec(rule: Rule) -> dict:
                 "max_modulation": float(rule.cfg.model.max_modulation),
                 "formula": "g = eta0 * max_modulation ** tanh(z); h = g * tau"}
     if kind == "factor":
-        return {"kind": "softplus_factor", "softplus_threshold": 30.0, "offset": 1e-12,
+        return {"kind": "softplus_factor", "softplus_threshold": SOFTPLUS_THRESHOLD, "offset": 1e-12,
                 "formula": "g = (z if z > softplus_threshold else log(1 + exp(z))) + offset; h = g * tau"}
     raise InputError(f"model.output {kind!r}: no exported form for this output mode")
 
@@ -113,7 +114,7 @@ def mode_spec(rule: Rule) -> dict:
 
 
 def network_spec(rule: Rule) -> dict:
-    """The MLP exactly as the library's numpy inference holds it (``aits.policy.NumpyMLP``), float64."""
+    """The MLP exactly as the library's numpy inference holds it (``aits.model.NumpyMLP``), float64."""
     mlp = _mlp(rule)
     act = rule.cfg.model.activation
     layers = [{"W": w.T.tolist(), "b": b.tolist(), "shape": [int(w.shape[1]), int(w.shape[0])],

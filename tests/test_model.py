@@ -41,3 +41,29 @@ def test_same_seed_same_weights_and_global_rng_untouched():
         assert ka == kb and torch.equal(va, vb)
     c = DtModel(6, [10], seed=5)
     assert not torch.equal(a.net[0].weight, c.net[0].weight)
+
+
+@pytest.mark.parametrize("kind", ["softplus", "bounded", "fourier", "relu", "silu", "sigmoid"])
+def test_numpy_mlp_equals_the_torch_forward(kind):
+    """The evaluation's numpy forward pass is DtModel.forward, the bounded factor (max_modulation) and
+    the Fourier features included, on inputs that reach the output's saturated ends."""
+    import numpy as np
+
+    from aits.model import NumpyMLP
+
+    act = kind if kind in ("relu", "silu", "sigmoid") else "tanh"
+    kw = {"bounded": {"init_dt": 0.02, "max_modulation": 3.0}, "fourier": {"fourier_scale": 0.5, "fourier_dim": 4},
+          "softplus": {"init_dt": 0.01}}.get(kind, {})
+    model = DtModel(8, [16, 16], act, seed=2, **kw).double().eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():  # outputs across the whole range, not the untrained ~constant
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    feats = torch.randn(64, 8, generator=gen, dtype=torch.float64) * 10.0 ** torch.linspace(-2, 1, 64)[:, None]
+    with torch.no_grad():
+        want = model(feats).numpy()
+    mlp = NumpyMLP(model, act)
+    got = np.array([mlp(f) for f in feats.numpy()])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    if kind == "bounded":  # both ends of [g0 / M, g0 * M] reached: the bound is what is compared
+        assert got.min() < 0.02 / 2.5 and got.max() > 0.02 * 2.5 and (got >= 0.02 / 3.0 * (1 - 1e-12)).all()

@@ -14,7 +14,8 @@ from aits import integrators as I
 from aits.passage import rollout
 from driver.train import main
 from aits.physics import kepler_ic
-from aits.policy import FactorStep, NumpyMLP
+from aits.model import NumpyMLP
+from aits.policy import FactorStep
 
 from helpers import assert_same_weights, factor_cfg, final_weights, perturbed_model, rows, strip_timing, write_config
 

@@ -13,9 +13,9 @@ from aits import Config, NormScales, Stepper, build_payload, save_checkpoint
 from aits import integrators as I
 from aits import scoreboard as S
 from aits.features import scale_free_numpy, scale_free_torch
-from aits.model import build_model
+from aits.model import NumpyMLP, build_model
 from aits.physics import acceleration, kepler_ic
-from aits.policy import FactorStep, NumpyMLP, learned_methods
+from aits.policy import FactorStep, learned_methods
 from driver import evaluate
 
 from helpers import factor_cfg, perturbed_model
