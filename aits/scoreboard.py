@@ -659,15 +659,20 @@ def summarize(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
         for label, systems in systems_by_ckpt.items():
             for name, entry in systems.items():
                 slot = per_system.setdefault(name, {})
-                for comp, rs in entry["ratios"].items():
-                    for b, r in rs.items():
-                        if r is not None:
-                            slot.setdefault(comp, {}).setdefault(b, []).append(r)
+                for prefix, key in (("", "ratios"), ("trajectory_", "ratios_trajectory")):
+                    for comp, rs in entry.get(key, {}).items():
+                        for b, r in rs.items():
+                            if r is not None:
+                                slot.setdefault(prefix + comp, {}).setdefault(b, []).append(r)
                 slope = entry["methods"]["learned"].get("drift_slope")
                 if slope is not None:
                     slot.setdefault("learned_drift_slope", []).append(slope)
-        out["per_system"] = {name: {k: (spread(v) if isinstance(v, list) else
-                                        {b: spread(r) for b, r in v.items()}) for k, v in slot.items()}
+                # names, one per checkpoint: kept as lists
+                slot.setdefault("learned_status", []).append(entry["methods"]["learned"]["status"])
+                slot.setdefault("strongest", []).append(entry.get("strongest"))
+        out["per_system"] = {name: {k: (v if k in ("learned_status", "strongest") else spread(v)
+                                        if isinstance(v, list) else {b: spread(r) for b, r in v.items()})
+                                    for k, v in slot.items()}
                              for name, slot in per_system.items()}
     return out
 

@@ -266,6 +266,23 @@ def markdown(board: dict) -> str:
         lines.append("")
     lines += ["## Summary", ""]
     if "per_system" in summ:
+        lines += ["Per system over checkpoints, median [min, max] of learned / strongest (max |ΔE/E|; position error "
+                  "at the horizon), the strongest family per checkpoint and the learned runs' statuses:", "",
+                  "| system | strongest | energy, equal evals | energy, equal wall | position, equal evals | "
+                  "position, equal wall | learned status |", "|---|---|---|---|---|---|---|"]
+
+        def cell(st, comp):
+            ev = st.get(comp, {}).get("strongest")
+            return "–" if ev is None else f"{fmt(ev['median'])} [{fmt(ev['min'])}, {fmt(ev['max'])}]"
+
+        for name, st in summ["per_system"].items():
+            names = st.get("strongest", [])
+            fams = ", ".join(f"{f} ×{names.count(f)}" for f in dict.fromkeys(names) if f)
+            stats = ", ".join(f"{x} ×{st['learned_status'].count(x)}" for x in dict.fromkeys(st["learned_status"]))
+            lines.append(f"| {name} | {fams} | {cell(st, 'equal_force_evals')} | {cell(st, 'equal_wall_time')} | "
+                         f"{cell(st, 'trajectory_equal_force_evals')} | {cell(st, 'trajectory_equal_wall_time')} | "
+                         f"{stats} |")
+        lines.append("")
         comps = ("strongest", *CLASSICAL)
         lines += ["Per system over checkpoints, median [min, max] of learned / baseline max |ΔE/E| at equal force "
                   "evaluations, and of the learned run's drift slope:", "",

@@ -1,0 +1,98 @@
+"""The tables of docs/RESULTS.md from evaluation folders: headline and per system over checkpoints.
+
+    python driver/results.py BOARD_DIR [BOARD_DIR ...]
+
+Reads each ``BOARD_DIR/scoreboard.json`` (written by driver/evaluate.py), recomputes its summary with
+the current ``aits.scoreboard.summarize`` (so older boards get today's tables) and prints markdown:
+the headline over checkpoints (median [min, max]) and the per-system table. Prints nothing else and
+writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aits.scoreboard import summarize
+from driver.evaluate import fmt
+
+
+def tables(board: dict) -> str:
+    """Markdown for one board: headline over checkpoints and the per-system table."""
+    by_ckpt = board["systems"] if board["systems_keyed_by_checkpoint"] else {
+        board["checkpoints"][0]["label"]: board["systems"]}
+    summ = summarize(by_ckpt)
+    heads = summ["headline"]
+    lines = [f"Suite `{board['suite']}`, {len(by_ckpt)} checkpoint(s), {board['wall_time_s']:.0f} s.", "",
+             "| checkpoint | energy, equal evals (median) | worst | energy, equal wall | position, equal evals | "
+             "position, equal wall | learned not ok |", "|---|---|---|---|---|---|---|"]
+    for label, h in heads.items():
+        lines.append(f"| {label} | {fmt(h['energy_equal_evals'])} | {fmt(h['energy_worst_equal_evals'])} | "
+                     f"{fmt(h['energy_equal_wall'])} | {fmt(h['trajectory_equal_evals'])} | "
+                     f"{fmt(h['trajectory_equal_wall'])} | {h['not_ok']} of {h['systems']} |")
+    lines.append("")
+    per = {}
+    for systems in by_ckpt.values():
+        for name, e in systems.items():
+            slot = per.setdefault(name, {"strongest": [], "status": [], "ev": [], "wall": [], "pos": [], "posw": [],
+                                         "evals": []})
+            slot["strongest"].append(e.get("strongest"))
+            slot["status"].append(e["methods"]["learned"]["status"])
+            slot["evals"].append(e["methods"]["learned"]["force_evals"])
+            for key, src, comp in (("ev", "ratios", "equal_force_evals"), ("wall", "ratios", "equal_wall_time"),
+                                   ("pos", "ratios_trajectory", "equal_force_evals"),
+                                   ("posw", "ratios_trajectory", "equal_wall_time")):
+                r = e.get(src, {}).get(comp, {}).get("strongest")
+                if r is not None:
+                    slot[key].append(r)
+
+    def med(v):
+        if not v:
+            return "–"
+        v = sorted(v)
+        mid = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+        return f"{fmt(mid)} [{fmt(v[0])}, {fmt(v[-1])}]" if len(v) > 1 else fmt(mid)
+
+    lines += ["| system | learned evals | strongest | energy / strongest, equal evals | equal wall | "
+              "position / strongest, equal evals | equal wall | learned status |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, s in per.items():
+        fams = ", ".join(f"{f} ×{s['strongest'].count(f)}" for f in dict.fromkeys(s["strongest"]) if f)
+        stats = ", ".join(f"{x} ×{s['status'].count(x)}" for x in dict.fromkeys(s["status"]))
+        ev = sorted(s["evals"])
+        evals = f"{ev[len(ev) // 2]}" + (f" [{ev[0]}, {ev[-1]}]" if len(ev) > 1 else "")
+        lines.append(f"| {name} | {evals} | {fams} | {med(s['ev'])} | {med(s['wall'])} | {med(s['pos'])} | "
+                     f"{med(s['posw'])} | {stats} |")
+    fam_counts: dict[str, int] = {}
+    for s in per.values():
+        for f in s["strongest"]:
+            if f:
+                fam_counts[f] = fam_counts.get(f, 0) + 1
+    lines += ["", "Strongest classical family (system × checkpoint): "
+              + ", ".join(f"{f} {n}" for f, n in sorted(fam_counts.items(), key=lambda kv: -kv[1])) + "."]
+    across = summ.get("headline_across_checkpoints")
+    if across:
+        lines += ["", "Over checkpoints, median [min, max] of each checkpoint's median: " + "; ".join(
+            f"{k} {fmt(v['median'])} [{fmt(v['min'])}, {fmt(v['max'])}]" for k, v in across.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="results", description=__doc__.split("\n\n")[0])
+    p.add_argument("boards", nargs="+", metavar="BOARD_DIR")
+    args = p.parse_args(argv)
+    for d in args.boards:
+        path = Path(d) / "scoreboard.json"
+        try:
+            board = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"results: error: {path}: {exc}", file=sys.stderr)
+            return 2
+        print(f"### {d}\n")
+        print(tables(board))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
