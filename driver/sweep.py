@@ -633,11 +633,17 @@ def plot_objective(rows: list[dict], setup: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     specs = specs_of(setup)
     keys = setup["keys"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    ncols = min(len(keys), 3)
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
     measured = [r for r in rows if r["objective"] is not None and math.isfinite(r["objective"])]
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes.flat, keys):
         spec = specs[key]
         categorical = spec.kind in ("choice", "grid")
         labels = [str(v) for v in spec.args[0]] if categorical else []
@@ -649,9 +655,14 @@ def plot_objective(rows: list[dict], setup: dict, path: Path) -> None:
         if categorical:
             ax.set_xticks(range(len(labels)), labels, rotation=20)
             ax.set_xlim(-0.5, len(labels) - 0.5)
+        elif spec.log_scale():
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade
+            low, high = spec.args
+            ax.set_xlim(low / (high / low) ** 0.04, high * (high / low) ** 0.04)  # the range searched
         else:
-            ax.set_xscale("log" if spec.log_scale() else "linear")
-            ax.set_xlim(*spec.args)  # the whole range searched, not just the points drawn
+            low, high = spec.args
+            ax.set_xlim(low - 0.04 * (high - low), high + 0.04 * (high - low))
         ys = [r["objective"] for r in measured]
         if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
             ax.set_yscale("log")
