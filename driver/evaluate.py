@@ -53,6 +53,8 @@ def parse_args(argv):
     p.add_argument("--duration", metavar="T",
                    help="for --system: time units, <k>P (two-body periods) or <k>tc (crossing times)")
     p.add_argument("--softening", type=float, default=0.0, help="for --system: Plummer softening (default 0)")
+    p.add_argument("--bodies", type=int, metavar="N",
+                   help="quick/standard suites: systems of N bodies (2: Kepler orbits) instead of the checkpoint's N")
     p.add_argument("--max-steps", type=int, default=MAX_LEARNED_STEPS,
                    help=f"cap on the learned run's steps (status max_steps; default {MAX_LEARNED_STEPS})")
     p.add_argument("--out", help="output folder (default: scoreboard_<suite>)")
@@ -62,6 +64,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.workers < 1:
         raise InputError(f"--workers: must be >= 1, got {args.workers}")
+    if args.bodies is not None and args.bodies < 2:
+        raise InputError(f"--bodies: must be >= 2, got {args.bodies}")
     if args.max_steps < 1:
         raise InputError(f"--max-steps: must be >= 1, got {args.max_steps}")
     if args.system and not args.duration:
@@ -98,7 +102,8 @@ def user_systems(files: list[str], duration: str | None, eps: float) -> list:
     return out
 
 
-def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | None = None) -> tuple[dict, list]:
+def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | None = None,
+                    bodies: int | None = None) -> tuple[dict, list]:
     """({label: info}, [(label, path, system, n_steps)]): the suite's systems (if any) and
     ``extra_systems`` for each checkpoint; raises InputError for an unusable checkpoint."""
     infos, jobs, seen = {}, [], set()
@@ -120,7 +125,10 @@ def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | N
                         "seed": cfg.run.seed, "config_summary": ckpt.get("config_summary"),
                         "N": s.num_particles, "D": s.dim, "softening": s.softening, "n_steps": s.n_steps,
                         "model_output": getattr(cfg.model, "output", "dt")}
-        systems = suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass) if suite else []
+        # another N: the suite's own masses and softening (the checkpoint's belong to its N)
+        systems = (suite_systems(suite, bodies, 2 if bodies == 2 else s.dim, 0.0 if bodies == 2 else s.softening)
+                   if suite and bodies and bodies != s.num_particles else
+                   suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass) if suite else [])
         for system in [*systems, *(extra_systems or [])]:
             jobs.append((label, str(path), system, s.n_steps))
     return infos, jobs
@@ -433,7 +441,7 @@ def main(argv=None) -> int:
             if not Path(p).is_file():
                 raise InputError(f"checkpoint {p}: not found")
         infos, jobs = checkpoint_jobs(args.checkpoint, args.suite,
-                                      user_systems(args.system, args.duration, args.softening))
+                                      user_systems(args.system, args.duration, args.softening), args.bodies)
     except InputError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
