@@ -8,7 +8,8 @@ import time
 import numpy as np
 import torch
 
-from aits import Samples, Stepper, build_model, collect_trajectory, make_optimizer, passage_gradient, predict_dt
+from aits import (Samples, StateBatch, Stepper, build_model, collect_trajectory, make_optimizer, passage_gradient,
+                  predict_dt)
 from aits.metrics import declare
 from aits.systems import Systems
 
@@ -58,9 +59,9 @@ class Collector:
     def load_weights(self, weights: dict) -> None:
         self.model.load_state_dict(weights)
 
-    def predict_dt(self, *arrays) -> np.ndarray:
-        """dt (B,) the local model picks for B states with histories (arrays as in Samples)."""
-        return predict_dt(self.model, self.stepper, *arrays)
+    def predict_dt(self, states: StateBatch) -> np.ndarray:
+        """dt (B,) the local model picks for B states with their histories."""
+        return predict_dt(self.model, self.stepper, states)
 
     def pid(self) -> int:
         """Process id of the actor (memory reports, fault tests)."""

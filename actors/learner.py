@@ -7,8 +7,8 @@ import time
 import numpy as np
 import torch
 
-from aits import (Samples, Stepper, apply_passage, build_model, evaluate, generalize_on_trajectory, make_optimizer,
-                  predict_dt)
+from aits import (Samples, StateBatch, Stepper, apply_passage, build_model, evaluate, generalize_on_trajectory,
+                  make_optimizer, predict_dt)
 
 from .common import load_config, load_scales, own_torch_rng
 
@@ -34,10 +34,14 @@ class Learner:
         self.torch_rng = torch.Generator().manual_seed(seed).get_state()
         self.kept: Samples | None = None  # samples kept across epochs (train.generalize_capacity)
 
-    def generalize(self, *parts: Samples) -> dict:
-        """Generalize on the collectors' samples (plus the kept samples), then, with ``train.passage``,
-        one optimiser step on the mean of the passage gradients the samples carry. Returns
-        ``part2/*`` metrics (``passage/applied``) and ``system/learner_time`` (s)."""
+    def step(self, with_state: bool, *parts: Samples) -> dict:
+        """One epoch in one call: generalize on the collectors' samples (plus the kept samples), then, with
+        ``train.passage``, one optimiser step on the mean of the passage gradients the samples carry.
+
+        Returns ``{"metrics": part2/* (passage/applied) and system/learner_time (s), "weights": weights()}``
+        plus ``"state": state()`` when ``with_state`` (checkpoint epochs); the state shares the weights,
+        they are copied once.
+        """
         start = time.perf_counter()
         samples = Samples.concat(list(parts) if self.kept is None else [self.kept, *parts])
         cap = self.cfg.train.generalize_capacity
@@ -49,19 +53,9 @@ class Learner:
                 grads = [p.passage for p in parts]  # apply_passage skips collectors that sent none
                 metrics["passage/applied"] = float(apply_passage(self.model, self.optimizer, grads))
         metrics["system/learner_time"] = time.perf_counter() - start
-        return metrics
-
-    def step(self, with_state: bool, *parts: Samples) -> dict:
-        """One epoch in one call: generalize on the collectors' samples, then what the driver needs.
-
-        Returns ``{"metrics": self.generalize(...), "weights": weights()}`` plus ``"state": state()`` when
-        ``with_state`` (checkpoint epochs); the state shares the weights, they are copied once.
-        """
-        metrics = self.generalize(*parts)
-        weights = self.weights()
-        out = {"metrics": metrics, "weights": weights}
+        out = {"metrics": metrics, "weights": self.weights()}
         if with_state:
-            out["state"] = self.state(weights)
+            out["state"] = self.state(out["weights"])
         return out
 
     def weights(self) -> dict:
@@ -72,9 +66,9 @@ class Learner:
         """rel_dE (n,) of each sample under the current model (one batched attempt, no training)."""
         return evaluate(self.model, self.stepper, samples).double().cpu().numpy()
 
-    def predict_dt(self, *arrays) -> np.ndarray:
-        """dt (B,) the model picks for B states with histories (arrays as in Samples)."""
-        return predict_dt(self.model, self.stepper, *arrays)
+    def predict_dt(self, states: StateBatch) -> np.ndarray:
+        """dt (B,) the model picks for B states with their histories."""
+        return predict_dt(self.model, self.stepper, states)
 
     def pid(self) -> int:
         """Process id of the actor (memory reports, fault tests)."""

@@ -11,13 +11,13 @@ from .model import DtModel, build_model
 from .norm import auto_norm_scales
 from .passage import apply_passage, passage_gradient
 from .rule import load_rule
-from .samples import Samples
+from .samples import Samples, StateBatch
 from .stepper import Stepper, band_loss, evaluate, make_optimizer, optimizer_step, predict_dt
 from .systems import Orbit
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "DtModel", "HistoryBuffer", "NormScales", "Orbit", "Samples",
-    "Stepper", "apply_passage", "auto_norm_scales", "band_loss", "build_features", "build_model", "build_payload", "checkpoint_path",
+    "StateBatch", "Stepper", "apply_passage", "auto_norm_scales", "band_loss", "build_features", "build_model", "build_payload", "checkpoint_path",
     "collect_trajectory", "config_from_checkpoint", "evaluate", "feature_dim", "generalize_on_trajectory",
     "latest_checkpoint", "load_checkpoint", "load_rule", "make_optimizer", "optimizer_step", "passage_gradient", "predict_dt", "retrain_until_accepted",
     "save_checkpoint",

@@ -184,7 +184,7 @@ def collect_trajectory(model, optimizer, systems: Systems, stepper: Stepper, cfg
     retrains_sum, retrains_max, dt_sum, err_sum = 0, 0, 0.0, 0.0
     dt_over_tau, collapsed, stalled = [], 0, 0
     for _ in range(t.steps_per_epoch):
-        slot = retrain_slot(model, optimizer, stepper, stepper.prepare(*systems.batch()), cfg)
+        slot = retrain_slot(model, optimizer, stepper, stepper.prepare(systems.batch()), cfg)
         retrains_sum += int(slot.retrains.sum())
         retrains_max = max(retrains_max, int(slot.retrains.max(initial=0)))
         retrain_steps, rejected_total, attempts = (retrain_steps + slot.retrain_steps,

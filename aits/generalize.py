@@ -34,7 +34,7 @@ def generalize_on_trajectory(model, optimizer, samples: Samples, stepper: Steppe
     if n < max(t.generalize_min_samples, 1):
         metrics["part2/skipped"] = 1.0
         return metrics
-    prep_all = stepper.prepare_samples(samples)  # features do not depend on the model: build once
+    prep_all = stepper.prepare(samples)  # features do not depend on the model: build once
     bs = min(t.generalize_batch_size, n)
     converged = False
     for it in range(t.generalize_steps):

@@ -24,8 +24,8 @@ import torch
 
 from .config import Config
 from .metrics import declare
-from .samples import Samples
-from .stepper import Stepper, step_on_grads
+from .samples import Samples, StateBatch
+from .stepper import Stepper, optimizer_step
 
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
          "passage/skipped": "sum", "passage/applied": "mean"})
@@ -36,7 +36,7 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     against the start's energy, T (B,) time covered, tau0 (B,) the start's classical timescale).
     Each rollout is a fresh start: the step recursion's first step is h, then dt_k = h_k^2 / dt_{k-1}
     with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free)."""
-    prep = stepper.prepare(m, x, v, np.zeros(len(m)), None, None, None)
+    prep = stepper.prepare(StateBatch.start(m, x, v))
     m, e0, tau0, errs, T = prep.m, prep.e0, prep.tau, [], 0.0
     for _ in range(steps):
         att = stepper.attempt(model, prep)
@@ -97,4 +97,4 @@ def apply_passage(model, optimizer, gradients: list[dict]) -> bool:
         parts = [g[name] for g in gradients if name in g]
         if parts:
             p.grad = (torch.stack(parts).sum(0) / len(parts)).to(device=p.device, dtype=p.dtype)
-    return step_on_grads(model, optimizer)
+    return optimizer_step(model, optimizer)

@@ -37,21 +37,15 @@ def acceleration(x: torch.Tensor, m: torch.Tensor, eps: float = 0.0) -> torch.Te
     return (w.unsqueeze(-1) * diff).sum(-2)
 
 
-def kinetic_energy(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (m * (v * v).sum(-1)).sum(-1)
-
-
-def potential_energy(x: torch.Tensor, m: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+def energy(x: torch.Tensor, v: torch.Tensor, m: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Total energy (B,): kinetic 1/2 sum_i m_i |v_i|^2 plus the softened pair potential
+    -sum_{i<j} m_i m_j / (|x_j - x_i|^2 + eps^2)^{1/2}; x, v (B,N,D), m (B,N)."""
     _, r2, valid = _pair_terms(x, eps)
     safe = torch.where(valid, r2, torch.ones_like(r2))
     mm = m.unsqueeze(-1) * m.unsqueeze(-2)
+    kinetic = 0.5 * (m * (v * v).sum(-1)).sum(-1)
     # Ordered pairs count every pair twice.
-    return -0.5 * torch.where(valid, mm * safe.rsqrt(), torch.zeros_like(r2)).sum((-1, -2))
-
-
-def energy(x: torch.Tensor, v: torch.Tensor, m: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Total energy (B,)."""
-    return kinetic_energy(v, m) + potential_energy(x, m, eps)
+    return kinetic + -0.5 * torch.where(valid, mm * safe.rsqrt(), torch.zeros_like(r2)).sum((-1, -2))
 
 
 def momentum(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Samples: accepted pre-step states with their own histories, one compact object of numpy arrays."""
+"""Batches of states: ``StateBatch`` (B states with their histories: what ``Systems`` hands out and
+``Stepper.prepare`` takes) and ``Samples`` (accepted states with their step's metadata, a StateBatch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -8,12 +9,23 @@ import numpy as np
 INT_FIELDS = ("orbit_id", "step", "retrains")
 
 
-@dataclass
-class Samples:
-    """Accepted pre-step states with their own histories, as compact numpy arrays.
+class Rows:
+    """A dataclass whose fields hold one row per state along their first dimension (None: absent);
+    a field declared ``compare=False`` belongs to the batch, not to its rows."""
 
-    m (n,N); x, v (n,N,D); dt (n,) the step that led to the state;
-    hist_x, hist_v (n,K,N,D), hist_dt (n,K) oldest first; metadata per sample.
+    def take(self, idx):
+        """The rows ``idx`` (index, slice, mask or index tensor) of every per-row field, as the same type."""
+        return type(self)(**{f.name: None if (a := getattr(self, f.name)) is None else a[idx]
+                             for f in fields(self) if f.compare})
+
+
+@dataclass
+class StateBatch(Rows):
+    """B states with their histories (numpy, float64).
+
+    m (B,N); x, v (B,N,D); dt (B,) the step that led to each state (0 at a start);
+    hist_x, hist_v (B,K,N,D), hist_dt (B,K): the last K accepted pre-step states with the steps that
+    led to them, oldest first, zero where a state has fewer than K.
     """
 
     m: np.ndarray
@@ -23,6 +35,25 @@ class Samples:
     hist_x: np.ndarray
     hist_v: np.ndarray
     hist_dt: np.ndarray
+
+    @classmethod
+    def start(cls, m, x, v, history_len: int = 0) -> "StateBatch":
+        """States m (B,N), x, v (B,N,D) at a start: dt 0 and empty (zero) histories of ``history_len``."""
+        x = np.asarray(x, dtype=np.float64)
+        B, N, D = x.shape
+        return cls(np.asarray(m, dtype=np.float64), x, np.asarray(v, dtype=np.float64), np.zeros(B),
+                   np.zeros((B, history_len, N, D)), np.zeros((B, history_len, N, D)), np.zeros((B, history_len)))
+
+
+STATE_FIELDS = tuple(f.name for f in fields(StateBatch))
+
+
+@dataclass
+class Samples(StateBatch):
+    """Accepted pre-step states with their own histories (a :class:`StateBatch` of n states) and their
+    step's metadata, as compact numpy arrays: orbit_id, step (n,) int; accepted_dt, rel_dE (n,);
+    retrains (n,) int."""
+
     orbit_id: np.ndarray
     step: np.ndarray
     accepted_dt: np.ndarray
@@ -41,18 +72,11 @@ class Samples:
         shapes = {"m": (N,), "x": (N, D), "v": (N, D), "hist_x": (K, N, D), "hist_v": (K, N, D), "hist_dt": (K,)}
         return cls(**{f.name: np.zeros((capacity, *shapes.get(f.name, ())),
                                        dtype=np.int64 if f.name in INT_FIELDS else np.float64)
-                      for f in _arrays(cls)})
+                      for f in fields(cls) if f.compare})
 
     @classmethod
     def concat(cls, parts: list["Samples"]) -> "Samples":
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in _arrays(cls)})
-
-    def take(self, idx) -> "Samples":
-        return Samples(**{f.name: getattr(self, f.name)[idx] for f in _arrays(self)})
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls) if f.compare})
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in _arrays(self)}
-
-
-def _arrays(cls_or_obj):
-    return [f for f in fields(cls_or_obj) if f.name != "passage"]
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}

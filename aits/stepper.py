@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -11,13 +12,13 @@ import torch
 from .config import Config
 from .features import NormScales, build_features, scale_free_torch
 from .physics import acceleration, energy, leapfrog, rel_energy_error, resolve_dtype
-from .samples import Samples
+from .samples import Rows, Samples, StateBatch
 from .steprules import classical_timescale, recursive_dt_torch, symmetric_dt
 
 
 @dataclass
-class Prepared:
-    """Everything of a batch of states that does not depend on the model."""
+class Prepared(Rows):
+    """Everything of a batch of states that does not depend on the model (``take``: a subset of it)."""
 
     x: torch.Tensor
     v: torch.Tensor
@@ -27,9 +28,6 @@ class Prepared:
     acc0: torch.Tensor
     tau: torch.Tensor  # (B,) classical timescale min_i sqrt(r_i,nn / |a_i|)
     dt_prev: torch.Tensor | None = None  # (B,) previous step of a passage rollout: the step recursion's input
-
-    def take(self, idx) -> "Prepared":
-        return Prepared(*(None if (a := getattr(self, f.name)) is None else a[idx] for f in fields(self)))
 
 
 @dataclass
@@ -66,19 +64,17 @@ class Stepper:
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
 
-    def tensor(self, a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
-
-    def prepare(self, m, x, v, dt, hist_x, hist_v, hist_dt) -> Prepared:
-        """Arrays with a leading batch dim -> Prepared (features, E0, a(x0)), no grad."""
-        m, x, v, dt = self.tensor(m), self.tensor(x), self.tensor(v), self.tensor(dt)
+    def prepare(self, states: StateBatch) -> Prepared:
+        """B states (a :class:`StateBatch`, or :class:`Samples`) -> Prepared (features, E0, a(x0)), no grad."""
+        tensor = partial(torch.as_tensor, dtype=self.dtype, device=self.device)
+        m, x, v = tensor(states.m), tensor(states.x), tensor(states.v)
         with torch.no_grad():
             acc0 = acceleration(x, m, self.eps)
             if self.feature_type == "scale_free":
                 feats, tau = scale_free_torch(x, v, acc0, m, self.eps)
             else:
-                feats = build_features(x, v, m, dt, self.tensor(hist_x), self.tensor(hist_v),
-                                       self.tensor(hist_dt), self.eps, self.scales, self.feature_type)
+                feats = build_features(x, v, m, tensor(states.dt), tensor(states.hist_x), tensor(states.hist_v),
+                                       tensor(states.hist_dt), self.eps, self.scales, self.feature_type)
                 tau = classical_timescale(x, acc0)
             e0 = energy(x, v, m, self.eps)
         # No previous step: the band's attempts take the recursion's steady step h (see ``attempt``);
@@ -90,9 +86,6 @@ class Stepper:
         energy reused): the next step of a passage rollout."""
         feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps)
         return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt)
-
-    def prepare_samples(self, s: Samples) -> Prepared:
-        return self.prepare(s.m, s.x, s.v, s.dt, s.hist_x, s.hist_v, s.hist_dt)
 
     def step_size(self, model, feats: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """h = model output (output 'dt') or model output * tau (output 'factor'), (B,)."""
@@ -141,18 +134,15 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
                             foreach=True)
 
 
-def optimizer_step(model, optimizer, loss: torch.Tensor) -> bool:
-    """Backward and step unless the loss or a gradient is non-finite. Returns whether it stepped."""
-    if not loss.requires_grad or not torch.isfinite(loss):
-        return False
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    return step_on_grads(model, optimizer)
-
-
-def step_on_grads(model, optimizer) -> bool:
-    """Step on the gradients the parameters hold unless one is non-finite (then clear them).
+def optimizer_step(model, optimizer, loss: torch.Tensor | None = None) -> bool:
+    """Backward of ``loss`` and step, unless the loss or a gradient is non-finite (then the gradients are
+    cleared). ``loss`` None: step on the gradients the parameters already hold (the passage's mean).
     Returns whether it stepped."""
+    if loss is not None:
+        if not loss.requires_grad or not torch.isfinite(loss):
+            return False
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     # One fused multi-tensor norm: cheaper than a per-tensor abs().max() pass.
     if not grads or not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
@@ -162,14 +152,14 @@ def step_on_grads(model, optimizer) -> bool:
     return True
 
 
-def predict_dt(model, stepper: Stepper, m, x, v, dt, hist_x, hist_v, hist_dt) -> np.ndarray:
-    """dt (B,) the model picks for B states with their histories (arrays shaped as in Samples)."""
+def predict_dt(model, stepper: Stepper, states: StateBatch) -> np.ndarray:
+    """dt (B,) the model picks for B states with their histories."""
     with torch.no_grad():
-        prep = stepper.prepare(m, x, v, dt, hist_x, hist_v, hist_dt)
+        prep = stepper.prepare(states)
         return stepper.step_size(model, prep.feats, prep.tau).double().cpu().numpy()
 
 
 def evaluate(model, stepper: Stepper, samples: Samples) -> torch.Tensor:
     """rel_dE (n,) of every sample under the current model, no gradients."""
     with torch.no_grad():
-        return stepper.attempt(model, stepper.prepare_samples(samples)).rel_dE
+        return stepper.attempt(model, stepper.prepare(samples)).rel_dE

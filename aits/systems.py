@@ -9,7 +9,7 @@ import numpy as np
 from . import families
 from .config import Config
 from .physics import crossing_time, kepler_ic, load_ic_file, random_ic
-from .samples import Samples
+from .samples import STATE_FIELDS, Samples, StateBatch
 
 # Per-system arrays, leading dim B: (name, trailing shape from (K, N, D), dtype).
 FIELDS = (
@@ -116,11 +116,11 @@ class Systems:
             self.hist_dt[i] = 0.0
             self.restarts[i] += 1
 
-    def batch(self, idx=None) -> tuple:
-        """(m, x, v, dt, hist_x, hist_v, hist_dt) of systems ``idx`` (all by default), copies, for
+    def batch(self, idx=None) -> StateBatch:
+        """The states with their histories of systems ``idx`` (all by default), copies, for
         ``Stepper.prepare``."""
         sel = slice(None) if idx is None else idx
-        return tuple(getattr(self, k)[sel].copy() for k in ("m", "x", "v", "dt", "hist_x", "hist_v", "hist_dt"))
+        return StateBatch(*(getattr(self, k)[sel].copy() for k in STATE_FIELDS))
 
     def advance(self, idx, x1: np.ndarray, v1: np.ndarray, dt1: np.ndarray) -> np.ndarray:
         """Accept a step of systems ``idx`` to (x1, v1) with dt1: the pre-step state enters the history.
@@ -172,7 +172,7 @@ class Systems:
         ``start..`` of the preallocated ``out``. Returns the next free row."""
         end = start + len(idx)
         rows = slice(start, end)
-        for name in ("m", "x", "v", "dt", "hist_x", "hist_v", "hist_dt", "steps", "ids"):
+        for name in (*STATE_FIELDS, "steps", "ids"):
             getattr(out, {"steps": "step", "ids": "orbit_id"}.get(name, name))[rows] = getattr(self, name)[idx]
         out.accepted_dt[rows], out.rel_dE[rows], out.retrains[rows] = accepted_dt, rel_dE, retrains
         return end

@@ -104,7 +104,8 @@ def synthetic_samples(cfg: Config, n: int, dt: float = 0.002) -> Samples:
     out = Samples.empty(K, systems.N, systems.D, capacity=n)
     dts = np.full(n, dt)
     for _ in range(K):
-        m, x, v = (torch.as_tensor(a) for a in systems.batch()[:3])
+        states = systems.batch()
+        m, x, v = (torch.as_tensor(a) for a in (states.m, states.x, states.v))
         x1, v1, _ = leapfrog(x, v, m, torch.as_tensor(dts))
         systems.advance(np.arange(n), x1.numpy(), v1.numpy(), dts)
     systems.write_samples(out, 0, np.arange(n), dts, np.zeros(n), np.zeros(n, dtype=np.int64))
@@ -140,7 +141,7 @@ def micro(quick: bool, device: str = "cpu") -> dict:
     model = build_model(cfg, device)
     opt = make_optimizer(model, cfg)
     samples = synthetic_samples(cfg, 512)
-    feats = stepper.prepare_samples(samples).feats.clone()
+    feats = stepper.prepare(samples).feats.clone()
     iters = 2 if quick else 5
     # Never-passing settings, so the library's loops run a fixed number of iterations.
     never = bench_config(generalize_steps=iters, generalize_min_samples=1, max_retrain_steps=iters)
@@ -152,7 +153,7 @@ def micro(quick: bool, device: str = "cpu") -> dict:
     def seed_loop():  # the seed: features, attempt and loss sample by sample, then one step
         losses = []
         for i in range(len(samples)):
-            att = stepper.attempt(model, stepper.prepare_samples(samples.take([i])))
+            att = stepper.attempt(model, stepper.prepare(samples.take([i])))
             losses.append(band_loss(att.rel_dE, t.E_lower, t.E_upper))
         optimizer_step(model, opt, torch.cat(losses).mean())
 
@@ -167,7 +168,7 @@ def micro(quick: bool, device: str = "cpu") -> dict:
     res = interleaved({"generalize": run_generalize(model, opt, stepper), "floor512": mlp_floor(feats)}, reps)
     res["generalize"] /= iters
     loop_time = timeit(seed_loop, 1 if quick else 3, warmup=0)
-    one = stepper.prepare_samples(samples.take([0]))
+    one = stepper.prepare(samples.take([0]))
     # aits.retrain_slot at B = 1: iters + 1 attempts and iters optimiser steps, then the slot is lost
     res1 = interleaved({"retrain": lambda: retrain_slot(model, opt, stepper, one, never),
                         "floor1": mlp_floor(feats[:1])}, 10 if quick else 40)
@@ -222,7 +223,7 @@ def collectors(quick: bool) -> dict:
 
     def batched_floor():  # features + forward + leapfrog + energy for the n states, no grad
         with torch.no_grad():
-            stepper.attempt(model, stepper.prepare(*many.batch()))
+            stepper.attempt(model, stepper.prepare(many.batch()))
 
     run(many, start)  # warm-up
     rate_many, rate_one, floor, per_acc = [], [], [], []
@@ -292,7 +293,7 @@ def learner_pace(cfg: Config, epochs: int) -> dict:
     for _ in range(epochs):
         weights = learner.weights()
         outs = [c.collect(weights) for c in cols]
-        lm = learner.generalize(*[s for s, _ in outs])
+        lm = learner.step(False, *[s for s, _ in outs])["metrics"]
         tc = max(m["system/collect_time"] for _, m in outs)
         collect_s.append(tc)
         learner_s.append(lm["system/learner_time"])
@@ -345,10 +346,10 @@ def service(quick: bool) -> dict:
 
         def ray_epoch():  # one collector + learner through Ray
             samples, _ = collect_ref(cols[0])
-            ray.get(remote_learner.generalize.remote(samples))
+            ray.get(remote_learner.step.remote(False, samples))
 
         def inprocess_epoch():
-            local_learner.generalize(local[0].collect(weights)[0])
+            local_learner.step(False, local[0].collect(weights)[0])
 
         arms = {"parallel": parallel, "serial": serial, "sequential": inprocess_sequential,
                 "ray_epoch": ray_epoch, "inprocess_epoch": inprocess_epoch}

@@ -35,7 +35,7 @@ def run_on(device: str, cfg: Config, steps: int) -> dict:
     s = Samples.empty(0, 2, 2, capacity=len(es))
     for i, e in enumerate(es):
         s.m[i], s.x[i], s.v[i], _ = kepler_ic(e, 1.0)
-    att = stepper.attempt(model, stepper.prepare_samples(s))
+    att = stepper.attempt(model, stepper.prepare(s))
     with torch.no_grad():
         errs, T, _ = rollout(model, stepper, s.m, s.x, s.v, steps)
     grads, _ = passage_gradient(model, s, stepper, cfg, np.random.default_rng(0))

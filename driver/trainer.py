@@ -136,7 +136,9 @@ class Trainer:
     def collect(self, epoch: int, weights_ref) -> Collected:
         """Collect on every collector. A collector whose process died is replaced from ``states`` and its
         collect repeated (at most MAX_COLLECTOR_RESTARTS times). Updates ``collectors`` and ``states``."""
-        calls = [self.submit_collect(c, weights_ref) for c in self.collectors]
+        # per collector (samples ref, metrics ref, state ref): the state call queues behind collect on the same actor
+        calls = [(*self.backend.call(c, "collect", weights_ref, num_returns=2), self.backend.call(c, "state"))
+                 for c in self.collectors]
         rows, restarts = [], 0
         for i in range(len(self.collectors)):
             for tries in range(MAX_COLLECTOR_RESTARTS + 1):
@@ -148,17 +150,13 @@ class Trainer:
                         raise RunFailure(f"collector {i} died {tries + 1} times in epoch {epoch} "
                                          f"({type(exc).__name__}); stopped, continue with --resume auto") from None
                     self.replace_collector(i, self.states[i])
-                    calls[i] = self.submit_collect(self.collectors[i], weights_ref)
+                    c = self.collectors[i]
+                    calls[i] = (*self.backend.call(c, "collect", weights_ref, num_returns=2), self.backend.call(c, "state"))
                     restarts += 1
                     tqdm.write(f"collector {i} died in epoch {epoch}: replaced from its last state, its collect repeated")
             rows.append(metrics)
         # Only refs of collectors that finished go to the learner: a dead one's refs would fail it too.
         return Collected([samples for samples, _, _ in calls], rows, restarts)
-
-    def submit_collect(self, collector, weights_ref) -> tuple:
-        """(samples ref, metrics ref, state ref): the state call queues behind collect on the same actor."""
-        samples, metrics = self.backend.call(collector, "collect", weights_ref, num_returns=2)
-        return samples, metrics, self.backend.call(collector, "state")
 
     def learner_get(self, epoch: int, ref):
         """A learner call's result; LearnerLost when the learner (or the samples it was given) is gone."""

@@ -10,6 +10,7 @@ from aits import (Config, DtModel, HistoryBuffer, Orbit, Samples, Stepper, auto_
                   retrain_until_accepted)
 from aits.collect import retrain_slot
 from aits.physics import kepler_ic, random_ic
+from aits.samples import StateBatch
 from aits.systems import Systems
 
 
@@ -36,7 +37,7 @@ def test_band_loss_values():
 def test_rejected_step_retrains_until_accepted():
     cfg, stepper, model, opt = make({"system": {"e_min": 0.9, "e_max": 0.9}}, init_dt=0.2)
     orbit = Orbit(cfg, 0, np.random.default_rng(0))
-    prep = stepper.prepare(*orbit.batch())
+    prep = stepper.prepare(orbit.batch())
     first = stepper.attempt(model, prep)
     assert float(first.rel_dE.detach()[0]) > cfg.train.energy_threshold  # starts rejected
     slot, accepted, retrains, stuck = retrain_until_accepted(model, opt, stepper, prep, cfg)
@@ -118,8 +119,8 @@ def test_batched_evaluation_equals_one_by_one():
     cfg, stepper, model, opt = make({"train": {"steps_per_epoch": 12}})
     samples = _samples(cfg, stepper, model, opt)
     with torch.no_grad():
-        batched = stepper.attempt(model, stepper.prepare_samples(samples))
-        single = [stepper.attempt(model, stepper.prepare_samples(samples.take([i]))) for i in range(len(samples))]
+        batched = stepper.attempt(model, stepper.prepare(samples))
+        single = [stepper.attempt(model, stepper.prepare(samples.take([i]))) for i in range(len(samples))]
     assert len(samples) == 30
     np.testing.assert_allclose(batched.dt.numpy(), [float(a.dt[0]) for a in single], rtol=1e-12)
     # rel_dE is a difference of nearby energies: compare absolutely, at 1e-12.
@@ -237,8 +238,9 @@ def ref_collect(model, optimizer, orbit, stepper, cfg):
     t, K, rows, counts = cfg.train, cfg.features.history_len, [], []
     for _ in range(t.steps_per_epoch):
         hx, hv, hdt = orbit.history.arrays()
-        batch = (orbit.m[None], orbit.x[None], orbit.v[None], np.array([orbit.dt]), hx[None], hv[None], hdt[None])
-        prep, retrains = stepper.prepare(*batch), 0
+        batch = StateBatch(orbit.m[None], orbit.x[None], orbit.v[None], np.array([orbit.dt]), hx[None], hv[None],
+                           hdt[None])
+        prep, retrains = stepper.prepare(batch), 0
         while True:
             att = stepper.attempt(model, prep)
             if bool(att.passed(t.energy_threshold).all()):
@@ -341,7 +343,7 @@ def test_collect_on_many_systems_ships_each_systems_own_history():
 def test_rejected_subset_retrains_together_on_its_mean_loss():
     cfg, stepper, model, opt = make({"train": {"max_retrain_steps": 1}}, init_dt=0.005)
     systems = Systems.for_collector(cfg, 0, 8)
-    prep = stepper.prepare(*systems.batch())
+    prep = stepper.prepare(systems.batch())
     ref = DtModel.from_config(cfg, model.input_dim).double()
     ref.load_state_dict(model.state_dict())
     ref_opt = make_optimizer(ref, cfg)

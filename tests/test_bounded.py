@@ -16,6 +16,7 @@ from aits.features import scale_free_numpy
 from aits.model import build_model
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
+from aits.samples import StateBatch
 
 M = 2.0
 ETA0 = 0.02
@@ -68,7 +69,7 @@ def test_bounded_factor_holds_on_adversarial_inputs_in_torch_and_numpy():
         a = I.accel(x, m)
         feats, tau = scale_free_numpy(x, v, a, m, 0.0)
         r = h_np(x, v, a, m) / (ETA0 * tau)
-        prep = stepper.prepare(m[None], x[None], v[None], np.zeros(1), None, None, None)
+        prep = stepper.prepare(StateBatch.start(m[None], x[None], v[None]))
         with torch.no_grad():
             r_torch = float(stepper.step_size(model, prep.feats, prep.tau)[0]) / (ETA0 * tau)
         assert r_torch == pytest.approx(r, rel=1e-10)

@@ -8,6 +8,7 @@ import torch
 from actors import Collector, Learner
 from aits import Config, Samples, auto_norm_scales
 from aits.physics import energy, leapfrog, rel_energy_error
+from aits.samples import STATE_FIELDS, StateBatch
 
 from helpers import tiny_dict
 
@@ -60,15 +61,15 @@ def test_dt_after_broadcast_equals_learner(ray_session):
     # Train the learner for a round so its weights differ from the collector's initial copy.
     w0 = ray.put(ray.get(learner.weights.remote()))
     samples_ref, _ = collector.collect.options(num_returns=2).remote(w0)
-    metrics = ray.get(learner.generalize.remote(samples_ref))
+    metrics = ray.get(learner.step.remote(False, samples_ref))["metrics"]
     samples = ray.get(samples_ref)
-    batch = (samples.m, samples.x, samples.v, samples.dt, samples.hist_x, samples.hist_v, samples.hist_dt)
-    dt_learner = ray.get(learner.predict_dt.remote(*batch))
+    batch = StateBatch(*(getattr(samples, k) for k in STATE_FIELDS))  # the states alone, no metadata
+    dt_learner = ray.get(learner.predict_dt.remote(batch))
     if metrics["part2/iterations"] > 0:
-        assert not np.array_equal(ray.get(collector.predict_dt.remote(*batch)), dt_learner)
+        assert not np.array_equal(ray.get(collector.predict_dt.remote(batch)), dt_learner)
 
     ray.get(collector.load_weights.remote(ray.put(ray.get(learner.weights.remote()))))
-    dt_collector = ray.get(collector.predict_dt.remote(*batch))
+    dt_collector = ray.get(collector.predict_dt.remote(batch))
     assert dt_collector.shape == (len(samples),) and (dt_collector > 0).all()
     np.testing.assert_array_equal(dt_collector, dt_learner)
 

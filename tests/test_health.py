@@ -52,7 +52,7 @@ def test_unsoftened_random_retrain_loop_stalls_instead_of_looping_for_ever():
                             "train": {"max_retrain_steps": 0}})
     stepper, model = Stepper(cfg, auto_norm_scales(cfg)), build_model(cfg)
     systems = Systems.for_collector(cfg, 0, 1)
-    slot = retrain_slot(model, make_optimizer(model, cfg), stepper, stepper.prepare(*systems.batch()), cfg)
+    slot = retrain_slot(model, make_optimizer(model, cfg), stepper, stepper.prepare(systems.batch()), cfg)
     assert not slot.accepted[0] and slot.stalled == 1
     assert slot.retrains[0] % STALL_WINDOW == 0 and slot.retrains[0] >= STALL_WINDOW
 

@@ -29,7 +29,7 @@ def test_generalize_lowers_failing_fraction(ray_session):
     learner = ray.remote(num_cpus=0)(Learner).remote(big, scales)
     ref = ray.put(samples)
     before = float((ray.get(learner.evaluate.remote(ref)) >= thr).mean())
-    metrics = ray.get(learner.generalize.remote(ref))
+    metrics = ray.get(learner.step.remote(False, ref))["metrics"]
     after = float((ray.get(learner.evaluate.remote(ref)) >= thr).mean())
     assert before > 0.5
     assert after < 0.5 * before
@@ -42,7 +42,7 @@ def test_generalize_skips_small_sets():
     conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
     learner = Learner(conf, scales)
     before = learner.weights()
-    metrics = learner.generalize(_samples(conf, scales, 1).take(slice(0, 5)))
+    metrics = learner.step(False, _samples(conf, scales, 1).take(slice(0, 5)))["metrics"]
     assert metrics["part2/skipped"] == 1.0 and metrics["part2/converged"] == 1.0
     assert all(torch.equal(before[k], v) for k, v in learner.weights().items())
 
@@ -56,16 +56,16 @@ def test_learner_state_restore_round_trip(ray_session):
     part_a, part_b = samples.take(slice(0, 20)), samples.take(slice(20, None))
 
     first = ray.remote(num_cpus=0)(Learner).remote(conf, scales)
-    ray.get(first.generalize.remote(part_a))  # fills the kept samples, moves model, Adam and RNG
+    ray.get(first.step.remote(False, part_a))  # fills the kept samples, moves model, Adam and RNG
     state = ray.get(first.state.remote())
     assert len(state["kept"]["dt"]) == 20
-    expect = ray.get(first.generalize.remote(part_b))
+    expect = ray.get(first.step.remote(False, part_b))["metrics"]
     expect_weights = ray.get(first.weights.remote())
 
     other = dict(conf, run={**conf["run"], "seed": 99})  # different initial weights and RNG
     second = ray.remote(num_cpus=0)(Learner).remote(other, scales)
     ray.get(second.restore.remote(state))
-    got = ray.get(second.generalize.remote(part_b))
+    got = ray.get(second.step.remote(False, part_b))["metrics"]
     got_weights = ray.get(second.weights.remote())
     expect.pop("system/learner_time"), got.pop("system/learner_time")
     assert got == expect and got["part2/n_samples"] == 20 + len(part_b)

@@ -16,6 +16,7 @@ from aits import integrators as I
 from aits.checkpoint import CheckpointError, fit_weights, norm_scales_of
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
+from aits.samples import StateBatch
 from aits.systems import Systems
 
 from helpers import factor_cfg, perturbed_model
@@ -159,7 +160,7 @@ def test_trained_seed_model_is_carried_as_in_training(trained_checkpoint):
     systems = Systems.from_arrays(m[None], x[None], v[None], history_len=cfg.features.history_len)
     picked = []
     for k in range(1, len(tr["t"])):
-        picked.append(float(predict_dt(model, stepper, *systems.batch())[0]))
+        picked.append(float(predict_dt(model, stepper, systems.batch())[0]))
         systems.push([0], tr["x"][k][None], tr["v"][k][None], np.array([tr["dt"][k]]), cfg.system.n_steps)
     np.testing.assert_allclose(tr["dt"][1:-1], picked[:-1], rtol=1e-12)
     assert tr["dt"][-1] <= picked[-1] * (1 + 1e-12)  # the last step clipped onto the end time
@@ -194,7 +195,7 @@ def test_factor_rule_takes_the_training_attempts_dt(mode):
     tr, stepper = res.trajectory, Stepper(cfg, NormScales())
     n = len(tr["t"]) - 2  # every state but the last two: the last step is clipped
     z = np.zeros((n, 0, 2, 2))
-    prep = stepper.prepare(np.tile(m, (n, 1)), tr["x"][:n], tr["v"][:n], tr["dt"][:n], z, z, np.zeros((n, 0)))
+    prep = stepper.prepare(StateBatch(np.tile(m, (n, 1)), tr["x"][:n], tr["v"][:n], tr["dt"][:n], z, z, np.zeros((n, 0))))
     if mode == "recursive":
         prep.dt_prev = torch.as_tensor(tr["dt"][:n])
         prep.dt_prev[0] = 1.0

@@ -123,17 +123,18 @@ def test_learner_rebuilds_are_bounded_then_stop_with_intact_checkpoint(ray_sessi
 # ---------------------------------------------------------------- numerical faults
 def test_nonfinite_weights_stop_run_and_keep_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     calls = []
-    original = Learner.generalize
+    original = Learner.step
 
-    def poisoned(self, *parts):
-        metrics = original(self, *parts)
+    def poisoned(self, *args):
+        result = original(self, *args)
         calls.append(1)
-        if len(calls) == 3:  # epoch 3's generalize leaves a NaN in the first layer
+        if len(calls) == 3:  # epoch 3's generalize leaves a NaN in the first layer (and the weights it returns)
             with torch.no_grad():
                 next(self.model.parameters())[0, 0] = float("nan")
-        return metrics
+            result["weights"] = self.weights()
+        return result
 
-    monkeypatch.setattr(actors.learner.Learner, "generalize", poisoned)
+    monkeypatch.setattr(actors.learner.Learner, "step", poisoned)
     config = write_config(tmp_path, name="nan", **FAULT_RUN, ray={"inprocess": True})
     assert main(["--config", config]) == 3
     err = message_lines(capsys.readouterr().err)
@@ -156,12 +157,12 @@ def test_learner_never_applies_nonfinite_gradients(tiny_cfg):
     bad.x = bad.x.copy()
     bad.x[0, 0, 0] = np.nan  # one non-finite state: NaN features, NaN rel_dE, NaN gradients
     before = learner.weights()
-    metrics = learner.generalize(bad)  # batch = all 4 samples: every step sees the NaN
+    metrics = learner.step(False, bad)["metrics"]  # batch = all 4 samples: every step sees the NaN
     assert metrics["part2/iterations"] == 20 and metrics["part2/nonfinite_skips"] == 20
     assert metrics["part2/converged"] == 0.0
     assert_same_weights(learner.weights(), before)
     # control: the same samples without the NaN do move the weights
-    metrics = learner.generalize(samples.take(slice(1, 4)))
+    metrics = learner.step(False, samples.take(slice(1, 4)))["metrics"]
     assert metrics["part2/nonfinite_skips"] == 0
     assert any(not torch.equal(learner.weights()[k], before[k]) for k in before)
 

@@ -16,6 +16,7 @@ from aits.features import scale_free_numpy, scale_free_torch
 from aits.model import NumpyMLP, build_model
 from aits.physics import acceleration, kepler_ic
 from aits.policy import FactorStep, learned_methods
+from aits.samples import StateBatch
 from driver import evaluate
 
 from helpers import factor_cfg, perturbed_model
@@ -152,8 +153,7 @@ def test_learned_factor_step_is_scale_invariant():
     ms, xs, vs = m * M, x * L, v * math.sqrt(M / L)
 
     def dt_torch(mm, xx, vv):
-        z = np.zeros((1, 0, 3, 2))
-        prep = stepper.prepare(mm[None], xx[None], vv[None], np.zeros(1), z, z, np.zeros((1, 0)))
+        prep = stepper.prepare(StateBatch.start(mm[None], xx[None], vv[None]))
         with torch.no_grad():
             return float(stepper.step_size(model, prep.feats, prep.tau)[0])
 
@@ -179,8 +179,7 @@ def test_symmetric_training_attempt_matches_inference_and_has_gradient():
     model = perturbed_model(cfg)
     stepper = Stepper(cfg, NormScales())
     m, x, v, _ = kepler_ic(0.7, 1.0)
-    z = np.zeros((1, 0, 2, 2))
-    att = stepper.attempt(model, stepper.prepare(m[None], x[None], v[None], np.zeros(1), z, z, np.zeros((1, 0))))
+    att = stepper.attempt(model, stepper.prepare(StateBatch.start(m[None], x[None], v[None])))
     att.rel_dE.sum().backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
     state = I.State(m, x.copy(), v.copy(), I.accel(x, m))

@@ -150,7 +150,7 @@ def test_one_learner_call_per_epoch(tmp_path, monkeypatch):
     """Generalize, weights and (on checkpoint epochs) state come back from one Learner.step call."""
     from actors import Learner
 
-    calls = {"step": 0, "weights": 0, "state": 0, "generalize": 0}
+    calls = {"step": 0, "weights": 0, "state": 0}
     for name in calls:
         original = getattr(Learner, name)
 
@@ -162,4 +162,4 @@ def test_one_learner_call_per_epoch(tmp_path, monkeypatch):
     cfg = write_config(tmp_path, ray={"inprocess": True}, train={"epochs": 3})  # checkpoints at 2 and 3
     assert main(["--config", cfg]) == 0
     # weights: once at the start plus once inside each step; state: inside the 2 checkpoint steps
-    assert calls == {"step": 3, "generalize": 3, "weights": 1 + 3, "state": 2}
+    assert calls == {"step": 3, "weights": 1 + 3, "state": 2}
