@@ -27,6 +27,8 @@ import numpy as np
 from aits import CheckpointError, ConfigError, build_model, config_from_checkpoint, load_checkpoint
 from aits.checkpoint import fit_weights
 from aits.scoreboard import BASELINES, CLASSICAL, SUITES, file_system, score_system, suite_systems, summarize
+from driver.movie import evaluation_movies, movie_format, movie_systems
+from driver.report import write_report
 
 # Cap on the learned run's steps: a rule far too cautious for a system ends as max_steps, not as a hang.
 MAX_LEARNED_STEPS = 1_000_000
@@ -61,6 +63,15 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="parallel Ray tasks (default: the cores); 1 runs in this process")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-report", action="store_true", help="skip DIR/index.html (docs/REPORT.md)")
+    p.add_argument("--movie", action="store_true", help="orbit movies, the learned rule beside the strongest "
+                   "classical one: each long or practitioner system (docs/REPORT.md)")
+    p.add_argument("--movie-system", action="append", metavar="NAME", help="film this system (repeatable; implies --movie)")
+    p.add_argument("--movie-frames", type=int, default=120, help="frame budget per movie (default 120)")
+    p.add_argument("--movie-fps", type=float, default=20.0, help="movie frames per second (default 20)")
+    p.add_argument("--movie-dpi", type=int, default=80, help="movie resolution: 80 = 1024 x 576 pixels (default)")
+    p.add_argument("--movie-format", choices=("auto", "mp4", "gif"), default="auto",
+                   help="auto: MP4 when an ffmpeg encoder is found, else GIF")
     args = p.parse_args(argv)
     if args.workers < 1:
         raise InputError(f"--workers: must be >= 1, got {args.workers}")
@@ -74,6 +85,15 @@ def parse_args(argv):
         raise InputError("--duration applies to --system only")
     if args.suite is None and not args.system:
         args.suite = "quick"
+    for flag, value, low in (("--movie-frames", args.movie_frames, 2), ("--movie-fps", args.movie_fps, 0.01),
+                             ("--movie-dpi", args.movie_dpi, 10)):
+        if value < low:
+            raise InputError(f"{flag}: must be >= {low:g}, got {value:g}")
+    args.movie = args.movie or bool(args.movie_system)
+    try:
+        args.movie_format = movie_format(args.movie_format) if args.movie else args.movie_format
+    except ValueError as exc:
+        raise InputError(f"--movie-format: {exc}") from None
     return args
 
 
@@ -442,6 +462,11 @@ def main(argv=None) -> int:
                 raise InputError(f"checkpoint {p}: not found")
         infos, jobs = checkpoint_jobs(args.checkpoint, args.suite,
                                       user_systems(args.system, args.duration, args.softening), args.bodies)
+        first = next(iter(infos))
+        try:
+            filmed = movie_systems([j[2] for j in jobs if j[0] == first], args.movie_system) if args.movie else []
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     except InputError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -456,6 +481,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         write_atomic(out / name, data)
+    movies = {}
+    if filmed:  # the first checkpoint's runs, as the plots
+        movies = evaluation_movies(out, board["systems"][first] if board["systems_keyed_by_checkpoint"] else
+                                   board["systems"], plots[first], filmed, args.movie_frames, args.movie_fps,
+                                   args.movie_dpi, args.movie_format, first)
+    if not args.no_report:
+        command = ["python", "driver/evaluate.py", *(sys.argv[1:] if argv is None else argv)]
+        print(f"Report: {write_report(out, board, command, movies).resolve()}")
     print_summary(board)
     print(f"Scoreboard ({args.suite}, {len(infos)} checkpoint(s), {len(jobs)} system runs) in "
           f"{board['wall_time_s']:.0f} s: {out.resolve()}")

@@ -1,0 +1,176 @@
+"""The evaluation's HTML report (driver/report.py) and movies from the scoreboard CLI (driver/evaluate.py)."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import imageio.v2 as imageio
+import pytest
+
+from aits import NormScales, build_payload, save_checkpoint
+from aits import scoreboard as S
+from driver import evaluate, report
+
+from helpers import factor_cfg, perturbed_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FILMED = "kepler_e0.9_a1_10P"  # a quick-suite system (the quick suite has no long one)
+
+
+class Page(HTMLParser):
+    """Links, element ids, the command block and the headline cells {(system, field): (data-value, text)}."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids, self.cells, self.pre = [], set(), {}, []
+        self._system, self._cell, self._in_pre = None, None, False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.links += [a[k] for k in ("href", "src") if k in a]
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "tr" and "data-system" in a:
+            self._system = a["data-system"]
+        if tag == "td" and self._system and "data-field" in a:
+            self._cell = [(self._system, a["data-field"]), a.get("data-value"), ""]
+        self._in_pre = self._in_pre or tag == "pre"
+
+    def handle_data(self, data):
+        if self._cell:
+            self._cell[2] += data
+        if self._in_pre:
+            self.pre.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell:
+            key, value, text = self._cell
+            self.cells[key] = (value, text.strip())
+            self._cell = None
+        if tag == "tr":
+            self._system = None
+        if tag == "pre":
+            self._in_pre = False
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    return page
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """The quick suite of one in-process checkpoint through the CLI, with a movie of one system."""
+    tmp = tmp_path_factory.mktemp("report")
+    cfg = factor_cfg()
+    ckpt = save_checkpoint(tmp / "a" / "model" / "model_epoch_0007.pt",
+                           build_payload(7, perturbed_model(cfg).state_dict(), None, cfg, NormScales().to_dict()))
+    out = tmp / "board"
+    argv = ["--checkpoint", str(ckpt), "--suite", "quick", "--out", str(out), "--workers", "1", "--movie",
+            "--movie-system", FILMED, "--movie-frames", "8", "--movie-dpi", "40"]
+    proc = subprocess.run([sys.executable, "driver/evaluate.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {"ckpt": str(ckpt), "out": out, "argv": argv, "stdout": proc.stdout,
+            "board": json.loads((out / "scoreboard.json").read_text())}
+
+
+def expected_row(entry: dict) -> dict:
+    """The headline numbers as the board states them (the names score_system documents)."""
+    lm, strong, wall = entry["methods"]["learned"], entry["strongest"], entry["strongest_wall"]
+    r, rt = entry["ratios"], entry["ratios_trajectory"]
+    return {"learned_max_rel_dE": lm["max_rel_dE"], "learned_force_evals": lm["force_evals"],
+            "strongest_evals_max_rel_dE": entry["methods"][strong]["max_rel_dE"],
+            "strongest_wall_max_rel_dE": entry["methods"][wall]["equal_wall_time"]["max_rel_dE"],
+            "ratio_evals": r["equal_force_evals"]["strongest"], "ratio_wall": r["equal_wall_time"]["strongest"],
+            "learned_position_error": lm["position_error_rel"],
+            "ratio_position_evals": rt["equal_force_evals"]["strongest"],
+            "ratio_position_wall": rt["equal_wall_time"]["strongest"]}
+
+
+def check_cells(page: Page, systems: dict, expected) -> None:
+    for name, entry in systems.items():
+        for field, value in expected(entry).items():
+            data, text = page.cells[(name, field)]
+            assert json.loads(data) == value, (name, field)  # exactly the board's number
+            if value is None:
+                assert text == "–"
+            else:  # and the text shows it to 3 significant digits
+                assert float(text.split()[0]) == pytest.approx(value, rel=5e-3), (name, field, text)
+
+
+def test_report_links_exist_and_its_numbers_are_the_scoreboards(evaluated):
+    out, board = evaluated["out"], evaluated["board"]
+    page = parse((out / "index.html").read_text())
+    assert {"cost.png", "scoreboard.json", f"{FILMED}.png", f"{FILMED}.mp4"} <= set(page.links)
+    for link in page.links:
+        url = urlparse(link)
+        assert not url.scheme and not url.netloc and not link.startswith("/"), link  # relative, no network
+        if link.startswith("#"):
+            assert link[1:] in page.ids, link
+        else:
+            assert (out / unquote(url.path)).is_file(), link
+    assert "<script" not in (out / "index.html").read_text()
+    systems = board["systems"]
+    assert {name for name, _ in page.cells} == set(systems)
+    check_cells(page, systems, expected_row)
+    for name, entry in systems.items():
+        assert page.cells[(name, "strongest_evals")][1] == entry["strongest"]
+        assert page.cells[(name, "strongest_wall")][1] == entry["strongest_wall"]
+    assert board["checkpoints"][0]["config_summary"] in "".join(page.pre)
+    assert "driver/evaluate.py " + " ".join(evaluated["argv"]) in "".join(page.pre)
+
+
+def test_movie_of_the_evaluation_decodes(evaluated):
+    out = evaluated["out"]
+    lines = [ln for ln in evaluated["stdout"].splitlines() if ln.startswith("Movie ")]
+    assert len(lines) == 1 and lines[0].startswith(f"Movie {FILMED}: mp4, 8 frames,"), evaluated["stdout"][-800:]
+    assert f"Report: {out.resolve() / 'index.html'}" in evaluated["stdout"]
+    reader = imageio.get_reader(out / f"{FILMED}.mp4")
+    assert reader.count_frames() == 8 and reader.get_data(7).shape == (288, 512, 3)
+    reader.close()
+    assert not list(out.glob("*.gif")) and not list(out.glob(".*"))
+
+
+def test_report_without_the_strongest_keys_falls_back_to_the_methods(evaluated):
+    """An older board (no ``strongest``, no trajectory ratios, absolute position errors only)."""
+    board = copy.deepcopy(evaluated["board"])
+    for entry in board["systems"].values():
+        for key in ("strongest", "strongest_wall", "ratios_trajectory"):
+            entry.pop(key)
+        for comp in entry["ratios"].values():
+            comp.pop("strongest")
+        for met in entry["methods"].values():
+            met.pop("position_error_rel", None)
+    page = parse(report.render_report(evaluated["out"], board, "evaluate"))
+
+    def expected(entry):
+        fams = [f for f in S.CLASSICAL if f in entry["methods"]]
+        best = min(fams, key=lambda f: entry["methods"][f]["max_rel_dE"])
+        best_wall = min(fams, key=lambda f: entry["methods"][f]["equal_wall_time"]["max_rel_dE"])
+        lm = entry["methods"]["learned"]
+        return {"ratio_evals": entry["ratios"]["equal_force_evals"][best],
+                "ratio_wall": entry["ratios"]["equal_wall_time"][best_wall],
+                "learned_position_error": lm["final_position_error"],
+                "ratio_position_evals": S.ratio(lm["final_position_error"], entry["methods"][best]["final_position_error"])}
+
+    check_cells(page, board["systems"], expected)
+    original = evaluated["board"]["systems"]
+    for name in board["systems"]:  # the same choice as the board's own
+        assert page.cells[(name, "strongest_evals")][1] == original[name]["strongest"]
+
+
+@pytest.mark.parametrize("flags, word", [(["--movie-frames", "1"], "--movie-frames"),
+                                         (["--movie-system", "no_such_system"], "no_such_system")])
+def test_bad_movie_flags_exit_2_writing_nothing(evaluated, tmp_path, capsys, flags, word):
+    out = tmp_path / "o"
+    assert evaluate.main(["--checkpoint", evaluated["ckpt"], "--out", str(out), "--workers", "1", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0]
+    assert not out.exists()
