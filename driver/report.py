@@ -24,10 +24,10 @@ CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.2em 2em; color: #222; }
 h1 { font-size: 1.4em; margin: 0 0 .2em 0; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1em; margin-top: 1.4em; } .sub { color: #555; margin: 0 0 .8em 0; }
-table { border-collapse: collapse; font-size: .85em; margin: .4em 0 1em 0; }
+table { border-collapse: collapse; font-size: .82em; margin: .4em 0 1em 0; }
 th, td { border: 1px solid #ccc; padding: .2em .5em; } th { background: #f0f0f0; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.win { background: #dff3df; } td.lose { background: #f8dede; } td.bad { color: #b00; font-weight: bold; }
+td.status { max-width: 14em; } td.win { background: #dff3df; } td.lose { background: #f8dede; } td.bad { color: #b00; font-weight: bold; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .8em; }
 img, video { max-width: 100%; border: 1px solid #ddd; } .media { display: flex; flex-wrap: wrap; gap: 1em; }
 .note { color: #555; font-size: .85em; }
@@ -156,7 +156,7 @@ def _ratio_cls(r) -> str:
 def headline_table(label: str, systems: dict) -> str:
     head = ("<tr><th rowspan=2>system</th><th rowspan=2>learned max |ΔE/E|</th><th rowspan=2>force evals</th>"
             "<th colspan=3>equal force evaluations</th><th colspan=3>equal wall time</th>"
-            "<th colspan=3>trajectory</th><th rowspan=2>status: learned / strongest (others not ok)</th></tr>"
+            "<th colspan=3>trajectory</th><th rowspan=2>status: learned / strongest</th></tr>"
             "<tr><th>strongest classical</th><th>its max |ΔE/E|</th><th>learned / strongest</th>"
             "<th>strongest classical</th><th>its max |ΔE/E|</th><th>learned / strongest</th>"
             "<th>learned position error</th><th>/ strongest, equal evals</th><th>/ strongest, equal wall</th></tr>")
@@ -175,8 +175,12 @@ def headline_table(label: str, systems: dict) -> str:
         statuses = [h["learned_status"] or "–", h["strongest_evals_status"] or "–"]
         if h["strongest_wall"] != h["strongest_evals"] and h["strongest_wall"]:
             statuses.append(f"{h['strongest_wall']}: {h['strongest_wall_status']}")
-        others = [s for s in h["not_ok"] if not any(s.startswith(f"{n}:") for n in
-                                                     ("learned", h["strongest_evals"], h["strongest_wall"]))]
+        grouped: dict[str, list[str]] = {}  # the other methods that are not ok, by status
+        for item in h["not_ok"]:
+            meth, status = item.split(": ", 1)
+            if meth not in ("learned", h["strongest_evals"], h["strongest_wall"]):
+                grouped.setdefault(status, []).append(meth)
+        others = [f"{status}: {', '.join(meths)}" for status, meths in grouped.items()]
         bad = h["learned_status"] not in ("ok", None)
         cells = [f'<td><a href="#{esc(anchor(label, name))}">{esc(name)}</a></td>',
                  num("learned_max_rel_dE", h["learned_max_rel_dE"]), num("learned_force_evals", h["learned_force_evals"])]
@@ -188,12 +192,13 @@ def headline_table(label: str, systems: dict) -> str:
                       kind if h["learned_position_error"] is not None else ""),
                   num("ratio_position_evals", h["ratio_position_evals"], _ratio_cls(h["ratio_position_evals"])),
                   num("ratio_position_wall", h["ratio_position_wall"], _ratio_cls(h["ratio_position_wall"])),
-                  f'<td class="{"bad" if bad else ""}">{esc(" / ".join(statuses))}'
+                  f'<td class="status {"bad" if bad else ""}">{esc(" / ".join(statuses))}'
                   + (f'<br><span class="note">{esc("; ".join(others))}</span>' if others else "") + "</td>"]
         rows.append(f'<tr data-checkpoint="{esc(label)}" data-system="{esc(name)}">{"".join(cells)}</tr>')
     sizes = sorted({e.get("trajectory", {}).get("size_name") for e in systems.values()} - {None})
     foot = ("<p class=\"note\">Position error: max over the bodies of |x − x<sub>IAS15</sub>| at the reference's "
-            "horizon" + (f", over the system's size ({esc(', '.join(sizes))})" if sizes else "") + ".</p>")
+            "horizon" + (f", over the system's size ({esc(', '.join(sizes))})" if sizes else "") + ". Status: of the "
+            "learned run and the strongest runs, then the other methods that are not ok.</p>")
     return f'<table class="headline" data-checkpoint="{esc(label)}">{head}{"".join(rows)}</table>{foot}'
 
 
