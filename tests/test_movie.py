@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aits import Config, NormScales, build_payload, save_checkpoint
+from aits import Config
 from aits import integrators as I
 from aits import scoreboard as S
-from aits.model import build_model
 from aits.physics import kepler_ic
 from driver import movie, train
 
-from helpers import tiny_dict
+from helpers import write_config
 
 SIZE = (288, 512)  # 12.8 x 7.2 inches at 40 dpi
 
@@ -97,19 +96,20 @@ def test_movie_rejects_series_without_positions(kepler_series, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_training_movie_renders_the_final_checkpoint_on_its_training_system(tmp_path):
-    cfg = Config.from_dict({**tiny_dict(), "run": {"name": "mv", "output_dir": str(tmp_path)}})
-    run_dir = tmp_path / "mv"
-    save_checkpoint(run_dir / "model" / "model_epoch_0002.pt",
-                    build_payload(2, build_model(cfg).state_dict(), None, cfg, NormScales().to_dict()))
-    sys_ = movie.training_system(cfg)
-    s = cfg.system
-    assert sys_.params["e"] == pytest.approx((s.e_min + s.e_max) / 2)
-    assert sys_.duration == pytest.approx(s.periods_per_orbit * sys_.params["period"])
-    path, fmt, n, _ = movie.training_movie(run_dir, frames=6, dpi=40)
-    assert path == run_dir / f"movie.{fmt}" and n == 6
-    reader = imageio.get_reader(path)
-    assert reader.count_frames() == 6 and reader.get_data(5).shape == (*SIZE, 3)
+def test_train_movie_renders_the_final_checkpoint_on_its_training_system(tmp_path, capsys):
+    """``driver/train.py --movie``: a tiny in-process run, then its final checkpoint filmed."""
+    cfg_path = write_config(tmp_path, name="mv", ray={"inprocess": True}, train={"epochs": 2})
+    assert train.main(["--config", cfg_path, "--movie"]) == 0
+    run_dir = tmp_path / "runs" / "mv"
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Training movie")]
+    assert len(line) == 1 and line[0].startswith("Training movie (mp4, 120 frames,")
+    assert line[0].endswith(str((run_dir / "movie.mp4").resolve()))
+    reader = imageio.get_reader(run_dir / "movie.mp4")
+    assert reader.count_frames() == 120 and reader.get_data(119).shape == (576, 1024, 3)  # 80 dpi
     reader.close()
-    assert train.parse_args(["--config", "c.yaml", "--movie"]).movie
-    assert not train.parse_args(["--config", "c.yaml"]).movie
+    # the system filmed: the middle of the training ranges, over one restart period
+    cfg = Config.load(cfg_path)
+    sys_, s = movie.training_system(cfg), cfg.system
+    assert (sys_.params["e"], sys_.params["a"]) == pytest.approx(((s.e_min + s.e_max) / 2, (s.a_min + s.a_max) / 2))
+    assert sys_.duration == pytest.approx(s.periods_per_orbit * sys_.params["period"])
+    assert not train.parse_args(["--config", cfg_path]).movie
