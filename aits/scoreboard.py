@@ -589,8 +589,8 @@ def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
         ``t`` (bin mean), ``rel_dE`` = |dE/E| (bin maximum), ``dt`` (bin mean), each (bins,); with
         ``m``: ``x`` (bins, N, D), the positions at each bin's last sample, ``P_drift`` = |P(t) - P0|
         (total momentum, absolute, bin maximum) and, for D = 2 or 3, ``L_drift`` = |L(t) - L0| / |L0|
-        (angular momentum: the z component in 2-D, the vector in 3-D; bin maximum). Empty without
-        a trajectory.
+        (angular momentum: the z component in 2-D, the vector in 3-D; bin maximum; for L0 ~ 0 over
+        the largest sum m |x| |v| of the run instead). Empty without a trajectory.
     """
     if not run.trajectory:
         return {}
@@ -618,8 +618,9 @@ def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
         ang = (np.einsum("n,sn->s", m, x[..., 0] * v[..., 1] - x[..., 1] * v[..., 0])[:, None] if d == 2
                else np.einsum("n,snd->sd", m, np.cross(x, v)))
         scale = float(np.linalg.norm(ang[0]))
-        natural = float((m * np.linalg.norm(x[0], axis=-1) * np.linalg.norm(v[0], axis=-1)).sum())
-        if scale <= 1e-12 * natural:  # L0 ~ 0 (a radial start): relative to sum m |x||v|, the size L could have
+        # L0 ~ 0 (a start at rest, a symmetric start): relative to the largest sum m |x||v| along the run
+        natural = float((m * np.linalg.norm(x, axis=-1) * np.linalg.norm(v, axis=-1)).sum(-1).max())
+        if scale <= 1e-12 * natural:
             scale = max(natural, 1e-300)
         l_drift = np.linalg.norm(ang - ang[0], axis=-1) / scale
         out["L_drift"] = [float(l_drift[a:b].max()) for a, b in bins]

@@ -50,6 +50,10 @@ def test_downsample_positions_and_momentum_drifts(kepler_series):
     fake3 = I.Run("made_up", {}, {k: (np.insert(a, 1, 0.0, axis=-1) if k in ("x", "v") else a)
                                   for k, a in fake.trajectory.items()})
     np.testing.assert_allclose(S.downsample(fake3, points=50, m=np.ones(2))["L_drift"], d["L_drift"], rtol=1e-12)
+    # a start at rest (L0 = 0, as the Pythagorean problem): the drift is relative to the run's own scale
+    m3, x3 = np.array([3.0, 4.0, 5.0]), np.array([[1.0, 3.0], [-2.0, -1.0], [1.0, -1.0]])
+    rest = I.integrate(I.Adaptive(0.01), m3, x3, np.zeros((3, 2)), 1.0)
+    assert rest.metrics["status"] == "ok" and 0 <= max(S.downsample(rest, m=m3)["L_drift"]) < 1e-12
 
 
 def test_movie_of_a_short_kepler_run_decodes_with_its_frame_count_and_size(kepler_series, tmp_path):
