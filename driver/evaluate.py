@@ -6,7 +6,9 @@ evaluations and equal wall time, on a suite of test systems or on your own.
 
 Writes ``DIR/scoreboard.json``, ``DIR/scoreboard.md`` and plots (``DIR/<system>.png``: the bodies'
 x-y paths of the learned run and of the strongest classical rule beside |dE/E| and dt against time;
-``DIR/cost.png``: max |dE/E| against force evaluations). Every method runs on the one numpy loop of
+``DIR/cost.png``: max |dE/E| against force evaluations), ``DIR/index.html`` (the tables, plots and
+movies on one page; ``--no-report`` skips it) and, with ``--movie``, orbit movies (docs/REPORT.md).
+Suites: quick, standard, practitioner, practitioner_quick. Every method runs on the one numpy loop of
 ``aits.integrators``. Systems run in parallel as Ray tasks (``--workers``, default: the cores), in
 this process with ``--workers 1``. See README "Is my checkpoint worth using?" and docs/DESIGN.md §6.
 """
