@@ -82,7 +82,7 @@ class System:
     size: float = 0.0  # 0: the mean pair distance at t = 0 (set in __post_init__)
     size_name: str = "mean pair distance at t = 0"
     source: str = ""
-    bounded: bool = True  # a bound system: its drift slope is judged
+    bounded: bool = True  # a bound system, whose drift slope means something (written to the scoreboard)
 
     def __post_init__(self):
         if self.size <= 0:
@@ -93,7 +93,7 @@ class System:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "family": self.family, "params": self.params, "duration": self.duration,
                 "N": int(self.x.shape[0]), "D": int(self.x.shape[1]), "softening": self.eps,
-                "size": self.size, "size_name": self.size_name, "source": self.source}
+                "size": self.size, "size_name": self.size_name, "source": self.source, "bounded": self.bounded}
 
 
 def kepler_system(e: float, a: float, periods: float, family: str, dim: int = 2, mass=1.0,
@@ -656,26 +656,34 @@ def summarize(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
                         across.setdefault(fam, {}).setdefault(comp, {}).setdefault(b, []).append(st["median"])
         out["across_checkpoints"] = {fam: {comp: {b: spread(v) for b, v in bs.items()} for comp, bs in comps.items()}
                                      for fam, comps in across.items()}
-        per_system: dict = {}
-        for label, systems in systems_by_ckpt.items():
-            for name, entry in systems.items():
-                slot = per_system.setdefault(name, {})
-                for prefix, key in (("", "ratios"), ("trajectory_", "ratios_trajectory")):
-                    for comp, rs in entry.get(key, {}).items():
-                        for b, r in rs.items():
-                            if r is not None:
-                                slot.setdefault(prefix + comp, {}).setdefault(b, []).append(r)
-                slope = entry["methods"]["learned"].get("drift_slope")
-                if slope is not None:
-                    slot.setdefault("learned_drift_slope", []).append(slope)
-                # names, one per checkpoint: kept as lists
-                slot.setdefault("learned_status", []).append(entry["methods"]["learned"]["status"])
-                slot.setdefault("strongest", []).append(entry.get("strongest"))
-        out["per_system"] = {name: {k: (v if k in ("learned_status", "strongest") else spread(v)
-                                        if isinstance(v, list) else {b: spread(r) for b, r in v.items()})
-                                    for k, v in slot.items()}
-                             for name, slot in per_system.items()}
+        out["per_system"] = per_system_summary(systems_by_ckpt)
     return out
+
+
+def per_system_summary(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
+    """Per system over checkpoints: median and spread of every ratio (energy: ``equal_force_evals``,
+    ``equal_wall_time``; position: ``trajectory_equal_force_evals``, ...) and of the learned run's drift
+    slope; the learned runs' statuses, force evaluations and the ``strongest`` family, one per
+    checkpoint, as lists."""
+    per_system: dict = {}
+    for label, systems in systems_by_ckpt.items():
+        for name, entry in systems.items():
+            slot = per_system.setdefault(name, {})
+            for prefix, key in (("", "ratios"), ("trajectory_", "ratios_trajectory")):
+                for comp, rs in entry.get(key, {}).items():
+                    for b, r in rs.items():
+                        if r is not None:
+                            slot.setdefault(prefix + comp, {}).setdefault(b, []).append(r)
+            lm = entry["methods"]["learned"]
+            if lm.get("drift_slope") is not None:
+                slot.setdefault("learned_drift_slope", []).append(lm["drift_slope"])
+            slot.setdefault("learned_status", []).append(lm["status"])
+            slot.setdefault("learned_evals", []).append(lm["force_evals"])
+            slot.setdefault("strongest", []).append(entry.get("strongest"))
+    kept = ("learned_status", "learned_evals", "strongest")  # one per checkpoint: kept as lists
+    return {name: {k: (v if k in kept else spread(v) if isinstance(v, list) else {b: spread(r) for b, r in v.items()})
+                   for k, v in slot.items()}
+            for name, slot in per_system.items()}
 
 
 HEADLINE_KEYS = ("energy_equal_evals", "energy_equal_wall", "trajectory_equal_evals", "trajectory_equal_wall",

@@ -147,10 +147,14 @@ def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | N
                         "seed": cfg.run.seed, "config_summary": ckpt.get("config_summary"),
                         "N": s.num_particles, "D": s.dim, "softening": s.softening, "n_steps": s.n_steps,
                         "model_output": getattr(cfg.model, "output", "dt")}
-        # another N: the suite's own masses and softening (the checkpoint's belong to its N)
-        systems = (suite_systems(suite, bodies, 2 if bodies == 2 else s.dim, 0.0 if bodies == 2 else s.softening)
-                   if suite and bodies and bodies != s.num_particles else
-                   suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass) if suite else [])
+        if not suite:
+            systems = []
+        elif bodies and bodies != s.num_particles:
+            # another N: unit masses (the checkpoint's belong to its N); Kepler orbits in 2-D, unsoftened
+            two = bodies == 2
+            systems = suite_systems(suite, bodies, 2 if two else s.dim, 0.0 if two else s.softening)
+        else:
+            systems = suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass)
         for system in [*systems, *(extra_systems or [])]:
             jobs.append((label, str(path), system, s.n_steps))
     return infos, jobs

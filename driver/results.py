@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from aits.scoreboard import summarize
+from aits.scoreboard import per_system_summary, summarize
 from driver.evaluate import fmt
 
 
@@ -32,41 +32,27 @@ def tables(board: dict) -> str:
                      f"{fmt(h['energy_equal_wall'])} | {fmt(h['trajectory_equal_evals'])} | "
                      f"{fmt(h['trajectory_equal_wall'])} | {h['not_ok']} of {h['systems']} |")
     lines.append("")
-    per = {}
-    for systems in by_ckpt.values():
-        for name, e in systems.items():
-            slot = per.setdefault(name, {"strongest": [], "status": [], "ev": [], "wall": [], "pos": [], "posw": [],
-                                         "evals": []})
-            slot["strongest"].append(e.get("strongest"))
-            slot["status"].append(e["methods"]["learned"]["status"])
-            slot["evals"].append(e["methods"]["learned"]["force_evals"])
-            for key, src, comp in (("ev", "ratios", "equal_force_evals"), ("wall", "ratios", "equal_wall_time"),
-                                   ("pos", "ratios_trajectory", "equal_force_evals"),
-                                   ("posw", "ratios_trajectory", "equal_wall_time")):
-                r = e.get(src, {}).get(comp, {}).get("strongest")
-                if r is not None:
-                    slot[key].append(r)
-
-    def med(v):
-        if not v:
+    def cell(st, comp):  # median [min, max] over checkpoints; one value alone
+        v = st.get(comp, {}).get("strongest")
+        if v is None:
             return "–"
-        v = sorted(v)
-        mid = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
-        return f"{fmt(mid)} [{fmt(v[0])}, {fmt(v[-1])}]" if len(v) > 1 else fmt(mid)
+        return fmt(v["median"]) if v["n"] == 1 else f"{fmt(v['median'])} [{fmt(v['min'])}, {fmt(v['max'])}]"
 
     lines += ["| system | learned evals | strongest | energy / strongest, equal evals | equal wall | "
               "position / strongest, equal evals | equal wall | learned status |",
               "|---|---|---|---|---|---|---|---|"]
-    for name, s in per.items():
-        fams = ", ".join(f"{f} ×{s['strongest'].count(f)}" for f in dict.fromkeys(s["strongest"]) if f)
-        stats = ", ".join(f"{x} ×{s['status'].count(x)}" for x in dict.fromkeys(s["status"]))
-        ev = sorted(s["evals"])
+    per = per_system_summary(by_ckpt)
+    for name, st in per.items():
+        fams = ", ".join(f"{f} ×{st['strongest'].count(f)}" for f in dict.fromkeys(st["strongest"]) if f)
+        stats = ", ".join(f"{x} ×{st['learned_status'].count(x)}" for x in dict.fromkeys(st["learned_status"]))
+        ev = sorted(st["learned_evals"])
         evals = f"{ev[len(ev) // 2]}" + (f" [{ev[0]}, {ev[-1]}]" if len(ev) > 1 else "")
-        lines.append(f"| {name} | {evals} | {fams} | {med(s['ev'])} | {med(s['wall'])} | {med(s['pos'])} | "
-                     f"{med(s['posw'])} | {stats} |")
+        lines.append(f"| {name} | {evals} | {fams} | {cell(st, 'equal_force_evals')} | {cell(st, 'equal_wall_time')} | "
+                     f"{cell(st, 'trajectory_equal_force_evals')} | {cell(st, 'trajectory_equal_wall_time')} | "
+                     f"{stats} |")
     fam_counts: dict[str, int] = {}
-    for s in per.values():
-        for f in s["strongest"]:
+    for st in per.values():
+        for f in st["strongest"]:
             if f:
                 fam_counts[f] = fam_counts.get(f, 0) + 1
     lines += ["", "Strongest classical family (system × checkpoint): "
