@@ -319,7 +319,7 @@ def quick_objective(ckpt: dict) -> dict:
     s = cfg.system
     learned = {"learned": learned_methods(ckpt, cfg)["learned"]}  # the rule as trained; no second form
     # the classical candidates for "strongest" only: logh is a reference row, not run here
-    families = getattr(scoreboard, "CLASSICAL", tuple(b for b in scoreboard.BASELINES if b not in EXCLUDED))
+    families = scoreboard.CLASSICAL
     per_system = {}
     for system in scoreboard.suite_systems("quick", s.num_particles, s.dim, s.softening, s.mass):
         entry = scoreboard.score_system(system, learned, n_steps=s.n_steps, baselines=families, reference=False)
