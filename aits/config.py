@@ -114,7 +114,15 @@ class ModelConfig:
                                        "by k fixed-point iterations", ge=0, le=20)
     recursive: bool = opt(False, "explicit time-reversible step dt_n = h(z_n)^2 / dt_{n-1} (the first step h): "
                                  "one evaluation per step; factor output, scale_free features")
+    recursion_clip: Optional[float] = opt(None, "the recursion's step stays within [h/c, h*c] (the alternating mode "
+                                                "cannot grow past it); null: max_modulation's M, or no clip",
+                                          gt=1, le=1000)
     dtype: Optional[str] = opt(None, "model precision; null = run.dtype (physics stays run.dtype)", choices=FLOATS)
+
+    @property
+    def step_clip(self) -> Optional[float]:
+        """The recursion's clip c (dt within [h/c, h*c]): ``recursion_clip``, else ``max_modulation``, else None."""
+        return self.recursion_clip if self.recursion_clip is not None else self.max_modulation
 
 
 @dataclass
@@ -137,6 +145,8 @@ class TrainConfig:
     passage_steps: int = opt(600, "steps of each passage rollout", ge=1, le=100_000)
     passage_batch: int = opt(16, "start states per collector and epoch for the passage rollouts", ge=1,
                              le=1_000_000)
+    passage_anchor: float = opt(0.0, "weight of (mean log(dt / tau) - log init_factor)^2 in the passage objective: "
+                                     "holds the overall step size at the classical eta (0: off)", ge=0)
 
 
 @dataclass
@@ -271,6 +281,8 @@ class Config:
         if m.recursive and m.symmetric_iterations:
             p.append(f"model.recursive: pick one step rule; symmetric_iterations is {m.symmetric_iterations}, "
                      "set it to 0 for the step recursion")
+        if t.passage_anchor and m.init_factor is None:
+            p.append("train.passage_anchor: the anchor holds the step level at model.init_factor; set it")
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")

@@ -249,9 +249,10 @@ class RecursivePolicy(Method):
 class RecursiveAdaptive(RecursivePolicy):
     name, param_name = "recursive_adaptive", "eta"
 
-    def __init__(self, eta: float, timescale: str = "nn", eps: float = 0.0, name: str = "recursive_adaptive"):
+    def __init__(self, eta: float, timescale: str = "nn", eps: float = 0.0, name: str = "recursive_adaptive",
+                 clip: float | None = None):
         self.eta, ts = float(eta), TIMESCALES[timescale]
-        super().__init__(lambda x, v, a, m: self.eta * ts(x, v, a, m, eps), name)
+        super().__init__(lambda x, v, a, m: self.eta * ts(x, v, a, m, eps), name, clip)
 
     @property
     def param(self):

@@ -13,11 +13,15 @@ weights) and takes the gradient of the mean over the systems of
 the log of (largest energy error) x (steps per unit time)^2: leapfrog's error falls as the
 square of the step count, so the objective does not change when every dt is scaled by one
 factor. It moves how the steps are spread along the trajectory, and leaves their overall size to
-the band. The learner steps once per epoch on the mean of the collectors' gradients
+the band. Where steps are coarse the error falls faster than dt^2, and the objective then prefers smaller
+steps everywhere: ``train.passage_anchor`` lambda adds lambda (level - log eta0)^2, level the rollouts'
+mean log(dt / tau), which holds the overall size at the classical eta0 (``model.init_factor``) it contains. The learner steps once per epoch on the mean of the collectors' gradients
 (docs/DESIGN.md §4.4b). ``passage_steps`` should cover at least one pericentre passage
 of the most eccentric training orbit at the trained step size.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -28,21 +32,27 @@ from .samples import Samples, StateBatch
 from .stepper import Stepper, optimizer_step
 
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
-         "passage/skipped": "sum", "passage/applied": "mean"})
+         "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean"})
 
 
-def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int):
+def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
+            with_level: bool = False):
     """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (rel_dE (B, steps)
     against the start's energy, T (B,) time covered, tau0 (B,) the start's classical timescale).
     Each rollout is a fresh start: the step recursion's first step is h, then dt_k = h_k^2 / dt_{k-1}
-    with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free)."""
+    with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free).
+    ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph."""
     prep = stepper.prepare(StateBatch.start(m, x, v))
-    m, e0, tau0, errs, T = prep.m, prep.e0, prep.tau, [], 0.0
+    m, e0, tau0, errs, T, levels = prep.m, prep.e0, prep.tau, [], 0.0, []
     for _ in range(steps):
         att = stepper.attempt(model, prep)
         errs.append(((att.e1 - e0) / e0).abs())
+        if with_level:
+            levels.append(torch.log(att.dt / prep.tau))
         T = T + att.dt * stepper.substeps
         prep = stepper.prepare_live(m, att)
+    if with_level:
+        return torch.stack(errs, -1), T, tau0, torch.stack(levels, -1).mean(-1)
     return torch.stack(errs, -1), T, tau0
 
 
@@ -53,20 +63,23 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     weights). Returns ({parameter name: gradient} or None when nothing usable, ``passage/*`` metrics);
     the model's ``.grad`` are left cleared."""
     t = cfg.train
-    metrics = {"passage/loss": 0.0, "passage/max_rel_dE": 0.0, "passage/steps_per_tau": 0.0, "passage/skipped": 0}
+    metrics = {"passage/loss": 0.0, "passage/max_rel_dE": 0.0, "passage/steps_per_tau": 0.0, "passage/skipped": 0,
+               "passage/level": 0.0}
     n = len(samples)
     if n == 0:
         metrics["passage/skipped"] = 1
         return None, metrics
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
-    errs, T, tau0 = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps)
+    errs, T, tau0, level = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps,
+                                   with_level=True)
     worst = errs.max(-1).values
     keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
     if bool(keep.any()) and not bool(keep.all()):
         # a rollout that blew up poisons the batched graph's gradient even when its row is dropped from
         # the loss: roll out the finite ones again, alone
         idx = idx[keep.cpu().numpy()]
-        errs, T, tau0 = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps)
+        errs, T, tau0, level = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx],
+                                       t.passage_steps, with_level=True)
         worst = errs.max(-1).values
         keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
     if not bool(keep.any()):
@@ -74,6 +87,9 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         return None, metrics
     loss = (torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep])).mean()
     metrics["passage/loss"] = float(loss.detach())
+    metrics["passage/level"] = float(level[keep].detach().mean())
+    if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
+        loss = loss + t.passage_anchor * (level[keep].mean() - math.log(cfg.model.init_factor)) ** 2
     metrics["passage/max_rel_dE"] = float(worst[keep].detach().median())
     metrics["passage/steps_per_tau"] = float((t.passage_steps * tau0[keep] / T[keep].detach()).mean())
     model.zero_grad(set_to_none=True)

@@ -81,7 +81,7 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
         return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales, eps), "learned")}
     h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening if eps is None else eps))
     if mc.recursive:
-        return {"learned": I.RecursivePolicy(h, "learned", mc.max_modulation),
+        return {"learned": I.RecursivePolicy(h, "learned", mc.step_clip),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
     explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
     k = mc.symmetric_iterations

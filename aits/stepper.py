@@ -60,7 +60,7 @@ class Stepper:
         self.factor = cfg.model.output == "factor"  # dt = g(features) * tau
         self.symmetric = cfg.model.symmetric_iterations  # 0: explicit step
         self.recursive = cfg.model.recursive  # dt_n = h(z_n)^2 / dt_{n-1}
-        self.clip = cfg.model.max_modulation  # bounded factor: the recursion's step stays within [h/M, h*M]
+        self.clip = cfg.model.step_clip  # the recursion's step stays within [h/c, h*c] (model.recursion_clip)
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
 

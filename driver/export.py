@@ -107,7 +107,7 @@ def mode_spec(rule: Rule) -> dict:
     if rule.mode == "symmetric":
         spec["iterations"] = rule.k
     if rule.mode == "recursive":
-        clip = rule.cfg.model.max_modulation
+        clip = rule.cfg.model.step_clip
         spec["clip"] = None if clip is None else float(clip)
         spec["clip_formula"] = "with clip: dt = min(max(dt, h / clip), h * clip)"
     return spec

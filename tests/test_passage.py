@@ -14,7 +14,7 @@ from aits import integrators as I
 from aits.passage import rollout
 from driver.train import main
 from aits.physics import kepler_ic
-from aits.model import NumpyMLP
+from aits.model import NumpyMLP, build_model
 from aits.policy import FactorStep
 
 from helpers import assert_same_weights, factor_cfg, final_weights, perturbed_model, rows, strip_timing, write_config
@@ -156,3 +156,35 @@ def test_off_by_default_and_needs_scale_free_features():
     assert samples.passage is None and not any(k.startswith("passage/") for k in metrics)
     with pytest.raises(ConfigError, match="train.passage"):
         Config.from_dict({"train": {"passage": True}, "features": {"feature_type": "delta_mag"}})
+
+
+def test_anchor_holds_the_level_at_the_classical_eta():
+    """train.passage_anchor: the rollouts' level (mean log dt/tau) is reported, and with the anchor on, steps
+    on the passage gradient move a level set off log eta0 back towards it; without it they do not."""
+    base = {**factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()}
+    samples = _kepler_samples([0.5, 0.8, 0.95])
+    moved = {}
+    for anchor in (0.0, 50.0):
+        cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 100, "passage_batch": 3,
+                                                  "lr": 1e-2, "passage_anchor": anchor}})
+        model = build_model(cfg)
+        with torch.no_grad():  # the untrained bounded model at g = 0.01 * 3^tanh(0.6) = 0.019: level off by 0.59
+            model.net[-1].bias.add_(0.6)
+        stepper, opt = Stepper(cfg, NormScales()), make_optimizer(model, cfg)
+        levels = []
+        for _ in range(8):
+            grads, m = passage_gradient(model, samples, stepper, cfg, np.random.default_rng(0))
+            levels.append(m["passage/level"])
+            assert apply_passage(model, opt, [grads])
+        moved[anchor] = levels
+    target = math.log(0.01)
+    assert moved[0.0][0] == pytest.approx(target + math.log(3.0) * math.tanh(0.6), abs=0.05)
+    # anchored: the level comes most of the way back; free: it stays off
+    assert abs(moved[50.0][-1] - target) < 0.5 * abs(moved[50.0][0] - target), moved
+    assert abs(moved[0.0][-1] - target) > 0.8 * abs(moved[0.0][0] - target), moved
+
+
+def test_anchor_needs_init_factor():
+    with pytest.raises(ConfigError, match="train.passage_anchor"):
+        Config.from_dict({**factor_cfg().to_dict(), "model": {"output": "factor", "init_factor": None},
+                          "train": {"passage_anchor": 1.0}})

@@ -1,0 +1,178 @@
+"""The headroom of the learned step-function family on one system (issue 19, G4).
+
+The learned rule is h = g(features) * tau with the bounded factor g = eta0 * M^tanh(z(features)), z an
+MLP of the 8 scale-free features, as the h of the step recursion (clipped at c). The *oracle* of a
+system is a member of that family fitted to that one system alone: z = w . phi, phi the system's
+scale-free features standardised along its own classical run (features that stay constant there are
+dropped: a constant only rescales every step, which equal-cost comparisons ignore), w found by
+Nelder-Mead on
+
+    J(w) = max_k |E_k - E_0| / |E_0|  x  (force evaluations)^2
+
+over a fit run of the system (leapfrog's error falls as the square of the step count, so J does not
+depend on the overall step size; the search starts at w = 0, the classical recursion, so the fit run's
+J never ends above the classical one's). The oracle is then run over the system's whole duration at
+the learned run's force evaluations (its eta0 tuned to them) and compared with the strongest classical
+rule there. It is a linear member of the family, so oracle / strongest is what the family can gain at
+least; learned / oracle what training leaves on the table.
+
+No Ray, no torch: numpy step rules of :mod:`aits.integrators`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from . import integrators as I
+from .features import scale_free_numpy
+from .steprules import RECURSION_CLIP
+
+FIT_EVALS = 20_000  # the fit run covers at most this many force evaluations (a leading part of the duration)
+CONSTANT_STD = 1e-6  # a feature whose standard deviation along the classical run is below this is dropped
+
+
+class LinearFactorStep:
+    """h(x, v, a, m) = eta0 * M^tanh(w . phi) * tau, phi = (features[keep] - mean) / std."""
+
+    def __init__(self, w, keep, mean, std, eta0: float, modulation: float, eps: float):
+        self.w, self.keep = np.asarray(w, dtype=float), np.asarray(keep, dtype=int)
+        self.mean, self.std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+        self.eta0, self.log_m, self.eps = float(eta0), math.log(modulation), eps
+
+    def factor(self, feats: np.ndarray) -> float:
+        z = float(self.w @ ((feats[self.keep] - self.mean) / self.std)) if len(self.keep) else 0.0
+        return self.eta0 * math.exp(self.log_m * math.tanh(z))
+
+    def __call__(self, x, v, a, m) -> float:
+        feats, tau = scale_free_numpy(x, v, a, m, self.eps)
+        return self.factor(feats) * tau
+
+
+def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float, max_evals: int,
+                rtol: float = 1e-3) -> tuple[np.ndarray, float, int]:
+    """Minimise ``f`` from ``x0`` (simplex of ``x0`` and ``x0 + step * e_i``); the textbook reflection,
+    expansion, contraction and shrink coefficients (1, 2, 1/2, 1/2). Non-finite values count as +inf.
+    Returns (best point, its value, evaluations spent)."""
+    n = len(x0)
+
+    def val(p):
+        y = f(p)
+        return y if math.isfinite(y) else math.inf
+
+    pts = [np.asarray(x0, dtype=float)] + [np.asarray(x0, dtype=float) + step * np.eye(n)[i] for i in range(n)]
+    ys = [val(p) for p in pts]
+    evals = n + 1
+    while evals < max_evals:
+        order = np.argsort(ys)
+        pts, ys = [pts[i] for i in order], [ys[i] for i in order]
+        if math.isfinite(ys[-1]) and abs(ys[-1] - ys[0]) <= rtol * (abs(ys[0]) + 1e-300):
+            break
+        centre = np.mean(pts[:-1], axis=0)
+        xr = centre + (centre - pts[-1])
+        yr = val(xr)
+        evals += 1
+        if yr < ys[0]:
+            xe = centre + 2.0 * (centre - pts[-1])
+            ye = val(xe)
+            evals += 1
+            pts[-1], ys[-1] = (xe, ye) if ye < yr else (xr, yr)
+        elif yr < ys[-2]:
+            pts[-1], ys[-1] = xr, yr
+        else:
+            xc = centre + 0.5 * ((xr if yr < ys[-1] else pts[-1]) - centre)
+            yc = val(xc)
+            evals += 1
+            if yc < min(yr, ys[-1]):
+                pts[-1], ys[-1] = xc, yc
+            else:  # shrink towards the best
+                for i in range(1, n + 1):
+                    pts[i] = pts[0] + 0.5 * (pts[i] - pts[0])
+                    ys[i] = val(pts[i])
+                evals += n
+    best = int(np.argmin(ys))
+    return pts[best], ys[best], evals
+
+
+@dataclass
+class OracleFit:
+    system: str
+    keep: list[int]
+    w: list[float]
+    eta0: float
+    fit_duration: float
+    j_classical: float  # J of the classical recursion (w = 0) on the fit run
+    j_oracle: float
+    fit_runs: int
+    history: list[float] = field(default_factory=list)
+
+
+def _j(run: I.Run) -> float:
+    if run.metrics["status"] != "ok":
+        return math.inf
+    err = run.metrics.get("max_rel_dE")
+    return math.inf if err is None or not math.isfinite(err) else err * run.metrics["force_evals"] ** 2
+
+
+def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSION_CLIP, fit_evals: int = FIT_EVALS,
+               max_runs: int = 80, target_evals: int | None = None) -> tuple[OracleFit, LinearFactorStep]:
+    """Fit the oracle of ``sys`` (an :class:`aits.scoreboard.System`): the recursion with
+    h = eta0 * M^tanh(w . phi) * tau, clipped at ``clip``, w by Nelder-Mead on J over the leading part of
+    the duration that costs about ``fit_evals`` evaluations (``target_evals``: the whole run's, from
+    which that part is found; None: the whole duration is fitted). At most ``max_runs`` fit runs."""
+    from .scoreboard import run_method  # the scoreboard imports this module's users, not this module
+
+    fit_sys = sys
+    if target_evals and target_evals > fit_evals:
+        fit_sys = replace(sys, duration=sys.duration * fit_evals / target_evals)
+    # phi's standardisation: the features along the classical recursion's own fit run
+    probe = LinearFactorStep([], [], [], [], eta0, modulation, sys.eps)
+    ref = run_method(I.RecursivePolicy(probe, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50)
+    traj = ref.trajectory
+    a_of = lambda x: I.accel(x, sys.m, sys.eps)  # noqa: E731
+    picks = np.unique(np.linspace(0, len(traj["t"]) - 1, min(len(traj["t"]), 400)).astype(int))
+    feats = np.array([scale_free_numpy(traj["x"][k], traj["v"][k], a_of(traj["x"][k]), sys.m, sys.eps)[0]
+                      for k in picks])
+    std = feats.std(0)
+    keep = np.flatnonzero(std > CONSTANT_STD)
+    mean, std = feats.mean(0)[keep], std[keep]
+    history: list[float] = []
+
+    def objective(w):
+        h = LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps)
+        run = run_method(I.RecursivePolicy(h, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50, record=True)
+        j = _j(run)
+        history.append(j)
+        return math.log(j) if math.isfinite(j) and j > 0 else math.inf
+
+    j0 = _j(ref)
+    if len(keep):
+        w, y, runs = nelder_mead(objective, np.zeros(len(keep)), 0.5, max_runs)
+        j = math.exp(y) if math.isfinite(y) else math.inf
+        if not j < j0:  # never worse than where it started
+            w, j = np.zeros(len(keep)), j0
+    else:
+        w, j, runs = np.zeros(0), j0, 0
+    fit = OracleFit(sys.name, keep.tolist(), [float(c) for c in w], eta0, fit_sys.duration, j0, j, runs + 1, history)
+    return fit, LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps)
+
+
+def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECURSION_CLIP,
+                 tol: float = 0.02) -> I.Run:
+    """The oracle over the whole duration with eta0 rescaled so its evaluations match ``target_evals``."""
+    from .scoreboard import run_method
+
+    def count(eta):
+        run = run_method(I.RecursivePolicy(replace_eta(h, eta), "oracle", clip), sys, 1, 3 * target_evals + 50)
+        st = run.metrics["status"]
+        return (run.metrics["force_evals"] if st == "ok" else 4 * (3 * target_evals + 50) if st == "max_steps"
+                else 1), run
+
+    (run, _, _), _ = I.tune(count, target_evals, h.eta0, tol, 14)
+    return run
+
+
+def replace_eta(h: LinearFactorStep, eta0: float) -> LinearFactorStep:
+    return LinearFactorStep(h.w, h.keep, h.mean, h.std, eta0, math.exp(h.log_m), h.eps)

@@ -1,0 +1,134 @@
+"""G4: the headroom table. Per system of an evaluation board, the oracle (aits/oracle.py: a member of the
+learned family fitted to that system alone) beside the learned rule, both against the strongest classical rule.
+
+    python driver/oracle.py BOARD_DIR [--out DIR] [--systems a,b] [--eta0 0.01] [--modulation 3] [--clip 1.2]
+
+Reads ``BOARD_DIR/scoreboard.json`` (driver/evaluate.py, any number of checkpoints; the practitioner, quick
+or standard suite it names). Per system: fits the oracle once, at the first checkpoint's force evaluations,
+then runs it over the whole duration at each checkpoint's learned force evaluations and divides its
+max |dE/E| by that checkpoint's strongest classical rule's (the board's, at the same evaluations).
+Writes ``DIR/oracle.json`` and ``DIR/oracle.md`` (default DIR: BOARD_DIR) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aits import oracle as O
+from aits.scoreboard import ratio, suite_systems
+from aits.steprules import RECURSION_CLIP
+from driver.evaluate import fmt
+
+
+def _by_label(board: dict) -> dict:
+    return board["systems"] if board["systems_keyed_by_checkpoint"] else {
+        board["checkpoints"][0]["label"]: board["systems"]}
+
+
+def _median(values):
+    vals = sorted(v for v in values if v is not None and math.isfinite(v))
+    return float(np.median(vals)) if vals else None
+
+
+def headroom(board: dict, names: list[str] | None, eta0: float, modulation: float, clip: float,
+             max_runs: int = 80, log=print) -> dict:
+    by_label = _by_label(board)
+    labels = list(by_label)
+    first = by_label[labels[0]]
+    ckpt0 = board["checkpoints"][0]
+    systems = {s.name: s for s in suite_systems(board["suite"], ckpt0.get("N", 2), ckpt0.get("D", 2),
+                                                ckpt0.get("softening", 0.0))}
+    out: dict = {"suite": board["suite"], "checkpoints": labels, "eta0": eta0, "modulation": modulation,
+                 "clip": clip, "systems": {}}
+    for name in (names or list(first)):
+        if name not in systems or name not in first:
+            raise SystemExit(f"oracle: error: system {name!r} is not on this board (it has {', '.join(first)})")
+        sys_ = systems[name]
+        start = time.perf_counter()
+        target0 = first[name]["methods"]["learned"]["force_evals"]
+        fit, h = O.fit_oracle(sys_, eta0, modulation, clip, target_evals=target0, max_runs=max_runs)
+        rows = []
+        for label in labels:
+            entry = by_label[label][name]
+            target = entry["methods"]["learned"]["force_evals"]
+            run = O.run_at_evals(h, sys_, target, clip)
+            strong = entry.get("strongest")
+            s_err = entry["methods"][strong]["max_rel_dE"] if strong else None
+            l_err = entry["methods"]["learned"]["max_rel_dE"]
+            o_err = run.metrics.get("max_rel_dE") if run.metrics["status"] == "ok" else math.inf
+            rows.append({"checkpoint": label, "target_evals": target, "oracle_evals": run.metrics["force_evals"],
+                         "oracle_max_rel_dE": o_err, "oracle_status": run.metrics["status"],
+                         "learned_max_rel_dE": l_err, "strongest": strong, "strongest_max_rel_dE": s_err,
+                         "oracle_over_strongest": ratio(o_err, s_err), "learned_over_strongest": ratio(l_err, s_err),
+                         "learned_over_oracle": ratio(l_err, o_err)})
+        res = {"fit": {"features": fit.keep, "w": fit.w, "fit_duration": fit.fit_duration,
+                       "duration": sys_.duration, "J_fit_over_classical": fit.j_oracle / fit.j_classical
+                       if fit.j_classical and math.isfinite(fit.j_classical) else None, "fit_runs": fit.fit_runs},
+               "rows": rows, "seconds": time.perf_counter() - start}
+        for key in ("oracle_over_strongest", "learned_over_strongest", "learned_over_oracle"):
+            res[key] = _median([r[key] for r in rows])
+        out["systems"][name] = res
+        log(f"{name:24s} oracle/strongest {fmt(res['oracle_over_strongest'])}  learned/strongest "
+            f"{fmt(res['learned_over_strongest'])}  learned/oracle {fmt(res['learned_over_oracle'])}  "
+            f"(fit J {fmt(res['fit']['J_fit_over_classical'])} of the classical recursion, {fit.fit_runs} runs, "
+            f"{res['seconds']:.0f} s)")
+    out["median"] = {key: _median([s[key] for s in out["systems"].values()])
+                     for key in ("oracle_over_strongest", "learned_over_strongest", "learned_over_oracle")}
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [f"Oracle (a linear member of the learned family, fitted per system; eta0 {res['eta0']:g}, "
+             f"M {res['modulation']:g}, clip {res['clip']:g}) on suite `{res['suite']}`, "
+             f"{len(res['checkpoints'])} checkpoint(s): medians over checkpoints of max |ΔE/E| ratios at the "
+             "learned run's force evaluations.", "",
+             "| system | strongest | oracle / strongest | learned / strongest | learned / oracle | fit J / classical |",
+             "|---|---|---|---|---|---|"]
+    for name, s in res["systems"].items():
+        fams = ", ".join(dict.fromkeys(r["strongest"] or "–" for r in s["rows"]))
+        lines.append(f"| {name} | {fams} | {fmt(s['oracle_over_strongest'])} | {fmt(s['learned_over_strongest'])} | "
+                     f"{fmt(s['learned_over_oracle'])} | {fmt(s['fit']['J_fit_over_classical'])} |")
+    med = res["median"]
+    lines += [f"| **median** | | {fmt(med['oracle_over_strongest'])} | {fmt(med['learned_over_strongest'])} | "
+              f"{fmt(med['learned_over_oracle'])} | |"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("board", metavar="BOARD_DIR")
+    p.add_argument("--out", default=None, help="folder for oracle.json and oracle.md (default: BOARD_DIR)")
+    p.add_argument("--systems", default=None, help="comma-separated system names (default: every system)")
+    p.add_argument("--eta0", type=float, default=0.01, help="the family's classical eta (model.init_factor)")
+    p.add_argument("--modulation", type=float, default=3.0, help="the bound M of the factor (model.max_modulation)")
+    p.add_argument("--clip", type=float, default=RECURSION_CLIP, help="the recursion's clip (model.recursion_clip)")
+    p.add_argument("--max-runs", type=int, default=80, help="fit runs per system (Nelder-Mead evaluations)")
+    a = p.parse_args(argv)
+    path = Path(a.board) / "scoreboard.json"
+    if not path.is_file():
+        p.error(f"{path}: no scoreboard.json (run driver/evaluate.py first)")
+    if a.eta0 <= 0 or a.modulation <= 1 or a.clip <= 1 or a.max_runs < 1:
+        p.error("--eta0 must be > 0, --modulation and --clip > 1, --max-runs >= 1")
+    try:
+        board = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        p.error(f"{path}: not a readable scoreboard ({exc})")
+    names = [s for s in a.systems.split(",") if s] if a.systems else None
+    res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs)
+    out = Path(a.out or a.board)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "oracle.json").write_text(json.dumps(res, indent=1, default=float))
+    md = markdown(res)
+    (out / "oracle.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Pick a run's best checkpoint on held-out systems of its own training distribution.
+
+    python driver/validate.py RUN_DIR [--systems 96] [--steps S] [--seed 1000003]
+
+The passage objective trains on states drawn from the epoch's samples, which move along their orbits
+as training goes on: the objective is noisy from epoch to epoch, and a rule can learn a shape and lose
+it again (measured: configs/generalist.yaml seed 0 was 0.92-0.95x the classical recursion on Kepler
+orbits at epochs 50-100 and 1.0x at 150-250). This command scores every checkpoint of the run on one
+fixed validation set, the same for every checkpoint: ``--systems`` fresh systems drawn as the run's
+collectors draw them (``system.ic``, mixture weights and all) but from another RNG stream (``--seed``
++ i, apart from training's ``run.seed`` + i), each rolled out for ``--steps`` steps (default: the run's
+``train.passage_steps``) of the rule as trained, and the validation loss the mean over systems of
+
+    log max_k |E_k - E_0| / |E_0|  -  2 log(T / tau0)
+
+(the passage objective: the log of error x (steps per time)^2, what an equal-cost comparison ranks).
+Writes ``RUN_DIR/selection.json`` (epoch -> loss) and copies the best checkpoint to
+``RUN_DIR/model/model_best.pt`` (nothing else is touched); prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aits import Config, NormScales, Stepper, build_model
+from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of
+from aits.passage import rollout
+from aits.systems import Systems
+
+VALIDATION_SEED = 1_000_003  # far from any run.seed + system id a run draws in training
+
+
+def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
+    """(m, x, v) of ``n`` systems drawn as the run's collectors draw theirs, from RNGs ``seed + i``."""
+    systems = Systems(cfg, np.arange(n), [np.random.default_rng(seed + i) for i in range(n)])
+    return systems.m.copy(), systems.x.copy(), systems.v.copy()
+
+
+def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float, int]:
+    """(mean passage objective over the finite rollouts, rollouts that blew up) of a checkpoint's rule."""
+    model = fit_weights(build_model(cfg), ckpt).eval()
+    stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
+    with torch.no_grad():
+        errs, T, tau0 = rollout(model, stepper, *states, steps)
+    worst = errs.max(-1).values
+    ok = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
+    if not bool(ok.any()):
+        return math.inf, int((~ok).sum())
+    loss = torch.log(worst[ok] + 1e-16) - 2.0 * torch.log(T[ok] / tau0[ok])
+    return float(loss.mean()), int((~ok).sum())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--systems", type=int, default=96, help="validation systems (default 96)")
+    p.add_argument("--steps", type=int, default=None, help="rollout steps (default: train.passage_steps)")
+    p.add_argument("--seed", type=int, default=VALIDATION_SEED, help="the validation set's RNG stream")
+    a = p.parse_args(argv)
+    model_dir = Path(a.run_dir) / "model"
+    paths = sorted(model_dir.glob("model_epoch_*.pt"))
+    if not paths:
+        p.error(f"{model_dir}: no model_epoch_*.pt checkpoints")
+    if a.systems < 1 or (a.steps is not None and a.steps < 1):
+        p.error("--systems and --steps must be >= 1")
+    torch.set_num_threads(1)
+    try:
+        cfg = Config.from_dict(load_checkpoint(paths[-1])["config"])
+        if cfg.model.output != "factor" or cfg.features.feature_type != "scale_free":
+            p.error(f"{paths[-1]}: selection rolls out factor models with scale_free features")
+        steps = a.steps or cfg.train.passage_steps
+        states = validation_states(cfg, a.systems, a.seed)
+        table = {}
+        for path in paths:
+            ckpt = load_checkpoint(path)
+            loss, blown = validation_loss(ckpt, Config.from_dict(ckpt["config"]), states, steps)
+            table[int(ckpt["epoch"])] = {"loss": loss, "blown_up": blown, "path": path.name}
+            print(f"epoch {int(ckpt['epoch']):5d}  validation loss {loss:9.4f}  blown up {blown}", flush=True)
+    except CheckpointError as exc:
+        print(f"validate: error: {exc}", file=sys.stderr)
+        return 2
+    best = min(table, key=lambda e: (table[e]["blown_up"], table[e]["loss"]))
+    shutil.copy2(model_dir / table[best]["path"], model_dir / "model_best.pt")
+    doc = {"best_epoch": best, "systems": a.systems, "steps": steps, "seed": a.seed,
+           "epochs": {str(e): v for e, v in table.items()}}
+    (Path(a.run_dir) / "selection.json").write_text(json.dumps(doc, indent=1))
+    print(f"validate: best epoch {best} (loss {table[best]['loss']:.4f}) -> {model_dir / 'model_best.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
