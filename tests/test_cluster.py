@@ -130,7 +130,9 @@ def test_stopped_then_killed_job_resubmitted_with_resume_auto_matches_clean_run(
     """`ray job stop` the first job, SIGKILL the driver of the resubmitted one, resubmit again: the
     third job completes the run with a clean run's weights and every metrics row once."""
     url, env = ray_head
-    epochs = 20
+    # enough epochs that `ray job stop` (seconds on a loaded machine) lands before the run ends: at 20 a
+    # run on 2 cores shared with evaluations finished its last epoch first
+    epochs = 40
     cfg = job_config(tmp_path, "job", epochs)
     run_dir = tmp_path / "runs" / "job"
 
