@@ -21,7 +21,7 @@ No Ray, no torch: numpy step rules of :mod:`aits.integrators`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -40,7 +40,8 @@ class LinearFactorStep:
     def __init__(self, w, keep, mean, std, eta0: float, modulation: float, eps: float):
         self.w, self.keep = np.asarray(w, dtype=float), np.asarray(keep, dtype=int)
         self.mean, self.std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
-        self.eta0, self.log_m, self.eps = float(eta0), math.log(modulation), eps
+        self.eta0, self.modulation, self.eps = float(eta0), float(modulation), eps
+        self.log_m = math.log(modulation)
 
     def factor(self, feats: np.ndarray) -> float:
         z = float(self.w @ ((feats[self.keep] - self.mean) / self.std)) if len(self.keep) else 0.0
@@ -106,7 +107,6 @@ class OracleFit:
     j_classical: float  # J of the classical recursion (w = 0) on the fit run
     j_oracle: float
     fit_runs: int
-    history: list[float] = field(default_factory=list)
 
 
 def _j(run: I.Run) -> float:
@@ -138,13 +138,11 @@ def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSIO
     std = feats.std(0)
     keep = np.flatnonzero(std > CONSTANT_STD)
     mean, std = feats.mean(0)[keep], std[keep]
-    history: list[float] = []
 
     def objective(w):
         h = LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps)
         run = run_method(I.RecursivePolicy(h, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50, record=True)
         j = _j(run)
-        history.append(j)
         return math.log(j) if math.isfinite(j) and j > 0 else math.inf
 
     j0 = _j(ref)
@@ -155,24 +153,24 @@ def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSIO
             w, j = np.zeros(len(keep)), j0
     else:
         w, j, runs = np.zeros(0), j0, 0
-    fit = OracleFit(sys.name, keep.tolist(), [float(c) for c in w], eta0, fit_sys.duration, j0, j, runs + 1, history)
+    fit = OracleFit(sys.name, keep.tolist(), [float(c) for c in w], eta0, fit_sys.duration, j0, j, runs + 1)
     return fit, LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps)
 
 
 def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECURSION_CLIP,
                  tol: float = 0.02) -> I.Run:
     """The oracle over the whole duration with eta0 rescaled so its evaluations match ``target_evals``."""
-    from .scoreboard import run_method
+    from .scoreboard import run_method, tuning_count
+
+    cap = 3 * target_evals + 50
 
     def count(eta):
-        run = run_method(I.RecursivePolicy(replace_eta(h, eta), "oracle", clip), sys, 1, 3 * target_evals + 50)
-        st = run.metrics["status"]
-        return (run.metrics["force_evals"] if st == "ok" else 4 * (3 * target_evals + 50) if st == "max_steps"
-                else 1), run
+        run = run_method(I.RecursivePolicy(replace_eta(h, eta), "oracle", clip), sys, 1, cap)
+        return tuning_count(run, cap), run
 
     (run, _, _), _ = I.tune(count, target_evals, h.eta0, tol, 14)
     return run
 
 
 def replace_eta(h: LinearFactorStep, eta0: float) -> LinearFactorStep:
-    return LinearFactorStep(h.w, h.keep, h.mean, h.std, eta0, math.exp(h.log_m), h.eps)
+    return LinearFactorStep(h.w, h.keep, h.mean, h.std, eta0, h.modulation, h.eps)

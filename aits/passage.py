@@ -13,9 +13,10 @@ weights) and takes the gradient of the mean over the systems of
 the log of (largest energy error) x (steps per unit time)^2: leapfrog's error falls as the
 square of the step count, so the objective does not change when every dt is scaled by one
 factor. It moves how the steps are spread along the trajectory, and leaves their overall size to
-the band. Where steps are coarse the error falls faster than dt^2, and the objective then prefers smaller
-steps everywhere: ``train.passage_anchor`` lambda adds lambda (level - log eta0)^2, level the rollouts'
-mean log(dt / tau), which holds the overall size at the classical eta0 (``model.init_factor``) it contains. The learner steps once per epoch on the mean of the collectors' gradients
+the band. Where steps are coarse the error falls faster than dt^2, and the objective then prefers
+smaller steps everywhere: ``train.passage_anchor`` lambda adds lambda (level - log eta0)^2, level the
+rollouts' mean log(dt / tau), which holds the overall size at the classical eta0
+(``model.init_factor``) it contains. The learner steps once per epoch on the mean of the collectors' gradients
 (docs/DESIGN.md §4.4b). ``passage_steps`` should cover at least one pericentre passage
 of the most eccentric training orbit at the trained step size.
 """
@@ -56,6 +57,14 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     return torch.stack(errs, -1), T, tau0
 
 
+def objective_rows(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the objective log max_k |dE/E| - 2 log(T / tau0) of each finite rollout, the mask of those rows)
+    from :func:`rollout`'s errors (B, steps), times covered and start timescales (B,)."""
+    worst = errs.max(-1).values
+    keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
+    return torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep]), keep
+
+
 def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
                      rng: np.random.Generator) -> tuple[dict | None, dict]:
     """The passage objective's gradient at the model's current weights, over rollouts from
@@ -72,25 +81,23 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
     errs, T, tau0, level = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps,
                                    with_level=True)
-    worst = errs.max(-1).values
-    keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
+    rows, keep = objective_rows(errs, T, tau0)
     if bool(keep.any()) and not bool(keep.all()):
         # a rollout that blew up poisons the batched graph's gradient even when its row is dropped from
         # the loss: roll out the finite ones again, alone
         idx = idx[keep.cpu().numpy()]
         errs, T, tau0, level = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx],
                                        t.passage_steps, with_level=True)
-        worst = errs.max(-1).values
-        keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
+        rows, keep = objective_rows(errs, T, tau0)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
-    loss = (torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep])).mean()
+    loss = rows.mean()
     metrics["passage/loss"] = float(loss.detach())
     metrics["passage/level"] = float(level[keep].detach().mean())
     if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
         loss = loss + t.passage_anchor * (level[keep].mean() - math.log(cfg.model.init_factor)) ** 2
-    metrics["passage/max_rel_dE"] = float(worst[keep].detach().median())
+    metrics["passage/max_rel_dE"] = float(errs.max(-1).values[keep].detach().median())
     metrics["passage/steps_per_tau"] = float((t.passage_steps * tau0[keep] / T[keep].detach()).mean())
     model.zero_grad(set_to_none=True)
     loss.backward()

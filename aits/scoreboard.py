@@ -309,6 +309,13 @@ def run_method(method: I.Method, sys: System, n_steps: int, max_steps: int, reco
                        max_steps=max_steps, record=record)
 
 
+def tuning_count(run: I.Run, cap: int) -> int:
+    """The evaluations a parameter search (:func:`aits.integrators.tune`) sees for a run capped at ``cap``
+    steps: a failed run says only "too few" (blown up early: 1) or "too many" (the cap: 4 * cap)."""
+    status = run.metrics["status"]
+    return run.metrics["force_evals"] if status == "ok" else 4 * cap if status == "max_steps" else 1
+
+
 def _search(family: str, sys: System, target: int, n_steps: int, tol: float, max_tries: int, p: float,
             trials: list) -> tuple[I.Run, float]:
     """Secant search in log(parameter) against log(evaluations) (evaluations ~ 1 / parameter),
@@ -318,9 +325,7 @@ def _search(family: str, sys: System, target: int, n_steps: int, tol: float, max
     def count(q):
         run = run_method(make_baseline(family, q, sys.eps), sys, n_steps, cap)
         trials.append(run)
-        status = run.metrics["status"]
-        # a failed run says only "too few" (blown up early) or "too many" (the cap) evaluations
-        return (run.metrics["force_evals"] if status == "ok" else 4 * cap if status == "max_steps" else 1), run
+        return tuning_count(run, cap), run
 
     (run, p, _), _ = I.tune(count, target, p, tol, max_tries)
     return run, p

@@ -102,6 +102,8 @@ TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale}
 # 27 unclipped, 3.2e-4 / 2.3e-4 at c = 1.2; on Kepler e = 0.99 and 0.999, the outer solar system and the
 # hierarchical triple the clip at 1.2 does not act (the same errors to 3 digits).
 RECURSION_CLIP = 1.2
+
+
 def recursive_dt(h: float, dt_prev: float, clip: float | None = None) -> float:
     """The next step of the reversible recursion dt_n = h(z_n)^2 / dt_{n-1}; h itself at the start
     (dt_prev <= 0). Torch twin: :func:`recursive_dt_torch`.

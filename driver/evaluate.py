@@ -236,7 +236,8 @@ def fmt(x, digits=2) -> str:
     return f"{x:.{digits}g}" if abs(x) >= 1e-3 and abs(x) < 1e4 else f"{x:.{digits}e}"
 
 
-def _systems_by_label(board: dict) -> dict:
+def systems_by_label(board: dict) -> dict:
+    """{checkpoint label: {system: entry}} of a board, whether it holds one checkpoint or several."""
     return board["systems"] if board["systems_keyed_by_checkpoint"] else {
         board["checkpoints"][0]["label"]: board["systems"]}
 
@@ -264,7 +265,7 @@ def markdown(board: dict) -> str:
         for key, st in summ["headline_across_checkpoints"].items():
             lines.append(f"- {key}: {fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}] (n = {st['n']})")
     lines.append("")
-    for label, sysd in _systems_by_label(board).items():
+    for label, sysd in systems_by_label(board).items():
         lines += [f"## {label}", "",
                   "| system | learned max \\|ΔE/E\\| | evals | status | strongest | / strongest (evals) | "
                   "/ strongest (wall) | position error | pos. / strongest (evals) | pos. / strongest (wall) | "
@@ -447,7 +448,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def print_summary(board: dict) -> None:
-    for label, sysd in _systems_by_label(board).items():
+    for label, sysd in systems_by_label(board).items():
         print(f"== {label}")
         print(f"{'system':26s} {'learned':>9s} {'evals':>8s} {'status':>12s} {'strongest':>18s} "
               f"{'/strongest':>11s} {'(wall)':>7s} {'pos.err':>8s} {'/strongest':>11s}")
@@ -489,9 +490,8 @@ def main(argv=None) -> int:
         write_atomic(out / name, data)
     movies = {}
     if filmed:  # the first checkpoint's runs, as the plots
-        movies = evaluation_movies(out, board["systems"][first] if board["systems_keyed_by_checkpoint"] else
-                                   board["systems"], plots[first], filmed, args.movie_frames, args.movie_fps,
-                                   args.movie_dpi, args.movie_format, first)
+        movies = evaluation_movies(out, systems_by_label(board)[first], plots[first], filmed, args.movie_frames,
+                                   args.movie_fps, args.movie_dpi, args.movie_format, first)
     if not args.no_report:
         command = ["python", "driver/evaluate.py", *(sys.argv[1:] if argv is None else argv)]
         print(f"Report: {write_report(out, board, command, movies).resolve()}")

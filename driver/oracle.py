@@ -23,12 +23,7 @@ import numpy as np
 from aits import oracle as O
 from aits.scoreboard import ratio, suite_systems
 from aits.steprules import RECURSION_CLIP
-from driver.evaluate import fmt
-
-
-def _by_label(board: dict) -> dict:
-    return board["systems"] if board["systems_keyed_by_checkpoint"] else {
-        board["checkpoints"][0]["label"]: board["systems"]}
+from driver.evaluate import fmt, systems_by_label
 
 
 def _median(values):
@@ -38,7 +33,7 @@ def _median(values):
 
 def headroom(board: dict, names: list[str] | None, eta0: float, modulation: float, clip: float,
              max_runs: int = 80, log=print) -> dict:
-    by_label = _by_label(board)
+    by_label = systems_by_label(board)
     labels = list(by_label)
     first = by_label[labels[0]]
     ckpt0 = board["checkpoints"][0]

@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 from aits.scoreboard import per_system_summary, summarize
-from driver.evaluate import fmt
+from driver.evaluate import fmt, systems_by_label
 
 
 def tables(board: dict) -> str:
     """Markdown for one board: headline over checkpoints and the per-system table."""
-    by_ckpt = board["systems"] if board["systems_keyed_by_checkpoint"] else {
-        board["checkpoints"][0]["label"]: board["systems"]}
+    by_ckpt = systems_by_label(board)
     summ = summarize(by_ckpt)
     heads = summ["headline"]
     lines = [f"Suite `{board['suite']}`, {len(by_ckpt)} checkpoint(s), {board['wall_time_s']:.0f} s.", "",

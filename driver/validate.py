@@ -31,7 +31,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of
-from aits.passage import rollout
+from aits.passage import objective_rows, rollout
 from aits.systems import Systems
 
 VALIDATION_SEED = 1_000_003  # far from any run.seed + system id a run draws in training
@@ -49,12 +49,9 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float,
     stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
     with torch.no_grad():
         errs, T, tau0 = rollout(model, stepper, *states, steps)
-    worst = errs.max(-1).values
-    ok = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
-    if not bool(ok.any()):
-        return math.inf, int((~ok).sum())
-    loss = torch.log(worst[ok] + 1e-16) - 2.0 * torch.log(T[ok] / tau0[ok])
-    return float(loss.mean()), int((~ok).sum())
+    rows, ok = objective_rows(errs, T, tau0)
+    blown = int((~ok).sum())
+    return (float(rows.mean()) if bool(ok.any()) else math.inf), blown
 
 
 def main(argv=None) -> int:
