@@ -88,6 +88,8 @@ class SystemConfig:
 class FeaturesConfig:
     history_len: int = opt(0, "K past states fed to the model", ge=0, le=1000)
     feature_type: str = opt("basic", "per-state features", choices=("basic", "rich", "delta_mag", "scale_free"))
+    timescale: str = opt("nn", "scale_free features: 'nn' (tau = min sqrt(r/|a|)) or 'blend' (a 9th feature "
+                               "log(tau_prs / tau_nn); the factor scales sqrt(tau_nn tau_prs))", choices=("nn", "blend"))
     normalize_inputs: str = opt("none", "input scales: none, from the ICs (auto) or L0..T0 (manual)",
                                 choices=("none", "auto", "manual"))
     L0: float = opt(1.0, "manual length scale", gt=0)
@@ -267,6 +269,8 @@ class Config:
                 p.append(f"system.ic_path: {problem}")
         if f.feature_type == "delta_mag" and f.history_len < 1:
             p.append(f"features.feature_type: delta_mag needs features.history_len >= 1, got {f.history_len}")
+        if f.timescale != "nn" and f.feature_type != "scale_free":
+            p.append(f"features.timescale: {f.timescale!r} needs features.feature_type scale_free, got {f.feature_type!r}")
         if f.feature_type == "scale_free" and f.history_len != 0:
             p.append(f"features.history_len: scale_free features use the current state only, got {f.history_len}")
         if m.symmetric_iterations and not (m.output == "factor" and f.feature_type == "scale_free"):

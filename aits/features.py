@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .physics import acceleration
+from .steprules import prs_timescale_at, prs_timescale_at_torch
 
 STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
@@ -46,12 +47,13 @@ class NormScales:
         return cls(L0=l0, V0=v0, A0=a0, T0=l0 / v0)
 
 
-def feature_dim(feature_type: str, history_len: int) -> int:
-    """Length of the feature vector for one state with its history."""
+def feature_dim(feature_type: str, history_len: int, timescale: str = "nn") -> int:
+    """Length of the feature vector for one state with its history (``timescale``: see
+    :func:`scale_free_torch`)."""
     if feature_type == "delta_mag":
         return DELTA_DIM * history_len
     if feature_type == "scale_free":
-        return SCALE_FREE_DIM
+        return SCALE_FREE_DIM + (timescale == "blend")
     return STATE_DIMS[feature_type] * (history_len + 1)
 
 
@@ -145,8 +147,14 @@ def build_features(x, v, m, dt, hist_x, hist_v, hist_dt, eps: float, scales: Nor
 TAU_RATIO_CAP = 5.0
 
 
-def scale_free_torch(x, v, a, m, eps: float):
+def scale_free_torch(x, v, a, m, eps: float, timescale: str = "nn"):
     """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a.
+
+    ``timescale: blend``: a 9th feature log(tau_prs / tau) (clamped to +-TAU_RATIO_CAP), with tau_prs IAS15's
+    2024 timescale of body i* (:func:`aits.steprules.blend_timescale`), and the returned timescale is the geometric mean
+    sqrt(tau * tau_prs) (tau where the PRS one is undefined): the bounded factor then reaches either
+    timescale where they differ by less than M^2, and the rule at zero modulation is the classical
+    ``blend`` rule.
 
     Massless bodies (m = 0: the padding that lets systems of different N share a batch) are left out:
     they are no one's neighbour, set no timescale and count in no mean, so a padded system has the
@@ -188,11 +196,18 @@ def scale_free_torch(x, v, a, m, eps: float):
         f7 = torch.zeros_like(tau)
     cols = [u2 * r / mu, (rvec * uvec).sum(-1) ** 2 / (r * r * u2 + 1e-300), a[ar, i].norm(dim=-1) * r * r / mj,
             f3, mu / m.sum(-1), torch.minimum(mi, mj) / torch.maximum(mi, mj), eps / (r + eps), f7]
+    if timescale == "blend":
+        t_prs = prs_timescale_at_torch(x, v, a, m, i, eps)  # body i*'s (aits.steprules.blend_timescale)
+        none = torch.isinf(t_prs)
+        t_prs = torch.where(none, tau, t_prs)
+        cols.append(torch.log(t_prs / tau).clamp(-TAU_RATIO_CAP, TAU_RATIO_CAP))
+        tau = torch.sqrt(tau * t_prs)
     return torch.stack(cols, -1), tau
 
 
-def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float):
-    """(features (8,), tau) of one state x, v, a (N,D), m (N,): the same numbers as
+def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float,
+                     timescale: str = "nn"):
+    """(features (8,) or (9,), tau) of one state x, v, a (N,D), m (N,): the same numbers as
     :func:`scale_free_torch`, for fast inference at batch 1 (massless bodies left out, as there)."""
     if (m <= 0).any():
         keep = m > 0
@@ -222,6 +237,11 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     feats = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), eps / (r + eps), f7])
+    if timescale == "blend":
+        t_prs = prs_timescale_at(x, v, a, m, i, eps)
+        t_prs = t_prs if math.isfinite(t_prs) else tau
+        feats = np.append(feats, min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
+        tau = math.sqrt(tau * t_prs)
     return feats, tau
 
 

@@ -128,5 +128,5 @@ def build_model(cfg, device: torch.device | str = "cpu") -> DtModel:
     from .physics import resolve_dtype
 
     f = cfg.features
-    model = DtModel.from_config(cfg, feature_dim(f.feature_type, f.history_len))
+    model = DtModel.from_config(cfg, feature_dim(f.feature_type, f.history_len, f.timescale))
     return model.to(device=device, dtype=resolve_dtype(cfg.model.dtype or cfg.run.dtype))

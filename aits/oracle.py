@@ -37,8 +37,9 @@ CONSTANT_STD = 1e-6  # a feature whose standard deviation along the classical ru
 class LinearFactorStep:
     """h(x, v, a, m) = eta0 * M^tanh(w . phi) * tau, phi = (features[keep] - mean) / std."""
 
-    def __init__(self, w, keep, mean, std, eta0: float, modulation: float, eps: float):
+    def __init__(self, w, keep, mean, std, eta0: float, modulation: float, eps: float, timescale: str = "nn"):
         self.w, self.keep = np.asarray(w, dtype=float), np.asarray(keep, dtype=int)
+        self.timescale = timescale
         self.mean, self.std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
         self.eta0, self.modulation, self.eps = float(eta0), float(modulation), eps
         self.log_m = math.log(modulation)
@@ -48,7 +49,7 @@ class LinearFactorStep:
         return self.eta0 * math.exp(self.log_m * math.tanh(z))
 
     def __call__(self, x, v, a, m) -> float:
-        feats, tau = scale_free_numpy(x, v, a, m, self.eps)
+        feats, tau = scale_free_numpy(x, v, a, m, self.eps, self.timescale)
         return self.factor(feats) * tau
 
 
@@ -117,30 +118,32 @@ def _j(run: I.Run) -> float:
 
 
 def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSION_CLIP, fit_evals: int = FIT_EVALS,
-               max_runs: int = 80, target_evals: int | None = None) -> tuple[OracleFit, LinearFactorStep]:
+               max_runs: int = 80, target_evals: int | None = None,
+               timescale: str = "nn") -> tuple[OracleFit, LinearFactorStep]:
     """Fit the oracle of ``sys`` (an :class:`aits.scoreboard.System`): the recursion with
     h = eta0 * M^tanh(w . phi) * tau, clipped at ``clip``, w by Nelder-Mead on J over the leading part of
     the duration that costs about ``fit_evals`` evaluations (``target_evals``: the whole run's, from
-    which that part is found; None: the whole duration is fitted). At most ``max_runs`` fit runs."""
+    which that part is found; None: the whole duration is fitted). At most ``max_runs`` fit runs.
+    ``timescale``: the learned rule's (``features.timescale``): tau and phi as it sees them."""
     from .scoreboard import run_method  # the scoreboard imports this module's users, not this module
 
     fit_sys = sys
     if target_evals and target_evals > fit_evals:
         fit_sys = replace(sys, duration=sys.duration * fit_evals / target_evals)
     # phi's standardisation: the features along the classical recursion's own fit run
-    probe = LinearFactorStep([], [], [], [], eta0, modulation, sys.eps)
+    probe = LinearFactorStep([], [], [], [], eta0, modulation, sys.eps, timescale)
     ref = run_method(I.RecursivePolicy(probe, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50)
     traj = ref.trajectory
     a_of = lambda x: I.accel(x, sys.m, sys.eps)  # noqa: E731
     picks = np.unique(np.linspace(0, len(traj["t"]) - 1, min(len(traj["t"]), 400)).astype(int))
-    feats = np.array([scale_free_numpy(traj["x"][k], traj["v"][k], a_of(traj["x"][k]), sys.m, sys.eps)[0]
+    feats = np.array([scale_free_numpy(traj["x"][k], traj["v"][k], a_of(traj["x"][k]), sys.m, sys.eps, timescale)[0]
                       for k in picks])
     std = feats.std(0)
     keep = np.flatnonzero(std > CONSTANT_STD)
     mean, std = feats.mean(0)[keep], std[keep]
 
     def objective(w):
-        h = LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps)
+        h = LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps, timescale)
         run = run_method(I.RecursivePolicy(h, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50, record=True)
         j = _j(run)
         return math.log(j) if math.isfinite(j) and j > 0 else math.inf
@@ -154,7 +157,7 @@ def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSIO
     else:
         w, j, runs = np.zeros(0), j0, 0
     fit = OracleFit(sys.name, keep.tolist(), [float(c) for c in w], eta0, fit_sys.duration, j0, j, runs + 1)
-    return fit, LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps)
+    return fit, LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps, timescale)
 
 
 def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECURSION_CLIP,
@@ -173,4 +176,4 @@ def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECU
 
 
 def replace_eta(h: LinearFactorStep, eta0: float) -> LinearFactorStep:
-    return LinearFactorStep(h.w, h.keep, h.mean, h.std, eta0, h.modulation, h.eps)
+    return LinearFactorStep(h.w, h.keep, h.mean, h.std, eta0, h.modulation, h.eps, h.timescale)

@@ -53,11 +53,11 @@ class SeedPolicy:
 class FactorStep:
     """h(state) = g(scale-free features) * tau: the learned step function of a factor model."""
 
-    def __init__(self, mlp: NumpyMLP, eps: float):
-        self.mlp, self.eps = mlp, eps
+    def __init__(self, mlp: NumpyMLP, eps: float, timescale: str = "nn"):
+        self.mlp, self.eps, self.timescale = mlp, eps, timescale
 
     def __call__(self, x, v, a, m) -> float:
-        feats, tau = scale_free_numpy(x, v, a, m, self.eps)
+        feats, tau = scale_free_numpy(x, v, a, m, self.eps, self.timescale)
         return self.mlp(feats) * tau
 
 
@@ -79,7 +79,8 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
         if mc.output == "factor":
             raise ValueError("evaluation of factor models needs features.feature_type scale_free")
         return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales, eps), "learned")}
-    h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening if eps is None else eps))
+    h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening if eps is None else eps),
+                   cfg.features.timescale)
     if mc.recursive:
         return {"learned": I.RecursivePolicy(h, "learned", mc.step_clip),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}

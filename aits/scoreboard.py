@@ -33,8 +33,10 @@ from .steprules import RECURSION_CLIP
 # with both timescales (``nn``: min sqrt(r/|a|); ``prs``: IAS15's 2024 criterion), and fixed dt.
 # The recursion also comes clipped (``*_clip``: dt within [h/c, h*c], c = RECURSION_CLIP): on smooth orbits the
 # clip never acts and the run is the plain recursion's; at close encounters it keeps the alternating mode down.
+# ``recursive_blend_clip``: the clipped recursion on sqrt(tau_nn tau_prs) (aits.steprules.blend_timescale), the
+# classical rule that a ``features.timescale: blend`` model contains.
 CLASSICAL = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "adaptive_prs", "symmetric_prs",
-             "recursive_prs", "recursive_clip", "recursive_prs_clip")
+             "recursive_prs", "recursive_clip", "recursive_prs_clip", "recursive_blend_clip")
 # logh (two bodies) is another integrator: a reference row, never a candidate for ``strongest``.
 BASELINES = (*CLASSICAL, "logh")
 METHOD_NAMES = ("learned", *BASELINES, "ias15")
@@ -42,9 +44,11 @@ METHOD_NAMES = ("learned", *BASELINES, "ias15")
 FAMILY_FORMS = {"adaptive": ("explicit", "nn"), "symmetric_adaptive": ("symmetric", "nn"),
                 "recursive_adaptive": ("recursive", "nn"), "adaptive_prs": ("explicit", "prs"),
                 "symmetric_prs": ("symmetric", "prs"), "recursive_prs": ("recursive", "prs"),
-                "recursive_clip": ("recursive", "nn"), "recursive_prs_clip": ("recursive", "prs")}
+                "recursive_clip": ("recursive", "nn"), "recursive_prs_clip": ("recursive", "prs"),
+                "recursive_blend_clip": ("recursive", "blend")}
 # family -> the recursion's clip
-FAMILY_CLIP = {"recursive_clip": RECURSION_CLIP, "recursive_prs_clip": RECURSION_CLIP}
+FAMILY_CLIP = {"recursive_clip": RECURSION_CLIP, "recursive_prs_clip": RECURSION_CLIP,
+               "recursive_blend_clip": RECURSION_CLIP}
 EVAL_TOL = 0.02  # equal force evaluations: within 2 %
 WALL_TOL = 0.10  # equal wall time: within 10 % (wall clocks on shared cores wander more than that)
 SYMMETRIC_ITERATIONS = 1  # fixed-point iterations of symmetric_adaptive: 1 is the strongest at equal evaluations (k = 2, 3 measured 2-4x worse)

@@ -51,6 +51,7 @@ class Stepper:
         self.eps = float(cfg.system.softening)
         self.n_steps = cfg.system.n_steps
         self.feature_type = cfg.features.feature_type
+        self.timescale = cfg.features.timescale  # scale_free: 'nn' or 'blend' (aits.features.scale_free_torch)
         self.K = cfg.features.history_len
         self.scales = scales
         self.device = torch.device(device)
@@ -71,7 +72,7 @@ class Stepper:
         with torch.no_grad():
             acc0 = acceleration(x, m, self.eps)
             if self.feature_type == "scale_free":
-                feats, tau = scale_free_torch(x, v, acc0, m, self.eps)
+                feats, tau = scale_free_torch(x, v, acc0, m, self.eps, self.timescale)
             else:
                 feats = build_features(x, v, m, tensor(states.dt), tensor(states.hist_x), tensor(states.hist_v),
                                        tensor(states.hist_dt), self.eps, self.scales, self.feature_type)
@@ -84,7 +85,7 @@ class Stepper:
     def prepare_live(self, m: torch.Tensor, att: Attempt) -> Prepared:
         """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
         energy reused): the next step of a passage rollout."""
-        feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps)
+        feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps, self.timescale)
         return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt)
 
     def step_size(self, model, feats: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ class Stepper:
         if self.symmetric:
             def h_after(d):  # h at the end of a trial step of d, in the graph
                 xt, vt, at = leapfrog(prep.x, prep.v, prep.m, d, self.eps, 1, acc0=prep.acc0)
-                feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps)
+                feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps, self.timescale)
                 return self.step_size(model, feats.to(self.model_dtype), tau)
             dt = symmetric_dt(dt, h_after, self.symmetric)
         x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.substeps, acc0=prep.acc0)

@@ -7,7 +7,8 @@ side here and ``tests/test_steprules.py`` holds each pair equal on random states
 
 - the classical timescale tau = min_i sqrt(r_i,nn / |a_i|): :func:`timescale` (numpy, one state),
   :func:`classical_timescale` (torch, a batch); and IAS15's 2024 timescale :func:`prs_timescale`
-  (numpy: the scoreboard's ``prs`` rules);
+  (numpy: the scoreboard's ``prs`` rules; :func:`prs_timescale_at_torch` at one body, for the
+  ``blend`` features) and their geometric mean :func:`blend_timescale`;
 - the step recursion dt_n = h(z_n)^2 / dt_{n-1}: :func:`recursive_dt` (floats),
   :func:`recursive_dt_torch` (a batch);
 - the time-symmetric fixed point dt = (h(start) + h(end)) / 2: :func:`symmetric_dt`, one function
@@ -76,23 +77,98 @@ def jerk_snap(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: f
 PRS_A_FLOOR = 1e-8
 
 
+def prs_timescales(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Per-body IAS15 2024 timescales tau_i (N,), inf for bodies that carry none (below ``PRS_A_FLOOR``).
+    Torch twin at one body: :func:`prs_timescale_at_torch`."""
+    j, s = jerk_snap(x, v, a, m, eps)
+    a2 = np.einsum("ij,ij->i", a, a)
+    den = np.einsum("ij,ij->i", j, j) + np.sqrt(a2 * np.einsum("ij,ij->i", s, s))
+    ok = (a2 > (PRS_A_FLOOR ** 2) * a2.max()) & (den > 0)
+    out = np.full(len(a2), math.inf)
+    out[ok] = np.sqrt(2.0 * a2[ok] / den[ok])
+    return out
+
+
+def prs_timescale_at(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, i: int, eps: float = 0.0) -> float:
+    """``prs_timescales(...)[i]`` from body i's pair terms alone (O(N), a few microseconds): the ``blend``
+    features' PRS timescale at inference. Torch twin: :func:`prs_timescale_at_torch`."""
+    d, u, big_a = x - x[i], v - v[i], a - a[i]
+    r2 = np.einsum("jk,jk->j", d, d) + eps * eps
+    r2[i] = 1.0
+    w = m / (r2 * np.sqrt(r2))
+    w[i] = 0.0
+    alpha = np.einsum("jk,jk->j", d, u) / r2
+    beta = (np.einsum("jk,jk->j", u, u) + np.einsum("jk,jk->j", d, big_a)) / r2 + alpha * alpha
+    a_j = w[:, None] * d
+    j_j = w[:, None] * u - 3.0 * alpha[:, None] * a_j
+    jerk = j_j.sum(0)
+    snap = (w[:, None] * big_a - 6.0 * alpha[:, None] * j_j - 3.0 * beta[:, None] * a_j).sum(0)
+    a2 = float(a[i] @ a[i])
+    den = float(jerk @ jerk) + math.sqrt(a2 * float(snap @ snap))
+    if not (a2 > (PRS_A_FLOOR ** 2) * float(np.einsum("ij,ij->i", a, a).max()) and den > 0):
+        return math.inf
+    return math.sqrt(2.0 * a2 / den)
+
+
 def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
     """IAS15's 2024 timescale (Pham, Rein & Spiegel 2024, arXiv:2401.02849, eq. 16):
     tau_i^2 = 2 |a_i|^2 / (|j_i|^2 + |a_i| |s_i|), minimum over bodies (time units).
 
     Even in the velocities (j is odd, s even), so it can drive time-reversible step forms. A circular
-    orbit gives exactly P / 2 pi. Numpy only: training uses the nearest-neighbour timescale."""
-    j, s = jerk_snap(x, v, a, m, eps)
-    a2 = np.einsum("ij,ij->i", a, a)
-    den = np.einsum("ij,ij->i", j, j) + np.sqrt(a2 * np.einsum("ij,ij->i", s, s))
-    ok = (a2 > (PRS_A_FLOOR ** 2) * a2.max()) & (den > 0)
-    if not ok.any():
-        return math.inf
-    return float(np.sqrt(2.0 * a2[ok] / den[ok]).min())
+    orbit gives exactly P / 2 pi."""
+    return float(prs_timescales(x, v, a, m, eps).min())
+
+
+def prs_timescale_at_torch(x: torch.Tensor, v: torch.Tensor, a: torch.Tensor, m: torch.Tensor, i: torch.Tensor,
+                           eps: float = 0.0) -> torch.Tensor:
+    """IAS15 2024 timescale of body ``i`` (B,) of each state x, v, a (B,N,D), m (B,N): the torch twin of
+    :func:`prs_timescales` at one body, differentiable in x, v and a (B,). Only body i's pair terms are
+    summed (O(N) per state, not O(N^2)): this is what the ``blend`` features' rollouts pay per step.
+
+    inf where the body carries none (its |a| below ``PRS_A_FLOOR`` of the largest, or a zero
+    denominator). Massless bodies (the padding of a mixture batch) source no force."""
+    ar = torch.arange(x.shape[0], device=x.device)
+    d = x - x[ar, i].unsqueeze(-2)  # d[b,j] = x_j - x_i
+    u = v - v[ar, i].unsqueeze(-2)
+    big_a = a - a[ar, i].unsqueeze(-2)
+    skip = ~(m > 0)
+    skip[ar, i] = True
+    r2 = torch.where(skip, torch.ones_like(d[..., 0]), (d * d).sum(-1) + eps * eps)
+    w = torch.where(skip, torch.zeros_like(r2), m / (r2 * r2.sqrt()))
+    alpha = (d * u).sum(-1) / r2
+    beta = ((u * u).sum(-1) + (d * big_a).sum(-1)) / r2 + alpha * alpha
+    a_j = w.unsqueeze(-1) * d
+    j_j = w.unsqueeze(-1) * u - 3.0 * alpha.unsqueeze(-1) * a_j
+    s_j = w.unsqueeze(-1) * big_a - 6.0 * alpha.unsqueeze(-1) * j_j - 3.0 * beta.unsqueeze(-1) * a_j
+    jerk, snap = j_j.sum(-2), s_j.sum(-2)
+    a_all = (a * a).sum(-1)
+    a2 = a_all[ar, i]
+    den = (jerk * jerk).sum(-1) + torch.sqrt(a2 * (snap * snap).sum(-1) + 1e-300)
+    a2max = torch.where(m > 0, a_all, torch.zeros_like(a_all)).amax(-1)
+    ok = (a2 > (PRS_A_FLOOR ** 2) * a2max) & (den > 0)
+    tau2 = 2.0 * a2 / torch.where(ok, den, torch.ones_like(den))
+    return torch.where(ok, torch.sqrt(torch.where(ok, tau2, torch.ones_like(tau2))), torch.full_like(a2, math.inf))
+
+
+def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+    """sqrt(tau * tau_prs,i*): the geometric mean of the nearest-neighbour timescale tau = tau_i* and the
+    PRS timescale of the same body i* (tau where that is undefined), the classical rule that
+    ``features.timescale: blend`` models contain (:func:`aits.features.scale_free_numpy`).
+
+    Body i*, not the PRS minimum over bodies: a body whose acceleration passes through zero (the
+    figure-eight's middle body, a body between two others) has a PRS timescale that dips towards 0,
+    a jump of h that the recursion's alternating mode turns into an irreversible clipped step."""
+    d = x[None, :, :] - x[:, None, :]
+    r2 = np.einsum("ijk,ijk->ij", d, d)
+    np.fill_diagonal(r2, np.inf)
+    tau_i = np.sqrt(np.sqrt(r2.min(1)) / np.maximum(np.sqrt(np.einsum("ij,ij->i", a, a)), 1e-300))
+    i = int(tau_i.argmin())
+    t_prs = prs_timescale_at(x, v, a, m, i, eps)
+    return math.sqrt(tau_i[i] * t_prs) if math.isfinite(t_prs) else float(tau_i[i])
 
 
 # Classical timescales by name, all called as f(x, v, a, m, eps) -> tau (time units).
-TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale}
+TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale}
 
 
 # ---------------------------------------------------------------- the step recursion

@@ -49,6 +49,7 @@ GOALS = {
     "end_to_end_speedup_vs_sequential": (">=", 1.7),
     "pipeline_speedup": (">=", 1.0),
     "learned_step_vs_adaptive_step": ("<=", 2.0),
+    "generalist_step_vs_recursive_step": ("<=", 2.0),
 }
 
 SEED_MODEL = {"hidden_dims": [200, 1000, 1000, 200], "activation": "tanh"}
@@ -121,6 +122,11 @@ def spread(values) -> dict:
 def laptop_config(*overrides: str) -> Config:
     """configs/ray.yaml (the laptop run) with ``section.key=value`` overrides, W&B off."""
     return Config.load(ROOT / "configs" / "ray.yaml", ["wandb.mode=disabled", *overrides])
+
+
+def generalist_config() -> Config:
+    """configs/generalist.yaml (the recommended one-checkpoint rule), W&B off."""
+    return Config.load(ROOT / "configs" / "generalist.yaml", ["wandb.mode=disabled"])
 
 
 def timed(fn):
@@ -461,6 +467,11 @@ def steps(quick: bool) -> dict:
     repeats = 3 if quick else 5
     r = step_cost_ratios(rules, "adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
     # The seed's mode is ~20x dearer per step: its own pair, on a shorter stretch of the same orbit.
+    # The recommended rule (configs/generalist.yaml, untrained weights: the cost does not depend on them) against
+    # the classical recursion it is compared with, and against the PRS recursion (jerk and snap per step).
+    gen = {"recursive_adaptive": I.RecursiveAdaptive(0.01), "generalist": methods(generalist_config())["learned"],
+           "recursive_prs": I.RecursiveAdaptive(0.01, "prs")}
+    g = step_cost_ratios(gen, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
     r["seed_mode"] = step_cost_ratios({"adaptive": rules["adaptive"], "seed_mode": methods(seed_mode)["learned"]},
                                       "adaptive", system, seconds=0.05 if quick else 0.2, repeats=repeats)["seed_mode"]
     sym = r["learned_symmetric"]["seconds_per_step"] / r["symmetric_adaptive"]["seconds_per_step"]
@@ -468,12 +479,17 @@ def steps(quick: bool) -> dict:
     out = {"learned_step_vs_adaptive_step": r["learned"]["ratio"],
            "learned_symmetric_step_vs_symmetric_adaptive_step": sym,
            "seed_mode_step_vs_adaptive_step": r["seed_mode"]["ratio"],
+           "generalist_step_vs_recursive_step": g["generalist"]["ratio"],
+           "recursive_prs_step_vs_recursive_step": g["recursive_prs"]["ratio"],
            "adaptive_step_us": 1e6 * r["adaptive"]["seconds_per_step"],
            **profile,
            "_seconds": {"steps": time.perf_counter() - start},
            "_spread": {k: {"min": r[n]["ratio_min"], "max": r[n]["ratio_max"], "n": repeats}
                        for k, n in (("learned_step_vs_adaptive_step", "learned"),
                                     ("seed_mode_step_vs_adaptive_step", "seed_mode"))}}
+    out["_spread"].update({k: {"min": g[n]["ratio_min"], "max": g[n]["ratio_max"], "n": repeats}
+                           for k, n in (("generalist_step_vs_recursive_step", "generalist"),
+                                        ("recursive_prs_step_vs_recursive_step", "recursive_prs"))})
     return out
 
 

@@ -4,7 +4,8 @@
 
 The file holds everything a short implementation in any language needs: the weights (float64,
 full precision), the activation, the Fourier projection, the eight scale-free features with
-their formulas and constants, the timescale, the output transform, the step form (explicit,
+their formulas and constants, the timescale, the output transform (with ``features.timescale: blend`` a ninth feature and the
+geometric-mean timescale), the step form (explicit,
 symmetric with k, recursive) with its constants, test vectors and the checkpoint's provenance.
 ``examples/rule_numpy.py`` is such an implementation (numpy, reading only the JSON). Seed-mode
 checkpoints (``model.output: dt``, history features) are refused: their rule is not scale-free
@@ -24,6 +25,7 @@ import numpy as np
 
 from aits import CheckpointError, ConfigError, load_checkpoint, load_rule
 from aits.features import TAU_RATIO_CAP, scale_free_numpy
+from aits.steprules import PRS_A_FLOOR
 from aits.model import SOFTPLUS_THRESHOLD
 from aits.physics import kepler_ic
 from aits.rule import Rule
@@ -56,6 +58,18 @@ DEFINITIONS = {
     "tau_others": "min of tau_i over the bodies other than i* and j* (N > 2)",
     "L": "mean distance over the ordered pairs i != j (unsoftened)",
     "log": "natural logarithm",
+}
+# timescale 'blend' (features.timescale): a 9th feature and the geometric-mean timescale.
+BLEND_FEATURE = ("log_prs_over_nn", "clip(log(tau_prs / tau), -tau_ratio_cap, tau_ratio_cap)")
+BLEND_DEFINITIONS = {
+    "jerk_snap": "per body i, the sums over j != i of the pair terms, with r = x_j - x_i, u = v_j - v_i, "
+                 "A = a_j - a_i, R2 = |r|^2 + eps^2, w = m_j / R2^(3/2), alpha = r.u / R2, "
+                 "beta = (|u|^2 + r.A) / R2 + alpha^2: a_ij = w r, j_ij = w u - 3 alpha a_ij, "
+                 "s_ij = w A - 6 alpha j_ij - 3 beta a_ij",
+    "tau_prs": "sqrt(2 |a_i*|^2 / den), den = |j_i*|^2 + sqrt(|a_i*|^2 |s_i*|^2) (IAS15's 2024 timescale of "
+               "body i*, Pham, Rein & Spiegel 2024, eq. 16); tau_prs = tau when |a_i*|^2 <= prs_a_floor^2 * "
+               "max_k |a_k|^2 or den = 0",
+    "tau_blend": "sqrt(tau * tau_prs): the timescale h scales with",
 }
 ACTIVATIONS = {"tanh": "tanh(y)", "relu": "max(y, 0)", "silu": "y / (1 + exp(-y))",
                "sigmoid": "1 / (1 + exp(-y))"}
@@ -145,7 +159,7 @@ def test_vectors(rule: Rule) -> list[dict]:
     out = []
     for name, m, x, v in states:
         a = rule.accelerations(x, m)
-        feats, tau = scale_free_numpy(x, v, a, m, rule.eps)
+        feats, tau = scale_free_numpy(x, v, a, m, rule.eps, rule.cfg.features.timescale)
         h = rule.h(x, v, a, m)
         out.append({"name": name, "m": m.tolist(), "x": x.tolist(), "v": v.tolist(), "a": a.tolist(),
                     "features": feats.tolist(), "tau": tau, "g": float(_mlp(rule)(feats)), "h": h})
@@ -164,17 +178,24 @@ def export(path: str, softening: float | None = None) -> dict:
                          f"features) has no portable rule; only factor models with scale_free features export")
     rule.source = str(Path(path).resolve())
     cfg = rule.cfg
+    blend = cfg.features.timescale == "blend"
+    features = FEATURES + [BLEND_FEATURE] if blend else FEATURES
+    timescale = {"name": "tau", "formula": "tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
+                 "min_acceleration": 1e-300}
+    if blend:
+        timescale = {**timescale, "name": "tau_blend",
+                     "formula": "tau_blend = sqrt(tau * tau_prs), tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
+                     "prs_a_floor": PRS_A_FLOOR}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "units": "G = 1; any consistent length, mass and time units (the rule is scale-free)",
         "softening": rule.eps,
         "accelerations": {"formula": DEFINITIONS["a_i"].split(": ", 1)[1], "G": 1.0,
                           "note": "the rule's input a: your integrator's accelerations at x, with this softening"},
-        "timescale": {"name": "tau", "formula": "tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
-                      "min_acceleration": 1e-300},
-        "features": {"kind": "scale_free", "count": len(FEATURES),
-                     "list": [{"index": i, "name": n, "formula": f} for i, (n, f) in enumerate(FEATURES)],
-                     "definitions": DEFINITIONS,
+        "timescale": timescale,
+        "features": {"kind": "scale_free", "timescale": cfg.features.timescale, "count": len(features),
+                     "list": [{"index": i, "name": n, "formula": f} for i, (n, f) in enumerate(features)],
+                     "definitions": {**DEFINITIONS, **BLEND_DEFINITIONS} if blend else DEFINITIONS,
                      "constants": {"tau_ratio_cap": TAU_RATIO_CAP, "cos2_guard": 1e-300}},
         "network": network_spec(rule),
         "output": output_spec(rule),

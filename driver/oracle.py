@@ -1,7 +1,7 @@
 """G4: the headroom table. Per system of an evaluation board, the oracle (aits/oracle.py: a member of the
 learned family fitted to that system alone) beside the learned rule, both against the strongest classical rule.
 
-    python driver/oracle.py BOARD_DIR [--out DIR] [--systems a,b] [--eta0 0.01] [--modulation 3] [--clip 1.2]
+    python driver/oracle.py BOARD_DIR [--out DIR] [--systems a,b] [--eta0 0.01] [--modulation 3] [--clip 1.2] [--timescale nn|blend]
 
 Reads ``BOARD_DIR/scoreboard.json`` (driver/evaluate.py, any number of checkpoints; the practitioner, quick
 or standard suite it names). Per system: fits the oracle once, at the first checkpoint's force evaluations,
@@ -32,7 +32,7 @@ def _median(values):
 
 
 def headroom(board: dict, names: list[str] | None, eta0: float, modulation: float, clip: float,
-             max_runs: int = 80, log=print) -> dict:
+             max_runs: int = 80, log=print, timescale: str = "nn") -> dict:
     by_label = systems_by_label(board)
     labels = list(by_label)
     first = by_label[labels[0]]
@@ -40,14 +40,15 @@ def headroom(board: dict, names: list[str] | None, eta0: float, modulation: floa
     systems = {s.name: s for s in suite_systems(board["suite"], ckpt0.get("N", 2), ckpt0.get("D", 2),
                                                 ckpt0.get("softening", 0.0))}
     out: dict = {"suite": board["suite"], "checkpoints": labels, "eta0": eta0, "modulation": modulation,
-                 "clip": clip, "systems": {}}
+                 "clip": clip, "timescale": timescale, "systems": {}}
     for name in (names or list(first)):
         if name not in systems or name not in first:
             raise SystemExit(f"oracle: error: system {name!r} is not on this board (it has {', '.join(first)})")
         sys_ = systems[name]
         start = time.perf_counter()
         target0 = first[name]["methods"]["learned"]["force_evals"]
-        fit, h = O.fit_oracle(sys_, eta0, modulation, clip, target_evals=target0, max_runs=max_runs)
+        fit, h = O.fit_oracle(sys_, eta0, modulation, clip, target_evals=target0, max_runs=max_runs,
+                               timescale=timescale)
         rows = []
         for label in labels:
             entry = by_label[label][name]
@@ -80,7 +81,7 @@ def headroom(board: dict, names: list[str] | None, eta0: float, modulation: floa
 
 def markdown(res: dict) -> str:
     lines = [f"Oracle (a linear member of the learned family, fitted per system; eta0 {res['eta0']:g}, "
-             f"M {res['modulation']:g}, clip {res['clip']:g}) on suite `{res['suite']}`, "
+             f"M {res['modulation']:g}, clip {res['clip']:g}, timescale {res.get('timescale', 'nn')}) on suite `{res['suite']}`, "
              f"{len(res['checkpoints'])} checkpoint(s): medians over checkpoints of max |ΔE/E| ratios at the "
              "learned run's force evaluations.", "",
              "| system | strongest | oracle / strongest | learned / strongest | learned / oracle | fit J / classical |",
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--eta0", type=float, default=0.01, help="the family's classical eta (model.init_factor)")
     p.add_argument("--modulation", type=float, default=3.0, help="the bound M of the factor (model.max_modulation)")
     p.add_argument("--clip", type=float, default=RECURSION_CLIP, help="the recursion's clip (model.recursion_clip)")
+    p.add_argument("--timescale", default="nn", choices=("nn", "blend"),
+                   help="the family's timescale (features.timescale of the checkpoints)")
     p.add_argument("--max-runs", type=int, default=80, help="fit runs per system (Nelder-Mead evaluations)")
     a = p.parse_args(argv)
     path = Path(a.board) / "scoreboard.json"
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         p.error(f"{path}: not a readable scoreboard ({exc})")
     names = [s for s in a.systems.split(",") if s] if a.systems else None
-    res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs)
+    res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs, timescale=a.timescale)
     out = Path(a.out or a.board)
     out.mkdir(parents=True, exist_ok=True)
     (out / "oracle.json").write_text(json.dumps(res, indent=1, default=float))

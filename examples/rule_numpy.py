@@ -43,6 +43,10 @@ class JsonRule:
             raise ValueError(f"not an aits-rule version 1 file: {doc.get('format')} {doc.get('format_version')}")
         self.eps = float(doc["softening"])
         self.cap = float(doc["features"]["constants"]["tau_ratio_cap"])
+        self.timescale = doc["features"].get("timescale", "nn")
+        if self.timescale not in ("nn", "blend"):
+            raise ValueError(f"features.timescale {self.timescale!r} is not implemented here")
+        self.prs_a_floor = float(doc["timescale"].get("prs_a_floor", 0.0))
         net = doc["network"]
         self.act = ACTIVATIONS[net["activation"]]
         self.layers = [(np.array(lay["W"], dtype=np.float64), np.array(lay["b"], dtype=np.float64), lay["activation"])
@@ -68,8 +72,28 @@ class JsonRule:
         np.fill_diagonal(w, 0.0)
         return (w[:, :, None] * d).sum(1)
 
+    def tau_prs(self, x, v, a, m, i):
+        """IAS15's 2024 timescale of body i (definitions.tau_prs of the JSON); inf where it has none."""
+        d = x[None, :, :] - x[:, None, :]
+        u = v[None, :, :] - v[:, None, :]
+        big_a = a[None, :, :] - a[:, None, :]
+        r2 = (d * d).sum(-1) + self.eps ** 2
+        np.fill_diagonal(r2, 1.0)
+        w = m[None, :] / (r2 * np.sqrt(r2))
+        np.fill_diagonal(w, 0.0)
+        alpha = (d * u).sum(-1) / r2
+        beta = ((u * u).sum(-1) + (d * big_a).sum(-1)) / r2 + alpha ** 2
+        a_ij = w[..., None] * d
+        j_ij = w[..., None] * u - 3.0 * alpha[..., None] * a_ij
+        s_ij = w[..., None] * big_a - 6.0 * alpha[..., None] * j_ij - 3.0 * beta[..., None] * a_ij
+        j, s = j_ij.sum(1), s_ij.sum(1)
+        a2 = (a * a).sum(-1)
+        den = (j * j).sum(-1) + np.sqrt(a2 * (s * s).sum(-1))
+        ok = a2[i] > self.prs_a_floor ** 2 * a2.max() and den[i] > 0
+        return float(np.sqrt(2.0 * a2[i] / den[i])) if ok else math.inf
+
     def features(self, x, v, a, m):
-        """(the 8 scale-free features, tau) of one state; features.list of the JSON, in order."""
+        """(the scale-free features, the timescale) of one state; features.list of the JSON, in order."""
         n = len(m)
         d = x[None, :, :] - x[:, None, :]
         r2 = (d * d).sum(-1)
@@ -95,6 +119,11 @@ class JsonRule:
         f = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), self.eps / (r + self.eps), f7])
+        if self.timescale == "blend":  # a 9th feature; h scales with tau_blend = sqrt(tau * tau_prs)
+            t_prs = self.tau_prs(x, v, a, m, i)
+            t_prs = t_prs if math.isfinite(t_prs) else tau
+            f = np.append(f, min(max(math.log(t_prs / tau), -self.cap), self.cap))
+            tau = math.sqrt(tau * t_prs)
         return f, tau
 
     def g(self, f):

@@ -22,8 +22,8 @@ M = 2.0
 ETA0 = 0.02
 
 
-def bounded_cfg(**model) -> Config:
-    return Config.from_dict({"features": {"feature_type": "scale_free"},
+def bounded_cfg(timescale: str = "nn", **model) -> Config:
+    return Config.from_dict({"features": {"feature_type": "scale_free", "timescale": timescale},
                              "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": ETA0,
                                        "max_modulation": M, "recursive": True, **model}, "run": {"seed": 2}})
 
@@ -57,8 +57,9 @@ def test_untrained_bounded_model_is_the_classical_rule():
     assert h == pytest.approx(ETA0 * I.timescale(x, a), rel=0.02)
 
 
-def test_bounded_factor_holds_on_adversarial_inputs_in_torch_and_numpy():
-    cfg = bounded_cfg()
+@pytest.mark.parametrize("timescale", ["nn", "blend"])
+def test_bounded_factor_holds_on_adversarial_inputs_in_torch_and_numpy(timescale):
+    cfg = bounded_cfg(timescale)
     model = wild_model(cfg)
     methods = learned_methods(build_payload(0, model.state_dict(), None, cfg, NormScales().to_dict()))
     h_np = methods["learned_symmetric"].h
@@ -67,7 +68,8 @@ def test_bounded_factor_holds_on_adversarial_inputs_in_torch_and_numpy():
     ratios = []
     for m, x, v in random_states(rng, 300):
         a = I.accel(x, m)
-        feats, tau = scale_free_numpy(x, v, a, m, 0.0)
+        feats, tau = scale_free_numpy(x, v, a, m, 0.0, timescale)
+        assert tau == pytest.approx(I.TIMESCALES[timescale](x, v, a, m, 0.0), rel=1e-12)  # the classical rule's
         r = h_np(x, v, a, m) / (ETA0 * tau)
         prep = stepper.prepare(StateBatch.start(m[None], x[None], v[None]))
         with torch.no_grad():
@@ -81,10 +83,12 @@ def test_bounded_factor_holds_on_adversarial_inputs_in_torch_and_numpy():
     # the same weights as an unbounded softplus factor leave the range by orders of magnitude
     free_cfg = Config.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "max_modulation": None}})
     free = learned_methods(build_payload(0, model.state_dict(), None, free_cfg, NormScales().to_dict()))
-    m, x, v = next(random_states(np.random.default_rng(0), 1))
-    a = I.accel(x, m)
-    feats, tau = scale_free_numpy(x, v, a, m, 0.0)
-    assert not (1 / M <= free["learned_symmetric"].h(x, v, a, m) / (ETA0 * tau) <= M)
+    free_ratios = []
+    for m, x, v in random_states(np.random.default_rng(0), 20):
+        a = I.accel(x, m)
+        feats, tau = scale_free_numpy(x, v, a, m, 0.0, timescale)
+        free_ratios.append(free["learned_symmetric"].h(x, v, a, m) / (ETA0 * tau))
+    assert min(free_ratios) < 1 / (10 * M) or max(free_ratios) > 10 * M
 
 
 def test_recursion_step_stays_within_the_clip_of_h_on_a_near_radial_orbit():
@@ -114,9 +118,10 @@ def forward_back(method, m, x, v, steps: int) -> float:
     return float(np.abs(st.x - x).max() / np.abs(x).max())
 
 
+@pytest.mark.parametrize("timescale", ["nn", "blend"])
 @pytest.mark.parametrize("system", ["kepler", "three_body"])
-def test_bounded_recursion_is_time_reversible(system):
-    cfg = bounded_cfg()
+def test_bounded_recursion_is_time_reversible(system, timescale):
+    cfg = bounded_cfg(timescale)
     rec = learned_methods(build_payload(0, wild_model(cfg, 0.5).state_dict(), None, cfg,
                                         NormScales().to_dict()))["learned"]
     if system == "kepler":
@@ -157,8 +162,9 @@ def test_exported_bounded_rule_equals_the_library(tmp_path):
         x, v, a = I.kdk(x, v, a, m, dt, 0.0)
 
 
+@pytest.mark.parametrize("timescale", ["nn", "blend"])
 @pytest.mark.parametrize("n", [2, 3])
-def test_padded_system_has_the_unpadded_features_and_gradients(n):
+def test_padded_system_has_the_unpadded_features_and_gradients(n, timescale):
     """Massless far bodies (the mixture's padding) change no feature, no timescale, no gradient."""
     from aits.features import scale_free_torch
     from aits.physics import acceleration
@@ -172,7 +178,7 @@ def test_padded_system_has_the_unpadded_features_and_gradients(n):
         xt = torch.tensor(xx)[None].requires_grad_()
         vt = torch.tensor(vv)[None].requires_grad_()
         mt = torch.tensor(mm)[None]
-        feats, tau = scale_free_torch(xt, vt, acceleration(xt, mt), mt, 0.0)
+        feats, tau = scale_free_torch(xt, vt, acceleration(xt, mt), mt, 0.0, timescale)
         (feats.sum() + tau.sum()).backward()
         assert torch.isfinite(xt.grad).all() and torch.isfinite(vt.grad).all()
         out.append((feats.detach(), tau.detach(), xt.grad[0, :n], vt.grad[0, :n]))

@@ -129,17 +129,26 @@ def test_equal_cost_tuning_lands_within_two_percent():
 
 
 # ---------------------------------------------------------------- learned step
-def test_scale_free_features_numpy_equal_torch_and_are_even_in_time():
+@pytest.mark.parametrize("timescale", ["nn", "blend"])
+def test_scale_free_features_numpy_equal_torch_and_are_even_in_time(timescale):
     rng = np.random.default_rng(2)
     for n in (2, 3, 5):
         x, v, m = rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), rng.uniform(0.5, 2, n)
         a = I.accel(x, m, 0.05)
-        fn, tn = scale_free_numpy(x, v, a, m, 0.05)
-        ft, tt = scale_free_torch(*(torch.tensor(y)[None] for y in (x, v, a, m)), 0.05)
+        fn, tn = scale_free_numpy(x, v, a, m, 0.05, timescale)
+        ft, tt = scale_free_torch(*(torch.tensor(y)[None] for y in (x, v, a, m)), 0.05, timescale)
         np.testing.assert_allclose(fn, ft[0].numpy(), rtol=1e-12, atol=1e-14)
-        assert tn == pytest.approx(float(tt[0]), rel=1e-14)
-        fr, _ = scale_free_numpy(x, -v, a, m, 0.05)
-        np.testing.assert_array_equal(fn, fr)
+        assert tn == pytest.approx(float(tt[0]), rel=1e-12)
+        fr, tr = scale_free_numpy(x, -v, a, m, 0.05, timescale)
+        np.testing.assert_allclose(fn, fr, rtol=1e-13, atol=1e-15)
+        assert tr == pytest.approx(tn, rel=1e-13)
+        if timescale == "blend":  # the 9th feature is log(tau_prs / tau_nn) of body i*; tau their geometric mean
+            from aits.steprules import prs_timescales
+            r_nn = np.sort(np.linalg.norm(x[None] - x[:, None], axis=-1), 1)[:, 1]
+            i_star = int(np.argmin(np.sqrt(r_nn / np.linalg.norm(a, axis=-1))))
+            t_nn, t_prs = I.timescale(x, a), prs_timescales(x, v, a, m, 0.05)[i_star]
+            assert len(fn) == 9 and fn[8] == pytest.approx(math.log(t_prs / t_nn), rel=1e-12)
+            assert tn == pytest.approx(math.sqrt(t_nn * t_prs), rel=1e-12)
 
 
 def test_learned_factor_step_is_scale_invariant():

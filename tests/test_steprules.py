@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from aits import integrators as I
+from aits import problems as P
 from aits import stepper
 from aits.physics import acceleration
-from aits.steprules import classical_timescale, recursive_dt, recursive_dt_torch, symmetric_dt, timescale
+from aits.steprules import (classical_timescale, prs_timescale, prs_timescale_at, prs_timescale_at_torch, prs_timescales,
+                            recursive_dt, recursive_dt_torch, symmetric_dt, timescale)
 
 
 @pytest.mark.parametrize("n,dim", [(2, 2), (3, 3), (5, 2)])
@@ -18,6 +20,34 @@ def test_classical_timescale_torch_equals_numpy(n, dim):
     want = np.array([timescale(x[b], a[b]) for b in range(7)])
     np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
     assert len(set(np.round(np.log(want), 6))) == 7  # the states really differ
+
+
+@pytest.mark.parametrize("n,eps", [(2, 0.0), (3, 0.05), (6, 0.0)])
+def test_prs_timescale_torch_equals_numpy(n, eps):
+    """The torch twin of IAS15's 2024 timescale at one body: numpy's per-body values, batched; massless
+    padding changes none."""
+    rng = np.random.default_rng(n)
+    m, x = rng.uniform(0.1, 2.0, size=(5, n)), rng.normal(size=(5, n, 3))
+    v = rng.normal(size=(5, n, 3))
+    a = acceleration(torch.as_tensor(x), torch.as_tensor(m), eps).numpy()
+    want = np.array([prs_timescales(x[b], v[b], a[b], m[b], eps) for b in range(5)])  # (5, n)
+    pad = lambda y, fill: np.concatenate([y, np.full((5, 2, *y.shape[2:]), fill)], 1)  # noqa: E731
+    for arrays in ((x, v, a, m), (pad(x, 0.0), pad(v, 0.0), pad(a, 0.0), pad(m, 0.0))):
+        t = [torch.as_tensor(y) for y in arrays]
+        for i in range(n):
+            got = prs_timescale_at_torch(*t, torch.full((5,), i), eps).numpy()
+            np.testing.assert_allclose(got, want[:, i], rtol=1e-12, atol=0)
+            at = [prs_timescale_at(*(y[b] for y in arrays), i, eps) for b in range(5)]  # numpy, one body
+            np.testing.assert_allclose(at, want[:, i], rtol=1e-12, atol=0)
+    assert len(set(np.round(np.log(want.min(1)), 6))) == 5  # the states really differ
+    assert np.allclose(want.min(1), [prs_timescale(x[b], v[b], a[b], m[b], eps) for b in range(5)], rtol=0, atol=0)
+    # the figure-eight's middle body has a = 0 at t = 0: it carries no timescale, in both twins
+    fm, fx, fv, _ = P.figure_eight()
+    fa = I.accel(fx, fm)
+    per_body = np.array([float(prs_timescale_at_torch(*(torch.as_tensor(y)[None] for y in (fx, fv, fa, fm)),
+                                                      torch.tensor([i]))[0]) for i in range(3)])
+    np.testing.assert_array_equal(np.isinf(per_body), np.isinf(prs_timescales(fx, fv, fa, fm)))
+    assert np.isinf(per_body).sum() == 1
 
 
 @pytest.mark.parametrize("clip", [None, 2.0])
