@@ -242,7 +242,8 @@ class Config:
     def summary(self) -> str:
         s, f, m, t = self.system, self.features, self.model, self.train
         ic = s.ic if s.ic != "mixture" else "mixture(" + " ".join(f"{k}:{w:g}" for k, w in s.mixture.items()) + ")"
-        return (f"{ic} N={s.num_particles} D={s.dim} | features {f.feature_type} K={f.history_len} "
+        return (f"{ic} N={s.num_particles} D={s.dim} | features {f.feature_type}"
+                f"{'' if f.timescale == 'nn' else '/' + f.timescale} K={f.history_len} "
                 f"norm={f.normalize_inputs} | model {m.hidden_dims} {m.activation} | "
                 f"thr={t.energy_threshold:g} band=[{t.E_lower:g},{t.E_upper:g}] lr={t.lr:g} "
                 f"epochs={t.epochs} steps/epoch={t.steps_per_epoch}")

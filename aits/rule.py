@@ -259,8 +259,13 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
                 "recursive": "recursive dt_n = h(z_n)^2 / dt_(n-1), first step h(z_0)",
                 "symmetric": f"time-symmetric dt = (h(start) + h(end)) / 2, {self.k} fixed-point iteration(s)",
                 "seed": f"seed mode: dt from the model, {f.feature_type} features with history K = {f.history_len}"}
-        hstr = "" if self.mode == "seed" else (", h = g(8 scale-free features) * tau, "
-                                                "tau = min_i sqrt(r_i,nn / |a_i|)")
+        if self.mode == "seed":
+            hstr = ""
+        elif f.timescale == "blend":
+            hstr = (", h = g(9 scale-free features) * sqrt(tau * tau_prs), tau = min_i sqrt(r_i,nn / |a_i|), "
+                    "tau_prs IAS15's 2024 timescale of the body that sets tau")
+        else:
+            hstr = ", h = g(8 scale-free features) * tau, tau = min_i sqrt(r_i,nn / |a_i|)"
         return (f"{form[self.mode]}{hstr}; MLP {list(m.hidden_dims)} {m.activation}"
                 f"{f', Fourier {m.fourier_dim}' if m.fourier_scale > 0 else ''}; softening {self.eps:g}; "
                 f"{self.substeps} KDK substep(s) per dt; from {self.source} (epoch {self.epoch})")

@@ -91,21 +91,26 @@ def prs_timescales(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, e
 
 def prs_timescale_at(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, i: int, eps: float = 0.0) -> float:
     """``prs_timescales(...)[i]`` from body i's pair terms alone (O(N), a few microseconds): the ``blend``
-    features' PRS timescale at inference. Torch twin: :func:`prs_timescale_at_torch`."""
+    features' PRS timescale at inference. Torch twin: :func:`prs_timescale_at_torch`.
+
+    The pair sums of :func:`jerk_snap` regrouped by vector: with c = w_j (per other body j),
+    jerk = sum c u - 3 alpha c r and snap = sum c A - 6 alpha c u + (18 alpha^2 - 3 beta) c r."""
     d, u, big_a = x - x[i], v - v[i], a - a[i]
-    r2 = np.einsum("jk,jk->j", d, d) + eps * eps
+    q = np.stack((d, u, big_a))  # (3, N, D)
+    g = (q[:, None] * q[None, :2]).sum(-1)  # g[k, l, j] = q_k,j . q_l,j for l in (d, u): (3, 2, N)
+    r2 = g[0, 0] + eps * eps
     r2[i] = 1.0
-    w = m / (r2 * np.sqrt(r2))
-    w[i] = 0.0
-    alpha = np.einsum("jk,jk->j", d, u) / r2
-    beta = (np.einsum("jk,jk->j", u, u) + np.einsum("jk,jk->j", d, big_a)) / r2 + alpha * alpha
-    a_j = w[:, None] * d
-    j_j = w[:, None] * u - 3.0 * alpha[:, None] * a_j
-    jerk = j_j.sum(0)
-    snap = (w[:, None] * big_a - 6.0 * alpha[:, None] * j_j - 3.0 * beta[:, None] * a_j).sum(0)
-    a2 = float(a[i] @ a[i])
+    c = m / (r2 * np.sqrt(r2))
+    c[i] = 0.0
+    alpha = g[1, 0] / r2
+    beta = (g[1, 1] + g[2, 0]) / r2 + alpha * alpha
+    ac = alpha * c
+    jerk = c @ u - 3.0 * (ac @ d)
+    snap = c @ big_a - 6.0 * (ac @ u) + ((18.0 * alpha * alpha - 3.0 * beta) * c) @ d
+    a2s = (a * a).sum(1)
+    a2 = float(a2s[i])
     den = float(jerk @ jerk) + math.sqrt(a2 * float(snap @ snap))
-    if not (a2 > (PRS_A_FLOOR ** 2) * float(np.einsum("ij,ij->i", a, a).max()) and den > 0):
+    if not (a2 > (PRS_A_FLOOR ** 2) * float(a2s.max()) and den > 0):
         return math.inf
     return math.sqrt(2.0 * a2 / den)
 

@@ -124,9 +124,9 @@ def laptop_config(*overrides: str) -> Config:
     return Config.load(ROOT / "configs" / "ray.yaml", ["wandb.mode=disabled", *overrides])
 
 
-def generalist_config() -> Config:
-    """configs/generalist.yaml (the recommended one-checkpoint rule), W&B off."""
-    return Config.load(ROOT / "configs" / "generalist.yaml", ["wandb.mode=disabled"])
+def generalist_config(*overrides: str) -> Config:
+    """configs/generalist.yaml (the recommended one-checkpoint rule) with overrides, W&B off."""
+    return Config.load(ROOT / "configs" / "generalist.yaml", ["wandb.mode=disabled", *overrides])
 
 
 def timed(fn):
@@ -470,7 +470,9 @@ def steps(quick: bool) -> dict:
     # The recommended rule (configs/generalist.yaml, untrained weights: the cost does not depend on them) against
     # the classical recursion it is compared with, and against the PRS recursion (jerk and snap per step).
     gen = {"recursive_adaptive": I.RecursiveAdaptive(0.01), "generalist": methods(generalist_config())["learned"],
-           "recursive_prs": I.RecursiveAdaptive(0.01, "prs")}
+           "recursive_prs": I.RecursiveAdaptive(0.01, "prs"),
+           "blend": methods(generalist_config("features.timescale=blend"))["learned"],
+           "recursive_blend_clip": I.RecursiveAdaptive(0.01, "blend", clip=1.2)}
     g = step_cost_ratios(gen, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
     r["seed_mode"] = step_cost_ratios({"adaptive": rules["adaptive"], "seed_mode": methods(seed_mode)["learned"]},
                                       "adaptive", system, seconds=0.05 if quick else 0.2, repeats=repeats)["seed_mode"]
@@ -481,6 +483,8 @@ def steps(quick: bool) -> dict:
            "seed_mode_step_vs_adaptive_step": r["seed_mode"]["ratio"],
            "generalist_step_vs_recursive_step": g["generalist"]["ratio"],
            "recursive_prs_step_vs_recursive_step": g["recursive_prs"]["ratio"],
+           "blend_step_vs_recursive_step": g["blend"]["ratio"],
+           "recursive_blend_step_vs_recursive_step": g["recursive_blend_clip"]["ratio"],
            "adaptive_step_us": 1e6 * r["adaptive"]["seconds_per_step"],
            **profile,
            "_seconds": {"steps": time.perf_counter() - start},
@@ -489,7 +493,9 @@ def steps(quick: bool) -> dict:
                                     ("seed_mode_step_vs_adaptive_step", "seed_mode"))}}
     out["_spread"].update({k: {"min": g[n]["ratio_min"], "max": g[n]["ratio_max"], "n": repeats}
                            for k, n in (("generalist_step_vs_recursive_step", "generalist"),
-                                        ("recursive_prs_step_vs_recursive_step", "recursive_prs"))})
+                                        ("recursive_prs_step_vs_recursive_step", "recursive_prs"),
+                                        ("blend_step_vs_recursive_step", "blend"),
+                                        ("recursive_blend_step_vs_recursive_step", "recursive_blend_clip"))})
     return out
 
 

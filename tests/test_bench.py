@@ -32,7 +32,9 @@ def test_quick_bench_reports_the_step_cost_figures(tmp_path, capsys):
     res = json.loads(out.read_text())
     for k in ("learned_step_vs_adaptive_step", "learned_symmetric_step_vs_symmetric_adaptive_step",
               "seed_mode_step_vs_adaptive_step", "step_profile_force_eval_us", "step_profile_timescale_us",
-              "step_profile_features_us", "step_profile_mlp_us"):
+              "step_profile_features_us", "step_profile_mlp_us", "generalist_step_vs_recursive_step",
+              "recursive_prs_step_vs_recursive_step", "blend_step_vs_recursive_step",
+              "recursive_blend_step_vs_recursive_step"):
         assert res[k] > 0, k
     # the seed's mode rebuilds torch features of K + 1 = 4 states per step: dearer than the numpy factor rule
     assert res["seed_mode_step_vs_adaptive_step"] > res["learned_step_vs_adaptive_step"]

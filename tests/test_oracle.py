@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from aits import integrators as I
 from aits import oracle as O
@@ -16,13 +17,19 @@ def test_nelder_mead_finds_a_quadratic_minimum():
     assert np.allclose(p, expect, atol=1e-4) and evals <= 400
 
 
-def test_oracle_at_zero_weights_is_the_clipped_classical_recursion():
+@pytest.mark.parametrize("timescale,family", [("nn", "recursive_clip"), ("blend", "recursive_blend_clip")])
+def test_oracle_at_zero_weights_is_the_clipped_classical_recursion(timescale, family):
+    """At w = 0 the oracle is the classical rule its family contains, for either timescale (a blend model's
+    rule is the classical recursive_blend_clip, the scoreboard's candidate)."""
     sys_ = S.kepler_system(0.7, 1.0, 2, "k")
-    h = O.LinearFactorStep([], [], [], [], 0.01, 3.0, 0.0)
+    h = O.LinearFactorStep([], [], [], [], 0.01, 3.0, 0.0, timescale)
     a = S.run_method(I.RecursivePolicy(h, "oracle", 1.2), sys_, 1, 10**6)
-    b = S.run_method(S.make_baseline("recursive_clip", 0.01), sys_, 1, 10**6)
+    b = S.run_method(S.make_baseline(family, 0.01), sys_, 1, 10**6)
     assert a.metrics["force_evals"] == b.metrics["force_evals"]
     assert a.metrics["max_rel_dE"] == b.metrics["max_rel_dE"]
+    other = S.run_method(S.make_baseline("recursive_blend_clip" if timescale == "nn" else "recursive_clip", 0.01),
+                         sys_, 1, 10**6)
+    assert other.metrics["force_evals"] != a.metrics["force_evals"]  # the two timescales really differ
 
 
 def test_oracle_beats_the_classical_recursion_on_an_eccentric_orbit():
