@@ -198,8 +198,7 @@ def scale_free_torch(x, v, a, m, eps: float, timescale: str = "nn"):
             f3, mu / m.sum(-1), torch.minimum(mi, mj) / torch.maximum(mi, mj), eps / (r + eps), f7]
     if timescale == "blend":
         t_prs = prs_timescale_at_torch(x, v, a, m, i, eps)  # body i*'s (aits.steprules.blend_timescale)
-        none = torch.isinf(t_prs)
-        t_prs = torch.where(none, tau, t_prs)
+        t_prs = torch.where(torch.isinf(t_prs), tau, t_prs)
         cols.append(torch.log(t_prs / tau).clamp(-TAU_RATIO_CAP, TAU_RATIO_CAP))
         tau = torch.sqrt(tau * t_prs)
     return torch.stack(cols, -1), tau

@@ -24,15 +24,20 @@ import torch
 
 
 # ---------------------------------------------------------------- the classical timescale
-def timescale(x: np.ndarray, a: np.ndarray) -> float:
-    """tau = min_i sqrt(r_i,nn / |a_i|) of one state, x and a (N,D): the classical step timescale
-    (time units). Torch twin: :func:`classical_timescale`."""
+def nn_timescales(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """tau_i = sqrt(r_i,nn / |a_i|) of every body (N,), x and a (N,D)."""
     d = x[None, :, :] - x[:, None, :]
     r2 = np.einsum("ijk,ijk->ij", d, d)
     np.fill_diagonal(r2, np.inf)
     r_nn = np.sqrt(r2.min(1))
     a_mag = np.sqrt(np.einsum("ij,ij->i", a, a))
-    return float(np.sqrt(r_nn / np.maximum(a_mag, 1e-300)).min())
+    return np.sqrt(r_nn / np.maximum(a_mag, 1e-300))
+
+
+def timescale(x: np.ndarray, a: np.ndarray) -> float:
+    """tau = min_i sqrt(r_i,nn / |a_i|) of one state, x and a (N,D): the classical step timescale
+    (time units). Torch twin: :func:`classical_timescale`."""
+    return float(nn_timescales(x, a).min())
 
 
 def classical_timescale(x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
@@ -163,10 +168,7 @@ def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, 
     Body i*, not the PRS minimum over bodies: a body whose acceleration passes through zero (the
     figure-eight's middle body, a body between two others) has a PRS timescale that dips towards 0,
     a jump of h that the recursion's alternating mode turns into an irreversible clipped step."""
-    d = x[None, :, :] - x[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d)
-    np.fill_diagonal(r2, np.inf)
-    tau_i = np.sqrt(np.sqrt(r2.min(1)) / np.maximum(np.sqrt(np.einsum("ij,ij->i", a, a)), 1e-300))
+    tau_i = nn_timescales(x, a)
     i = int(tau_i.argmin())
     t_prs = prs_timescale_at(x, v, a, m, i, eps)
     return math.sqrt(tau_i[i] * t_prs) if math.isfinite(t_prs) else float(tau_i[i])

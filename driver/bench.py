@@ -446,7 +446,7 @@ def steps(quick: bool) -> dict:
     pair, and the seed's mode (torch features from K + 1 states, K = 3)."""
     from aits import build_payload, integrators as I
     from aits.policy import learned_methods
-    from aits.scoreboard import kepler_system, step_cost_ratios
+    from aits.scoreboard import kepler_system, make_baseline, step_cost_ratios
 
     torch.set_num_threads(1)
     laptop = laptop_config()
@@ -469,10 +469,11 @@ def steps(quick: bool) -> dict:
     # The seed's mode is ~20x dearer per step: its own pair, on a shorter stretch of the same orbit.
     # The recommended rule (configs/generalist.yaml, untrained weights: the cost does not depend on them) against
     # the classical recursion it is compared with, and against the PRS recursion (jerk and snap per step).
-    gen = {"recursive_adaptive": I.RecursiveAdaptive(0.01), "generalist": methods(generalist_config())["learned"],
-           "recursive_prs": I.RecursiveAdaptive(0.01, "prs"),
+    gen = {"recursive_adaptive": make_baseline("recursive_adaptive", 0.01),
+           "generalist": methods(generalist_config())["learned"],
+           "recursive_prs": make_baseline("recursive_prs", 0.01),
            "blend": methods(generalist_config("features.timescale=blend"))["learned"],
-           "recursive_blend_clip": I.RecursiveAdaptive(0.01, "blend", clip=1.2)}
+           "recursive_blend_clip": make_baseline("recursive_blend_clip", 0.01)}
     g = step_cost_ratios(gen, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
     r["seed_mode"] = step_cost_ratios({"adaptive": rules["adaptive"], "seed_mode": methods(seed_mode)["learned"]},
                                       "adaptive", system, seconds=0.05 if quick else 0.2, repeats=repeats)["seed_mode"]
