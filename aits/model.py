@@ -92,15 +92,21 @@ class NumpyMLP:
         The network whose weights are copied (float64).
     activation : str
         Its hidden activation (``model.activation`` of the config).
+    ranges : aits.ranges.FeatureRanges, optional
+        The range check of a bounded factor: g = eta0 * M^(w(f) tanh(z)), w = 1 inside the training box.
 
-    Calling it: features (input_dim,) -> dt or factor g (float), as ``DtModel.forward`` of one row.
+    Calling it: features (input_dim,) -> dt or factor g (float), as ``DtModel.forward`` of one row
+    (with ``ranges``: the range-checked factor).
     """
 
     ACT = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "silu": lambda z: z / (1.0 + np.exp(-z)),
            "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z))}
 
-    def __init__(self, model: torch.nn.Module, activation: str):
+    def __init__(self, model: torch.nn.Module, activation: str, ranges=None):
         self.max_modulation, self.eta0 = getattr(model, "max_modulation", None), getattr(model, "eta0", None)
+        if ranges is not None and self.max_modulation is None:
+            raise ValueError("a range check needs a bounded factor model (model.max_modulation)")
+        self.ranges = ranges  # aits.ranges.FeatureRanges: the modulation is pulled back outside it
         self.layers = [(mod.weight.detach().double().numpy().T.copy(), mod.bias.detach().double().numpy().copy())
                        for mod in model.net if isinstance(mod, torch.nn.Linear)]
         proj = getattr(model, "fourier_proj", None)
@@ -117,7 +123,8 @@ class NumpyMLP:
         w, b = self.layers[-1]
         z = float(h @ w[:, 0] + b[0])
         if self.max_modulation is not None:  # the bounded factor, as DtModel
-            return self.eta0 * self.max_modulation ** math.tanh(z)
+            s = math.tanh(z) if self.ranges is None else math.tanh(z) * self.ranges.weight(f)
+            return self.eta0 * self.max_modulation ** s
         return (z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
 
 

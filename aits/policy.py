@@ -14,6 +14,7 @@ from .config import Config
 from .features import HistoryBuffer, NormScales, build_features, scale_free_numpy
 from .model import NumpyMLP, build_model
 from .physics import resolve_dtype
+from .ranges import FeatureRanges
 
 
 class SeedPolicy:
@@ -61,9 +62,18 @@ class FactorStep:
         return self.mlp(feats) * tau
 
 
-def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = None) -> dict[str, I.Method]:
+def checkpoint_ranges(ckpt: dict, path=None) -> FeatureRanges | None:
+    """The training box a checkpoint carries (``feature_ranges``, written by ``driver/validate.py``), or None."""
+    stored = ckpt.get("feature_ranges")
+    return None if stored is None else FeatureRanges.from_dict(stored, f"checkpoint {path or ''}".strip())
+
+
+def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = None,
+                    range_check: bool = True) -> dict[str, I.Method]:
     """Step rules of a training checkpoint, ``learned`` first (the rule as trained), for systems with
     Plummer softening ``eps`` (default: the training config's; the features see the system's own).
+    A bounded factor checkpoint that carries ``feature_ranges`` steps with the range check
+    (:mod:`aits.ranges`) unless ``range_check`` is False.
 
     Seed-mode models (output 'dt'): ``learned`` only. Factor models with scale-free features:
     ``learned`` and the other of the explicit / time-symmetric forms (``learned_explicit`` or
@@ -79,7 +89,10 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
         if mc.output == "factor":
             raise ValueError("evaluation of factor models needs features.feature_type scale_free")
         return {"learned": I.PolicyStep(SeedPolicy(model, cfg, scales, eps), "learned")}
-    h = FactorStep(NumpyMLP(model, mc.activation), float(cfg.system.softening if eps is None else eps),
+    ranges = checkpoint_ranges(ckpt) if range_check and mc.max_modulation is not None else None
+    if ranges is not None and len(ranges.lo) != model.input_dim:
+        raise ValueError(f"checkpoint: feature_ranges has {len(ranges.lo)} features, the model {model.input_dim}")
+    h = FactorStep(NumpyMLP(model, mc.activation, ranges), float(cfg.system.softening if eps is None else eps),
                    cfg.features.timescale)
     if mc.recursive:
         return {"learned": I.RecursivePolicy(h, "learned", mc.step_clip),

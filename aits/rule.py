@@ -29,7 +29,7 @@ from .checkpoint import build_payload, config_from_checkpoint, load_checkpoint
 from .config import Config
 from .features import NormScales
 from .model import build_model
-from .policy import learned_methods
+from .policy import FactorStep, learned_methods
 
 Trial = Callable[[float], tuple]
 
@@ -46,6 +46,10 @@ class Rule:
     softening : float, optional
         Plummer softening of the systems the rule will step (default: the training config's); the
         accelerations and the softening feature use it.
+    range_check : bool
+        Pull the learned modulation back to the classical rule outside the training box the checkpoint
+        carries (``feature_ranges``, from ``driver/validate.py``; :mod:`aits.ranges`). Default True;
+        no effect on a checkpoint without one.
 
     Attributes
     ----------
@@ -95,14 +99,17 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
     dt = 0.007077, g = 0.0200
     """
 
-    def __init__(self, ckpt: dict, source: str | None = None, softening: float | None = None):
+    def __init__(self, ckpt: dict, source: str | None = None, softening: float | None = None,
+                 range_check: bool = True):
         self.cfg: Config = config_from_checkpoint(ckpt)
         self.source = source or "<checkpoint dict>"
         self.epoch = ckpt.get("epoch")
         self.eps = float(self.cfg.system.softening if softening is None else softening)
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"rule: softening must be finite and >= 0, got {softening}")
-        methods = learned_methods(ckpt, self.cfg, self.eps)
+        methods = learned_methods(ckpt, self.cfg, self.eps, range_check)
+        self.ranges = next((mt.h.mlp.ranges for mt in methods.values()
+                            if isinstance(getattr(mt, "h", None), FactorStep)), None)
         learned = methods["learned"]
         # Every factor model comes with a time-symmetric form of its step function h: take h from it.
         sym = next((mt for mt in methods.values() if isinstance(mt, I.SymmetricPolicy)), None)
@@ -266,6 +273,8 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
                     "tau_prs IAS15's 2024 timescale of the body that sets tau")
         else:
             hstr = ", h = g(8 scale-free features) * tau, tau = min_i sqrt(r_i,nn / |a_i|)"
+        if self.ranges is not None:
+            hstr += f"; range check on a training box of {self.ranges.samples} states"
         return (f"{form[self.mode]}{hstr}; MLP {list(m.hidden_dims)} {m.activation}"
                 f"{f', Fourier {m.fourier_dim}' if m.fourier_scale > 0 else ''}; softening {self.eps:g}; "
                 f"{self.substeps} KDK substep(s) per dt; from {self.source} (epoch {self.epoch})")
@@ -274,7 +283,7 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         return f"Rule(mode={self.mode!r}, k={self.k}, eps={self.eps:g}, source={self.source!r})"
 
 
-def load_rule(path_or_checkpoint, softening: float | None = None) -> Rule:
+def load_rule(path_or_checkpoint, softening: float | None = None, range_check: bool = True) -> Rule:
     """The step rule of a training checkpoint, for use in your own integrator.
 
     Parameters
@@ -283,6 +292,8 @@ def load_rule(path_or_checkpoint, softening: float | None = None) -> Rule:
         A checkpoint file (``runs/<name>/model/model_epoch_XXXX.pt``) or a loaded checkpoint dict.
     softening : float, optional
         Plummer softening of your systems (default: the training config's ``system.softening``).
+    range_check : bool
+        See :class:`Rule` (default True: a checkpoint's training box, where it has one, is used).
 
     Returns
     -------
@@ -297,8 +308,8 @@ def load_rule(path_or_checkpoint, softening: float | None = None) -> Rule:
         The checkpoint's model cannot run as a step rule (a factor model without scale-free features).
     """
     if isinstance(path_or_checkpoint, dict):
-        return Rule(path_or_checkpoint, softening=softening)
-    return Rule(load_checkpoint(path_or_checkpoint), str(Path(path_or_checkpoint)), softening)
+        return Rule(path_or_checkpoint, softening=softening, range_check=range_check)
+    return Rule(load_checkpoint(path_or_checkpoint), str(Path(path_or_checkpoint)), softening, range_check)
 
 
 def symmetric_dt(h: Callable, x, v, a, m, k: int, trial: Trial) -> float:

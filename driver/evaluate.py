@@ -102,14 +102,19 @@ def parse_args(argv):
 # ---------------------------------------------------------------- one task
 def score_task(ckpt_path: str, system, n_steps: int, max_steps: int = 0) -> dict:
     """Load the checkpoint's policy and score one system (one Ray task, one thread); the learned
-    rule's features see the system's own softening."""
+    rule's features see the system's own softening. A checkpoint with a training box (``feature_ranges``)
+    is scored with its range check (``learned``) and also without it (``learned_unchecked``), side by side."""
     import torch
 
-    from aits.policy import learned_methods
+    from aits.policy import checkpoint_ranges, learned_methods
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(ckpt_path)
-    return score_system(system, learned_methods(ckpt, eps=system.eps), n_steps=n_steps,
+    methods = learned_methods(ckpt, eps=system.eps)
+    if checkpoint_ranges(ckpt) is not None and ckpt.get("config", {}).get("model", {}).get("max_modulation"):
+        methods["learned_unchecked"] = learned_methods(ckpt, eps=system.eps, range_check=False)["learned"]
+        methods["learned_unchecked"].name = "learned_unchecked"
+    return score_system(system, methods, n_steps=n_steps,
                         max_steps=max_steps or MAX_LEARNED_STEPS)
 
 
@@ -146,7 +151,8 @@ def checkpoint_jobs(paths: list[str], suite: str | None, extra_systems: list | N
         infos[label] = {"path": str(Path(path).resolve()), "epoch": ckpt.get("epoch"), "run_name": cfg.run.name,
                         "seed": cfg.run.seed, "config_summary": ckpt.get("config_summary"),
                         "N": s.num_particles, "D": s.dim, "softening": s.softening, "n_steps": s.n_steps,
-                        "model_output": getattr(cfg.model, "output", "dt")}
+                        "model_output": getattr(cfg.model, "output", "dt"),
+                        "range_check": bool(ckpt.get("feature_ranges")) and cfg.model.max_modulation is not None}
         if not suite:
             systems = []
         elif bodies and bodies != s.num_particles:

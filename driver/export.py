@@ -107,9 +107,16 @@ def output_spec(rule: Rule) -> dict:
     ``model.output`` that has a step function)."""
     kind = rule.cfg.model.output
     if kind == "factor" and rule.cfg.model.max_modulation is not None:
-        return {"kind": "bounded_factor", "eta0": float(rule.cfg.model.init_factor),
+        spec = {"kind": "bounded_factor", "eta0": float(rule.cfg.model.init_factor),
                 "max_modulation": float(rule.cfg.model.max_modulation),
-                "formula": "g = eta0 * max_modulation ** tanh(z); h = g * tau"}
+                "formula": "g = eta0 * max_modulation ** tanh(z); h = g * tau", "range_check": None}
+        if rule.ranges is not None:  # aits/ranges.py: the modulation pulled back outside the training box
+            r = rule.ranges
+            spec["formula"] = "g = eta0 * max_modulation ** (w * tanh(z)); h = g * tau"
+            spec["range_check"] = {
+                "lo": r.lo.tolist(), "hi": r.hi.tolist(), "delta": r.delta.tolist(), "samples": r.samples,
+                "formula": "d_k = max(lo_k - f_k, 0) + max(f_k - hi_k, 0); w = exp(-sum_k (d_k / delta_k)^2)"}
+        return spec
     if kind == "factor":
         return {"kind": "softplus_factor", "softplus_threshold": SOFTPLUS_THRESHOLD, "offset": 1e-12,
                 "formula": "g = (z if z > softplus_threshold else log(1 + exp(z))) + offset; h = g * tau"}

@@ -14,8 +14,11 @@ collectors draw them (``system.ic``, mixture weights and all) but from another R
     log max_k |E_k - E_0| / |E_0|  -  2 log(T / tau0)
 
 (the passage objective: the log of error x (steps per time)^2, what an equal-cost comparison ranks).
-Writes ``RUN_DIR/selection.json`` (epoch -> loss) and copies the best checkpoint to
-``RUN_DIR/model/model_best.pt`` (nothing else is touched); prints the table.
+Writes ``RUN_DIR/selection.json`` (epoch -> loss) and the best checkpoint as
+``RUN_DIR/model/model_best.pt``, with ``feature_ranges``: the box of the features its rule visits on the
+validation rollouts, which the range check of bounded factor models uses (aits/ranges.py; the
+evaluation and ``aits.load_rule`` pull the modulation back to the classical rule outside it;
+``--no-ranges``: a plain copy). Nothing else is touched; prints the table.
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ import numpy as np
 import torch
 
 from aits import Config, NormScales, Stepper, build_model
-from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of
+from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
 from aits.passage import objective_rows, rollout
+from aits.ranges import measure_ranges
 from aits.systems import Systems
 
 VALIDATION_SEED = 1_000_003  # far from any run.seed + system id a run draws in training
@@ -60,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--systems", type=int, default=96, help="validation systems (default 96)")
     p.add_argument("--steps", type=int, default=None, help="rollout steps (default: train.passage_steps)")
     p.add_argument("--seed", type=int, default=VALIDATION_SEED, help="the validation set's RNG stream")
+    p.add_argument("--no-ranges", action="store_true", help="copy the best checkpoint without feature_ranges")
     a = p.parse_args(argv)
     model_dir = Path(a.run_dir) / "model"
     paths = sorted(model_dir.glob("model_epoch_*.pt"))
@@ -84,9 +89,17 @@ def main(argv=None) -> int:
         print(f"validate: error: {exc}", file=sys.stderr)
         return 2
     best = min(table, key=lambda e: (table[e]["blown_up"], table[e]["loss"]))
-    shutil.copy2(model_dir / table[best]["path"], model_dir / "model_best.pt")
     doc = {"best_epoch": best, "systems": a.systems, "steps": steps, "seed": a.seed,
            "epochs": {str(e): v for e, v in table.items()}}
+    best_ckpt = load_checkpoint(model_dir / table[best]["path"])
+    if a.no_ranges or Config.from_dict(best_ckpt["config"]).model.max_modulation is None:
+        shutil.copy2(model_dir / table[best]["path"], model_dir / "model_best.pt")
+    else:
+        ranges = measure_ranges(best_ckpt, states, steps)
+        best_ckpt["feature_ranges"] = ranges.to_dict()
+        save_checkpoint(model_dir / "model_best.pt", best_ckpt)
+        doc["feature_ranges"] = ranges.to_dict()
+        print(f"validate: feature_ranges over {ranges.samples} states of epoch {best}'s rule")
     (Path(a.run_dir) / "selection.json").write_text(json.dumps(doc, indent=1))
     print(f"validate: best epoch {best} (loss {table[best]['loss']:.4f}) -> {model_dir / 'model_best.pt'}")
     return 0

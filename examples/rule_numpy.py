@@ -138,7 +138,13 @@ class JsonRule:
                 y = self.act(y)
         z = float(y[0])
         if self.output["kind"] == "bounded_factor":
-            return self.output["eta0"] * self.output["max_modulation"] ** math.tanh(z)
+            s = math.tanh(z)
+            box = self.output.get("range_check")
+            if box:  # outside the training box the modulation fades to the classical rule
+                lo, hi, delta = (np.asarray(box[k]) for k in ("lo", "hi", "delta"))
+                d = (np.maximum(lo - f, 0.0) + np.maximum(f - hi, 0.0)) / delta
+                s *= math.exp(-float(d @ d))
+            return self.output["eta0"] * self.output["max_modulation"] ** s
         soft = z if z > self.output["softplus_threshold"] else math.log1p(math.exp(z))
         return soft + self.output["offset"]
 

@@ -1,0 +1,116 @@
+"""The range check of a bounded factor model (docs/DESIGN.md §2.3c).
+
+A bounded factor model steps with g = eta0 * M^tanh(z(f)): within a factor M of the classical rule
+eta0 * tau whatever its features f. Inside the states it was trained on, the learned shape is what
+training made it; outside them it is an extrapolation of the network. The range check holds the box
+of feature values a run's rule visits on its own training distribution (``driver/validate.py``
+measures it and stores it in the checkpoint as ``feature_ranges``) and pulls the modulation back to
+the classical rule outside that box:
+
+    g = eta0 * M^(w(f) * tanh(z)),   w(f) = exp(-sum_k (d_k / delta_k)^2),
+    d_k = max(lo_k - f_k, 0) + max(f_k - hi_k, 0),   delta_k = margin * (hi_k - lo_k) + DELTA_FLOOR
+
+w is exactly 1 inside the box (the rule there is the rule as trained), falls smoothly (w and its
+gradient are continuous) to e^-1 at one margin outside it along one feature, and the factor tends to
+eta0 beyond. The features are even under v -> -v, so w is too: the recursion stays time-reversible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+RANGE_MARGIN = 0.25  # delta_k as a fraction of the feature's range width
+DELTA_FLOOR = 1e-3  # delta_k of a feature that had one value in training (e.g. log(r/L) = 0 of binaries)
+
+
+@dataclass
+class FeatureRanges:
+    """The training box of a rule's features: lo, hi (n_features,), the margin and the number of states
+    it was measured on (``samples``)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    margin: float = RANGE_MARGIN
+    samples: int = 0
+
+    def __post_init__(self):
+        self.lo = np.asarray(self.lo, dtype=np.float64)
+        self.hi = np.asarray(self.hi, dtype=np.float64)
+        if self.lo.shape != self.hi.shape or self.lo.ndim != 1:
+            raise ValueError(f"feature_ranges: lo and hi must be vectors of one length, got {self.lo.shape}, "
+                             f"{self.hi.shape}")
+        if not (np.isfinite(self.lo).all() and np.isfinite(self.hi).all() and (self.hi >= self.lo).all()):
+            raise ValueError("feature_ranges: lo and hi must be finite with hi >= lo")
+        if not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"feature_ranges: margin must be > 0, got {self.margin}")
+        self.delta = self.margin * (self.hi - self.lo) + DELTA_FLOOR
+
+    def weight(self, f: np.ndarray) -> float:
+        """w(f) in (0, 1] of one feature vector: 1 inside the box."""
+        d = (np.maximum(self.lo - f, 0.0) + np.maximum(f - self.hi, 0.0)) / self.delta
+        return math.exp(-float(d @ d))
+
+    def weight_torch(self, f):
+        """w of feature rows f (B, n_features), torch, differentiable."""
+        import torch
+
+        lo = torch.as_tensor(self.lo, dtype=f.dtype, device=f.device)
+        hi = torch.as_tensor(self.hi, dtype=f.dtype, device=f.device)
+        delta = torch.as_tensor(self.delta, dtype=f.dtype, device=f.device)
+        d = ((lo - f).clamp_min(0.0) + (f - hi).clamp_min(0.0)) / delta
+        return torch.exp(-(d * d).sum(-1))
+
+    def outside(self, f: np.ndarray) -> np.ndarray:
+        """Which features of rows f (S, n_features) lie outside the box (S, n_features) bool."""
+        f = np.atleast_2d(f)
+        return (f < self.lo) | (f > self.hi)
+
+    def to_dict(self) -> dict:
+        return {"lo": self.lo.tolist(), "hi": self.hi.tolist(), "margin": float(self.margin),
+                "samples": int(self.samples)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "checkpoint") -> "FeatureRanges":
+        try:
+            return cls(d["lo"], d["hi"], float(d.get("margin", RANGE_MARGIN)), int(d.get("samples", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: feature_ranges is not a training box ({exc})") from None
+
+    @classmethod
+    def of_features(cls, feats: np.ndarray, margin: float = RANGE_MARGIN) -> "FeatureRanges":
+        """The box of finite feature rows (S, n_features)."""
+        feats = np.asarray(feats, dtype=np.float64)
+        feats = feats[np.isfinite(feats).all(1)]
+        if len(feats) == 0:
+            raise ValueError("feature_ranges: no finite feature rows to measure the box on")
+        return cls(feats.min(0), feats.max(0), margin, len(feats))
+
+
+def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN) -> FeatureRanges:
+    """The box of the features a checkpoint's rule (as trained: no range check) visits over ``steps``
+    steps from each system of ``states`` = (m, x, v) (B,N[,D]): ``driver/validate.py`` runs it on
+    its validation systems, fresh draws of the run's own training distribution."""
+    from . import integrators as I
+    from .config import Config
+    from .features import scale_free_numpy
+    from .policy import learned_methods
+
+    cfg = Config.from_dict(ckpt["config"])
+    if cfg.model.output != "factor" or cfg.model.max_modulation is None:
+        raise ValueError("feature_ranges: a range check needs a bounded factor model (model.max_modulation)")
+    methods = learned_methods(ckpt, cfg, range_check=False)
+    h = next(mt.h for mt in methods.values() if hasattr(mt, "h"))
+    rows: list[np.ndarray] = []
+
+    def recorded(x, v, a, m):
+        rows.append(scale_free_numpy(x, v, a, m, h.eps, h.timescale)[0])
+        return h(x, v, a, m)
+
+    m, x, v = states
+    for b in range(len(m)):
+        method = (I.RecursivePolicy(recorded, "learned", cfg.model.step_clip) if cfg.model.recursive
+                  else I.SymmetricPolicy(recorded, 1, "learned"))
+        I.integrate(method, m[b], x[b], v[b], 1e30, eps=h.eps, max_steps=steps, record=False)
+    return FeatureRanges.of_features(np.array(rows), margin)
