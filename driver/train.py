@@ -13,7 +13,6 @@ import argparse
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 import torch
 import yaml
 
 from aits import Config, load_checkpoint
+from aits import integrators as I
 from aits.model import build_model
 
 
@@ -79,3 +83,43 @@ def perturbed_model(cfg: Config) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return model
+
+
+# ---------------------------------------------------------------- bounded factor models (test_bounded, test_ranges)
+M = 2.0  # the bound of the bounded factor
+ETA0 = 0.02
+
+
+def bounded_cfg(timescale: str = "nn", **model) -> Config:
+    return Config.from_dict({"features": {"feature_type": "scale_free", "timescale": timescale},
+                             "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": ETA0,
+                                       "max_modulation": M, "recursive": True, **model}, "run": {"seed": 2}})
+
+
+def wild_model(cfg: Config, scale: float = 3.0) -> torch.nn.Module:
+    """Weights far from any trained model: the network's output swings over many units."""
+    model = build_model(cfg)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def forward_back(method, m, x, v, steps: int) -> float:
+    st = I.State(m, x.copy(), v.copy(), I.accel(x, m))
+    for _ in range(steps):
+        method.step(st, math.inf)
+    st.v = -st.v
+    st.dt = I.recursive_dt(float(method.h(st.x, st.v, st.a, m)), st.dt, method.clip)
+    for _ in range(steps):
+        method.step(st, math.inf)
+    return float(np.abs(st.x - x).max() / np.abs(x).max())
+
+
+def mixture_factor_cfg() -> Config:
+    """The generalist's shape in small: the mixture, a bounded recursive factor, 60-step rollouts."""
+    return Config.from_dict({}, ["system.ic=mixture", "system.num_particles=4", "system.dim=3",
+                                 "features.feature_type=scale_free", "model.hidden_dims=[8, 8]", "model.output=factor",
+                                 "model.init_factor=0.01", "model.max_modulation=3.0", "model.recursive=true",
+                                 "model.recursion_clip=1.2", "train.passage_steps=60", "run.seed=3"])

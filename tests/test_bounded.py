@@ -3,7 +3,6 @@ classical rule it contains, in training (torch), evaluation (numpy) and the expo
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -17,26 +16,7 @@ from aits.model import build_model
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
 from aits.samples import StateBatch
-
-M = 2.0
-ETA0 = 0.02
-
-
-def bounded_cfg(timescale: str = "nn", **model) -> Config:
-    return Config.from_dict({"features": {"feature_type": "scale_free", "timescale": timescale},
-                             "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": ETA0,
-                                       "max_modulation": M, "recursive": True, **model}, "run": {"seed": 2}})
-
-
-def wild_model(cfg: Config, scale: float = 3.0) -> torch.nn.Module:
-    """Weights far from any trained model: the network's output swings over many units."""
-    model = build_model(cfg)
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
-
+from helpers import ETA0, M, bounded_cfg, forward_back, wild_model
 
 def random_states(rng, count: int):
     """States far outside any training set: random N, masses over 8 decades, lengths over 6."""
@@ -105,17 +85,6 @@ def test_recursion_step_stays_within_the_clip_of_h_on_a_near_radial_orbit():
         h = rec.h(xs[k - 1], vs[k - 1], a, m)
         assert h / M * (1 - 1e-12) <= dts[k] <= h * M * (1 + 1e-12)
         assert ETA0 / M ** 2 * (1 - 1e-12) <= dts[k] / tau <= ETA0 * M ** 2 * (1 + 1e-12)
-
-
-def forward_back(method, m, x, v, steps: int) -> float:
-    st = I.State(m, x.copy(), v.copy(), I.accel(x, m))
-    for _ in range(steps):
-        method.step(st, math.inf)
-    st.v = -st.v
-    st.dt = I.recursive_dt(float(method.h(st.x, st.v, st.a, m)), st.dt, method.clip)
-    for _ in range(steps):
-        method.step(st, math.inf)
-    return float(np.abs(st.x - x).max() / np.abs(x).max())
 
 
 @pytest.mark.parametrize("timescale", ["nn", "blend"])

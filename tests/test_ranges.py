@@ -19,7 +19,7 @@ from aits.features import scale_free_numpy
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
 from aits.ranges import DELTA_FLOOR, RANGE_MARGIN, FeatureRanges, measure_ranges
-from test_bounded import ETA0, M, bounded_cfg, forward_back, wild_model
+from helpers import ETA0, M, bounded_cfg, forward_back, mixture_factor_cfg, wild_model
 
 
 def test_weight_is_one_inside_and_fades_outside():
@@ -153,9 +153,10 @@ def test_exported_range_check_equals_the_library(tmp_path):
 
 def test_measured_box_holds_the_rollouts_it_was_measured_on():
     from driver import validate as V
-    from test_validate import CFG
 
     from aits.model import build_model
+
+    CFG = mixture_factor_cfg()
 
     ck = build_payload(1, build_model(CFG).state_dict(), None, CFG, NormScales().to_dict())
     states = V.validation_states(CFG, 4)

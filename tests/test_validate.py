@@ -5,15 +5,13 @@ import math
 import numpy as np
 import torch
 
-from aits import Config, NormScales, build_model, build_payload, save_checkpoint
+from aits import NormScales, build_model, build_payload, save_checkpoint
 from aits.checkpoint import checkpoint_path, load_checkpoint
 from aits.systems import Systems
 from driver import validate as V
+from helpers import mixture_factor_cfg
 
-CFG = Config.from_dict({}, ["system.ic=mixture", "system.num_particles=4", "system.dim=3",
-                            "features.feature_type=scale_free", "model.hidden_dims=[8, 8]", "model.output=factor",
-                            "model.init_factor=0.01", "model.max_modulation=3.0", "model.recursive=true",
-                            "model.recursion_clip=1.2", "train.passage_steps=60", "run.seed=3"])
+CFG = mixture_factor_cfg()
 
 
 def _save(run, epoch, model):
