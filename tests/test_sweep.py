@@ -201,7 +201,7 @@ def test_an_interrupted_sweep_resumes_and_finishes_the_rest(ray_session, tmp_pat
                              "--scheduler", "fifo", "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        first = wait_for_a_finished_trial(out, proc, timeout=90)
+        first = wait_for_a_finished_trial(out, proc, timeout=240)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
