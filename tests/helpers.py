@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 import torch
 import yaml
 
@@ -75,13 +74,14 @@ def factor_cfg(**model) -> Config:
                              "run": {"seed": 5}})
 
 
-def perturbed_model(cfg: Config) -> torch.nn.Module:
-    """A factor model whose g really depends on the features (an untrained one is ~ constant)."""
+def perturbed_model(cfg: Config, scale: float = 0.3, seed: int = 11) -> torch.nn.Module:
+    """A factor model whose g really depends on the features (an untrained one is ~ constant): its
+    initial weights plus ``scale`` times seeded Gaussian noise."""
     model = build_model(cfg)
-    gen = torch.Generator().manual_seed(11)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return model
 
 
@@ -98,12 +98,7 @@ def bounded_cfg(timescale: str = "nn", **model) -> Config:
 
 def wild_model(cfg: Config, scale: float = 3.0) -> torch.nn.Module:
     """Weights far from any trained model: the network's output swings over many units."""
-    model = build_model(cfg)
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
+    return perturbed_model(cfg, scale, seed=4)
 
 
 def forward_back(method, m, x, v, steps: int) -> float:

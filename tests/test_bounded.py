@@ -18,6 +18,7 @@ from aits.policy import learned_methods
 from aits.samples import StateBatch
 from helpers import ETA0, M, bounded_cfg, forward_back, wild_model
 
+
 def random_states(rng, count: int):
     """States far outside any training set: random N, masses over 8 decades, lengths over 6."""
     for _ in range(count):

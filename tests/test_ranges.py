@@ -156,14 +156,13 @@ def test_measured_box_holds_the_rollouts_it_was_measured_on():
 
     from aits.model import build_model
 
-    CFG = mixture_factor_cfg()
-
-    ck = build_payload(1, build_model(CFG).state_dict(), None, CFG, NormScales().to_dict())
-    states = V.validation_states(CFG, 4)
+    cfg = mixture_factor_cfg()
+    ck = build_payload(1, build_model(cfg).state_dict(), None, cfg, NormScales().to_dict())
+    states = V.validation_states(cfg, 4)
     box = measure_ranges(ck, states, 30)
     assert box.samples == 4 * 30 and len(box.lo) == 8
     assert (box.hi > box.lo).sum() >= 5  # the mixture's draws spread most features
-    rule = learned_methods(ck, CFG)["learned"]
+    rule = learned_methods(ck, cfg)["learned"]
     m, x, v = states
     run = I.integrate(rule, m[0], x[0], v[0], 1e30, max_steps=30)
     for xx, vv in zip(run.trajectory["x"][:-1], run.trajectory["v"][:-1]):
