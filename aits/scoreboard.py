@@ -490,7 +490,7 @@ def judged_status(status: str, max_rel_dE, pos_err_rel) -> str:
 
 # ---------------------------------------------------------------- one system
 def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, max_steps: int = 2_000_000,
-                 baselines=BASELINES, reference: bool = True) -> dict:
+                 baselines=BASELINES, reference: bool = True, wall: bool = True) -> dict:
     """Every method on one system; the first entry of ``learned`` is the primary ``learned`` run
     that the baselines are matched to. Returns the system's scoreboard entry plus ``_plot``
     (downsampled trajectories and the accuracy-against-cost points) for the driver.
@@ -500,7 +500,9 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     ``final_position_error`` (absolute, at the horizon) and ``status``. Per system: ``strongest``
     (the classical family with the smallest max |dE/E| at equal evaluations), ``strongest_wall``
     (the same at equal wall time), ratios learned / family of max |dE/E| (``ratios``) and of the
-    position error (``ratios_trajectory``), each with a ``strongest`` entry."""
+    position error (``ratios_trajectory``), each with a ``strongest`` entry. ``wall=False`` skips the
+    equal-wall-time runs (no ``equal_wall_time`` entries, ``strongest_wall`` None): what a sweep's
+    objective, which compares at equal evaluations only, needs."""
     entry = {**sys.to_dict(), "methods": {}, "ratios": {"equal_force_evals": {}, "equal_wall_time": {}},
              "ratios_trajectory": {"equal_force_evals": {}, "equal_wall_time": {}}}
     plot = {"series": {}, "cost": {}, "m": sys.m.tolist()}  # masses: the movies' momenta
@@ -539,24 +541,28 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
         eq, trials = match_evals(fam, sys, target_evals, n_steps)
         met = finish(eq)
         met["evals_matched"] = abs(_evals(eq) - target_evals) <= EVAL_TOL * target_evals
-        wall_run = match_wall(fam, sys, eq, target_wall, n_steps)
-        met["equal_wall_time"] = finish(wall_run)
+        wall_runs = []
+        if wall:
+            wall_runs.append(match_wall(fam, sys, eq, target_wall, n_steps))
+            met["equal_wall_time"] = finish(wall_runs[0])
         entry["methods"][fam] = met
         plot["series"][fam] = downsample(eq, m=sys.m)
         plot["cost"][fam] = sorted((t.metrics["force_evals"], t.metrics.get("max_rel_dE", math.inf))
-                                   for t in [*trials, wall_run] if t.metrics["status"] == "ok")
+                                   for t in [*trials, *wall_runs] if t.metrics["status"] == "ok")
     if ref is not None:
         entry["methods"]["ias15"] = ref["metrics"]
     lm = entry["methods"][next(iter(learned))]
+    comps = ("equal_force_evals", "equal_wall_time") if wall else ("equal_force_evals",)
     for fam in families:
         b = entry["methods"][fam]
-        for comp, bm in (("equal_force_evals", b), ("equal_wall_time", b["equal_wall_time"])):
+        for comp in comps:
+            bm = b if comp == "equal_force_evals" else b["equal_wall_time"]
             entry["ratios"][comp][fam] = ratio(lm["max_rel_dE"], bm["max_rel_dE"])
             entry["ratios_trajectory"][comp][fam] = ratio(lm["position_error_rel"], bm["position_error_rel"])
     classical = [f for f in families if f in CLASSICAL]
     entry["strongest"] = strongest(entry["methods"], classical, None)
-    entry["strongest_wall"] = strongest(entry["methods"], classical, "equal_wall_time")
-    for comp, key in (("equal_force_evals", "strongest"), ("equal_wall_time", "strongest_wall")):
+    entry["strongest_wall"] = strongest(entry["methods"], classical, "equal_wall_time") if wall else None
+    for comp, key in (("equal_force_evals", "strongest"), ("equal_wall_time", "strongest_wall"))[:len(comps)]:
         fam = entry[key]
         if fam is not None:
             bm = entry["methods"][fam] if comp == "equal_force_evals" else entry["methods"][fam]["equal_wall_time"]

@@ -2,13 +2,20 @@
 tiny run config. Plain helper functions live in helpers.py."""
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
-from aits import Config
+from aits import Config, NormScales, build_payload, save_checkpoint
 
-from helpers import tiny_dict
+from helpers import FILMED, factor_cfg, perturbed_model, tiny_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +32,34 @@ def ray_session():
 @pytest.fixture
 def tiny_cfg() -> Config:
     return Config.from_dict(tiny_dict())
+
+
+@pytest.fixture(scope="session")
+def quick_board(tmp_path_factory, worker_id):
+    """The quick suite of one checkpoint (``perturbed_model(factor_cfg())``, epoch 7) through the command
+    line, in its own process (``--workers 1``), with a movie of ``FILMED``: the board test_scoreboard
+    checks and compares with a Ray run, and test_report renders. Made once per test session: under
+    pytest-xdist the first worker to ask makes it, under a lock in the workers' common folder, and the
+    other reads it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent
+    tmp = root / "quick_board"
+    with FileLock(str(root / "quick_board.lock")):
+        done = tmp / "done.json"
+        if not done.exists():
+            cfg = factor_cfg()
+            ckpt = save_checkpoint(tmp / "a" / "model" / "model_epoch_0007.pt",
+                                   build_payload(7, perturbed_model(cfg).state_dict(), None, cfg, NormScales().to_dict()))
+            out = tmp / "board"
+            argv = ["--checkpoint", str(ckpt), "--suite", "quick", "--out", str(out), "--workers", "1", "--movie",
+                    "--movie-system", FILMED, "--movie-frames", "8", "--movie-dpi", "40"]
+            proc = subprocess.run([sys.executable, "driver/evaluate.py", *argv], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            done.write_text(json.dumps({"ckpt": str(ckpt), "out": str(out), "argv": argv, "stdout": proc.stdout}))
+    made = json.loads(done.read_text())
+    out = Path(made["out"])
+    return {**made, "out": out, "board": json.loads((out / "scoreboard.json").read_text())}
 
 
 # The files that take longest (Ray jobs, clusters, sweeps, kills and soaks; pytest --durations) run

@@ -13,6 +13,8 @@ from aits import Config, load_checkpoint
 from aits import integrators as I
 from aits.model import build_model
 
+FILMED = "kepler_e0.9_a1_10P"  # the quick-suite system the shared quick board films (conftest.quick_board)
+
 
 def tiny_dict(**sections) -> dict:
     """A small, fast Kepler run (2 collectors, [16, 16] model); ``sections`` update it."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,14 +11,12 @@ from urllib.parse import unquote, urlparse
 import imageio.v2 as imageio
 import pytest
 
-from aits import NormScales, build_payload, save_checkpoint
 from aits import scoreboard as S
 from driver import evaluate, report
 
-from helpers import factor_cfg, perturbed_model
+from helpers import FILMED
 
 ROOT = Path(__file__).resolve().parents[1]
-FILMED = "kepler_e0.9_a1_10P"  # a quick-suite system (the quick suite has no long one)
 
 
 class Page(HTMLParser):
@@ -65,20 +62,9 @@ def parse(text: str) -> Page:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """The quick suite of one in-process checkpoint through the CLI, with a movie of one system."""
-    tmp = tmp_path_factory.mktemp("report")
-    cfg = factor_cfg()
-    ckpt = save_checkpoint(tmp / "a" / "model" / "model_epoch_0007.pt",
-                           build_payload(7, perturbed_model(cfg).state_dict(), None, cfg, NormScales().to_dict()))
-    out = tmp / "board"
-    argv = ["--checkpoint", str(ckpt), "--suite", "quick", "--out", str(out), "--workers", "1", "--movie",
-            "--movie-system", FILMED, "--movie-frames", "8", "--movie-dpi", "40"]
-    proc = subprocess.run([sys.executable, "driver/evaluate.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return {"ckpt": str(ckpt), "out": out, "argv": argv, "stdout": proc.stdout,
-            "board": json.loads((out / "scoreboard.json").read_text())}
+def evaluated(quick_board):
+    """The quick suite of one checkpoint through the CLI, with a movie of one system (conftest.py)."""
+    return quick_board
 
 
 def expected_row(entry: dict) -> dict:

@@ -205,23 +205,12 @@ def write_ckpt(tmp_path, name: str, cfg: Config) -> str:
     return str(save_checkpoint(tmp_path / name / "model" / "model_epoch_0007.pt", payload))
 
 
-QUICK_ONE: dict = {}  # the in-process single-checkpoint board, compared with the Ray run below
-
-
-@pytest.mark.parametrize("several", [False, True])
-def test_quick_suite_end_to_end(tmp_path, several):
-    """One checkpoint in this process; two checkpoints as Ray tasks (the same numbers for the first)."""
-    paths = [write_ckpt(tmp_path, "a", factor_cfg())]
-    if several:
-        paths.append(write_ckpt(tmp_path, "b", factor_cfg(symmetric_iterations=0)))
-    out = tmp_path / "board"
-    assert evaluate.main(["--checkpoint", *paths, "--suite", "quick", "--workers", "2" if several else "1",
-                          "--out", str(out), *([] if several else ["--no-plots"])]) == 0
-    board = json.loads((out / "scoreboard.json").read_text())
+def check_quick_board(board: dict, n_ckpts: int) -> None:
+    """The quick suite's board: every system of every checkpoint, every method at equal evaluations."""
     assert set(board) >= {"suite", "checkpoints", "systems", "summary"}
-    assert board["suite"] == "quick" and len(board["checkpoints"]) == len(paths)
-    per_ckpt = board["systems"] if several else {"only": board["systems"]}
-    assert len(per_ckpt) == len(paths)
+    assert board["suite"] == "quick" and len(board["checkpoints"]) == n_ckpts
+    per_ckpt = board["systems"] if n_ckpts > 1 else {"only": board["systems"]}
+    assert len(per_ckpt) == n_ckpts
     for systems in per_ckpt.values():
         assert set(systems) == {s.name for s in S.suite_systems("quick", 2, 2, 0.0)}
         for entry in systems.values():
@@ -239,16 +228,28 @@ def test_quick_suite_end_to_end(tmp_path, several):
                 assert entry["ratios"]["equal_wall_time"][base] > 0
             # logh is the physical limit on Kepler orbits, far below any leapfrog
             assert entry["methods"]["logh"]["max_rel_dE"] < 1e-10
-    if several:
-        assert "across_checkpoints" in board["summary"] and (out / "cost.png").stat().st_size > 0
-        if QUICK_ONE:  # force evaluations and energy errors do not depend on where a system ran
-            first = board["systems"][board["checkpoints"][0]["label"]]
-            for name, entry in QUICK_ONE.items():
-                for meth in ("learned", "adaptive", "symmetric_adaptive", "logh"):
-                    for key in ("force_evals", "max_rel_dE"):
-                        assert first[name]["methods"][meth][key] == entry["methods"][meth][key], (name, meth, key)
-    else:
-        QUICK_ONE.update(board["systems"])
+
+
+def test_quick_suite_of_one_checkpoint_in_its_process(quick_board):
+    """The shared board (conftest.quick_board: the command line, --workers 1, one process)."""
+    check_quick_board(quick_board["board"], 1)
+    assert "| system |" in (quick_board["out"] / "scoreboard.md").read_text()
+
+
+def test_quick_suite_of_two_checkpoints_as_ray_tasks_gives_the_in_process_numbers(tmp_path, quick_board):
+    """Two checkpoints as Ray tasks; the first is the shared board's checkpoint, and its numbers are the
+    in-process run's (force evaluations and energy errors do not depend on where a system ran)."""
+    paths = [quick_board["ckpt"], write_ckpt(tmp_path, "b", factor_cfg(symmetric_iterations=0))]
+    out = tmp_path / "board"
+    assert evaluate.main(["--checkpoint", *paths, "--suite", "quick", "--workers", "2", "--out", str(out)]) == 0
+    board = json.loads((out / "scoreboard.json").read_text())
+    check_quick_board(board, 2)
+    assert "across_checkpoints" in board["summary"] and (out / "cost.png").stat().st_size > 0
+    first = board["systems"][board["checkpoints"][0]["label"]]
+    for name, entry in quick_board["board"]["systems"].items():
+        for meth in ("learned", "adaptive", "symmetric_adaptive", "logh"):
+            for key in ("force_evals", "max_rel_dE"):
+                assert first[name]["methods"][meth][key] == entry["methods"][meth][key], (name, meth, key)
     assert "| system |" in (out / "scoreboard.md").read_text()
 
 
