@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .physics import acceleration
-from .steprules import prs_timescale_at, prs_timescale_at_torch
+from .steprules import einsum, prs_timescale_at, prs_timescale_at_torch, set_diagonal
 
 STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
@@ -213,11 +213,11 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         x, v, a, m = x[keep], v[keep], a[keep], m[keep]
     n = len(m)
     d = x[None, :, :] - x[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d)
-    np.fill_diagonal(r2, np.inf)
+    r2 = einsum("ijk,ijk->ij", d, d)
+    set_diagonal(r2, np.inf)
     jnn = r2.argmin(1)
     r2nn = r2[np.arange(n), jnn]
-    tau_i = np.sqrt(np.sqrt(r2nn) / np.maximum(np.sqrt(np.einsum("ij,ij->i", a, a)), 1e-300))
+    tau_i = np.sqrt(np.sqrt(r2nn) / np.maximum(np.sqrt(einsum("ij,ij->i", a, a)), 1e-300))
     i = int(tau_i.argmin())
     tau = float(tau_i[i])
     j = int(jnn[i])
@@ -229,7 +229,7 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         mask = np.ones(n, dtype=bool)
         mask[[i, j]] = False
         f3 = min(max(math.log(float(tau_i[mask].min()) / tau), 0.0), TAU_RATIO_CAP)
-        np.fill_diagonal(r2, 0.0)
+        set_diagonal(r2, 0.0)
         f7 = math.log(r / (float(np.sqrt(r2).sum()) / (n * (n - 1))))
     else:
         f3, f7 = TAU_RATIO_CAP, 0.0

@@ -36,8 +36,8 @@ import numpy as np
 
 from .physics import rel_energy_error
 # The step rules' shared pieces (numpy and torch twins side by side); their names stay importable here.
-from .steprules import (PRS_A_FLOOR, TIMESCALES, jerk_snap, nn_timescale, prs_timescale,  # noqa: F401
-                        recursive_dt, symmetric_dt, timescale)
+from .steprules import (PRS_A_FLOOR, TIMESCALES, einsum, jerk_snap, nn_timescale, prs_timescale,  # noqa: F401
+                        recursive_dt, set_diagonal, symmetric_dt, timescale)
 
 # A step's left-over time below this fraction of the duration counts as arrived (float rounding).
 END_TOL = 1e-12
@@ -47,23 +47,23 @@ END_TOL = 1e-12
 def accel(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> np.ndarray:
     """a_i = sum_j m_j (x_j - x_i) / (|x_j - x_i|^2 + eps^2)^{3/2}; x (N,D), m (N,) -> (N,D)."""
     d = x[None, :, :] - x[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
-    np.fill_diagonal(r2, 1.0)
+    r2 = einsum("ijk,ijk->ij", d, d) + eps * eps
+    set_diagonal(r2, 1.0)
     w = m[None, :] / (r2 * np.sqrt(r2))
-    np.fill_diagonal(w, 0.0)
-    return np.einsum("ij,ijk->ik", w, d)
+    set_diagonal(w, 0.0)
+    return einsum("ij,ijk->ik", w, d)
 
 
 def accel_pot(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, float]:
     """(a (N,D), potential energy U) from one pass over the pairs: one force evaluation."""
     d = x[None, :, :] - x[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
-    np.fill_diagonal(r2, 1.0)
+    r2 = einsum("ijk,ijk->ij", d, d) + eps * eps
+    set_diagonal(r2, 1.0)
     inv_r = 1.0 / np.sqrt(r2)
-    np.fill_diagonal(inv_r, 0.0)
+    set_diagonal(inv_r, 0.0)
     w = m[None, :] * inv_r ** 3
     u = -0.5 * float(m @ inv_r @ m)
-    return np.einsum("ij,ijk->ik", w, d), u
+    return einsum("ij,ijk->ik", w, d), u
 
 
 def energies(xs: np.ndarray, vs: np.ndarray, m: np.ndarray, eps: float = 0.0) -> np.ndarray:

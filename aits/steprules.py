@@ -22,15 +22,29 @@ from typing import Callable
 import numpy as np
 import torch
 
+try:  # numpy's C einsum: np.einsum without its Python dispatch, a fifth of a call on a few bodies
+    from numpy._core.multiarray import c_einsum as einsum
+except ImportError:  # pragma: no cover - numpy < 2
+    einsum = np.einsum
+
+
+def set_diagonal(a: np.ndarray, value: float) -> None:
+    """a[i, i] = value of a square array: np.fill_diagonal's result, without its checks for the
+    C-contiguous arrays of the step kernels (a view of them, written in place)."""
+    if a.flags.c_contiguous:
+        a.reshape(-1)[::a.shape[0] + 1] = value
+    else:
+        np.fill_diagonal(a, value)
+
 
 # ---------------------------------------------------------------- the classical timescale
 def nn_timescales(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """tau_i = sqrt(r_i,nn / |a_i|) of every body (N,), x and a (N,D)."""
     d = x[None, :, :] - x[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d)
-    np.fill_diagonal(r2, np.inf)
+    r2 = einsum("ijk,ijk->ij", d, d)
+    set_diagonal(r2, np.inf)
     r_nn = np.sqrt(r2.min(1))
-    a_mag = np.sqrt(np.einsum("ij,ij->i", a, a))
+    a_mag = np.sqrt(einsum("ij,ij->i", a, a))
     return np.sqrt(r_nn / np.maximum(a_mag, 1e-300))
 
 
@@ -65,12 +79,12 @@ def jerk_snap(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: f
     d = x[None, :, :] - x[:, None, :]
     u = v[None, :, :] - v[:, None, :]
     big_a = a[None, :, :] - a[:, None, :]
-    r2 = np.einsum("ijk,ijk->ij", d, d) + eps * eps
-    np.fill_diagonal(r2, 1.0)
+    r2 = einsum("ijk,ijk->ij", d, d) + eps * eps
+    set_diagonal(r2, 1.0)
     w = m[None, :] / (r2 * np.sqrt(r2))
-    np.fill_diagonal(w, 0.0)
-    alpha = np.einsum("ijk,ijk->ij", d, u) / r2
-    beta = (np.einsum("ijk,ijk->ij", u, u) + np.einsum("ijk,ijk->ij", d, big_a)) / r2 + alpha * alpha
+    set_diagonal(w, 0.0)
+    alpha = einsum("ijk,ijk->ij", d, u) / r2
+    beta = (einsum("ijk,ijk->ij", u, u) + einsum("ijk,ijk->ij", d, big_a)) / r2 + alpha * alpha
     a_ij = w[..., None] * d
     j_ij = w[..., None] * u - 3.0 * alpha[..., None] * a_ij
     s_ij = w[..., None] * big_a - 6.0 * alpha[..., None] * j_ij - 3.0 * beta[..., None] * a_ij
@@ -86,8 +100,8 @@ def prs_timescales(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, e
     """Per-body IAS15 2024 timescales tau_i (N,), inf for bodies that carry none (below ``PRS_A_FLOOR``).
     Torch twin at one body: :func:`prs_timescale_at_torch`."""
     j, s = jerk_snap(x, v, a, m, eps)
-    a2 = np.einsum("ij,ij->i", a, a)
-    den = np.einsum("ij,ij->i", j, j) + np.sqrt(a2 * np.einsum("ij,ij->i", s, s))
+    a2 = einsum("ij,ij->i", a, a)
+    den = einsum("ij,ij->i", j, j) + np.sqrt(a2 * einsum("ij,ij->i", s, s))
     ok = (a2 > (PRS_A_FLOOR ** 2) * a2.max()) & (den > 0)
     out = np.full(len(a2), math.inf)
     out[ok] = np.sqrt(2.0 * a2[ok] / den[ok])

@@ -8,7 +8,7 @@ from aits import problems as P
 from aits import stepper
 from aits.physics import acceleration
 from aits.steprules import (classical_timescale, prs_timescale, prs_timescale_at, prs_timescale_at_torch, prs_timescales,
-                            recursive_dt, recursive_dt_torch, symmetric_dt, timescale)
+                            recursive_dt, recursive_dt_torch, set_diagonal, symmetric_dt, timescale)
 
 
 @pytest.mark.parametrize("n,dim", [(2, 2), (3, 3), (5, 2)])
@@ -118,3 +118,12 @@ def test_recursion_clip_key_reaches_every_form_of_the_rule():
     bare = Config.from_dict({"features": {"feature_type": "scale_free"},
                              "model": {"output": "factor", "init_factor": 0.01, "max_modulation": 2.0, "recursive": True}})
     assert bare.model.step_clip == 2.0  # no recursion_clip: the bound M, as before the key
+
+
+def test_set_diagonal_is_fill_diagonal_on_contiguous_and_strided_arrays():
+    rng = np.random.default_rng(5)
+    for a in (rng.normal(size=(5, 5)), rng.normal(size=(6, 6)).T, rng.normal(size=(8, 8))[::2, ::2]):
+        want = a.copy()
+        np.fill_diagonal(want, np.inf)
+        set_diagonal(a, np.inf)
+        assert np.array_equal(a, want)
