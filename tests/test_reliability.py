@@ -215,7 +215,7 @@ def assert_checkpoints_load(run_dir: Path) -> int:
 
 
 def test_driver_sigkill_at_random_moments_then_resume_completes(tmp_path):
-    epochs = 40
+    epochs = 20  # the four kills land in the first ~8 epochs (each restart runs one epoch and up to 0.6 s)
     # big checkpoints every epoch (~7 MB): kills land in writes too
     d = dict(ray={"inprocess": True}, train={"epochs": epochs}, run={"checkpoint_interval": 1},
              model={"hidden_dims": [512, 512]})
