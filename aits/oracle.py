@@ -130,17 +130,7 @@ def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSIO
     fit_sys = sys
     if target_evals and target_evals > fit_evals:
         fit_sys = replace(sys, duration=sys.duration * fit_evals / target_evals)
-    # phi's standardisation: the features along the classical recursion's own fit run
-    probe = LinearFactorStep([], [], [], [], eta0, modulation, sys.eps, timescale)
-    ref = run_method(I.RecursivePolicy(probe, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50)
-    traj = ref.trajectory
-    a_of = lambda x: I.accel(x, sys.m, sys.eps)  # noqa: E731
-    picks = np.unique(np.linspace(0, len(traj["t"]) - 1, min(len(traj["t"]), 400)).astype(int))
-    feats = np.array([scale_free_numpy(traj["x"][k], traj["v"][k], a_of(traj["x"][k]), sys.m, sys.eps, timescale)[0]
-                      for k in picks])
-    std = feats.std(0)
-    keep = np.flatnonzero(std > CONSTANT_STD)
-    mean, std = feats.mean(0)[keep], std[keep]
+    ref, feats, keep, mean, std = standardisation(fit_sys, eta0, modulation, clip, fit_evals, timescale)
 
     def objective(w):
         h = LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps, timescale)
@@ -158,6 +148,47 @@ def fit_oracle(sys, eta0: float, modulation: float = 3.0, clip: float = RECURSIO
         w, j, runs = np.zeros(0), j0, 0
     fit = OracleFit(sys.name, keep.tolist(), [float(c) for c in w], eta0, fit_sys.duration, j0, j, runs + 1)
     return fit, LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps, timescale)
+
+
+def standardisation(fit_sys, eta0: float, modulation: float, clip: float, fit_evals: int = FIT_EVALS,
+                    timescale: str = "nn"):
+    """phi's standardisation on the fit run ``fit_sys`` (a System of the fit's duration): the classical
+    recursion's own run there (w = 0) and the scale-free features of at most 400 of its states, evenly
+    spaced in steps. Returns (that run, the features (S, F), keep, mean, std of the kept features)."""
+    from .scoreboard import run_method
+
+    probe = LinearFactorStep([], [], [], [], eta0, modulation, fit_sys.eps, timescale)
+    ref = run_method(I.RecursivePolicy(probe, "oracle", clip), fit_sys, 1, 3 * fit_evals + 50)
+    traj, m, eps = ref.trajectory, fit_sys.m, fit_sys.eps
+    picks = np.unique(np.linspace(0, len(traj["t"]) - 1, min(len(traj["t"]), 400)).astype(int))
+    feats = np.array([scale_free_numpy(traj["x"][k], traj["v"][k], I.accel(traj["x"][k], m, eps), m, eps,
+                                       timescale)[0] for k in picks])
+    std = feats.std(0)
+    keep = np.flatnonzero(std > CONSTANT_STD)
+    return ref, feats, keep, feats.mean(0)[keep], std[keep]
+
+
+def spread(g) -> float:
+    """How much a step factor varies over a run: its 95th over its 5th percentile (1: a constant factor,
+    a classical rule; 3: the steps are reshaped by a factor 3 between the two)."""
+    lo, hi = np.percentile(np.asarray(g, dtype=float), [5, 95])
+    return float(hi / lo)
+
+
+def shape_spreads(sys, fit: dict, eta0: float, modulation: float, clip: float, factors: list,
+                  timescale: str = "nn", fit_evals: int = FIT_EVALS) -> dict:
+    """The oracle's and each learned rule's :func:`spread` over the same states: the classical recursion's
+    fit run of ``sys`` (``fit``: an oracle.json entry's ``fit``, its duration and weights), where the oracle
+    was fitted. ``factors``: each learned rule's factor g(features) (None: that one is left out).
+    Returns {"oracle": spread, "learned": [spread or None per factor]}."""
+    _, feats, keep, mean, std = standardisation(replace(sys, duration=fit["fit_duration"]), eta0, modulation,
+                                                clip, fit_evals, timescale)
+    if keep.tolist() != list(fit["features"]):
+        raise ValueError(f"oracle: {sys.name}: the fit run's kept features {keep.tolist()} are not the stored "
+                         f"{fit['features']} (another eta0, clip or timescale?)")
+    oracle = LinearFactorStep(fit["w"], keep, mean, std, eta0, modulation, sys.eps, timescale)
+    return {"oracle": spread([oracle.factor(f) for f in feats]),
+            "learned": [None if g is None else spread([g(f) for f in feats]) for g in factors]}
 
 
 def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECURSION_CLIP,

@@ -552,22 +552,20 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     if ref is not None:
         entry["methods"]["ias15"] = ref["metrics"]
     lm = entry["methods"][next(iter(learned))]
-    comps = ("equal_force_evals", "equal_wall_time") if wall else ("equal_force_evals",)
-    for fam in families:
-        b = entry["methods"][fam]
-        for comp in comps:
-            bm = b if comp == "equal_force_evals" else b["equal_wall_time"]
+    classical = [f for f in families if f in CLASSICAL]
+    # (comparison, the entry's strongest key, the sub-run of a family's entry it compares with)
+    comparisons = [("equal_force_evals", "strongest", None)]
+    if wall:
+        comparisons.append(("equal_wall_time", "strongest_wall", "equal_wall_time"))
+    entry["strongest"] = entry["strongest_wall"] = None
+    for comp, key, sub in comparisons:
+        runs = {fam: entry["methods"][fam] if sub is None else entry["methods"][fam][sub] for fam in families}
+        entry[key] = strongest(entry["methods"], classical, sub)
+        if entry[key] is not None:
+            runs["strongest"] = runs[entry[key]]
+        for fam, bm in runs.items():
             entry["ratios"][comp][fam] = ratio(lm["max_rel_dE"], bm["max_rel_dE"])
             entry["ratios_trajectory"][comp][fam] = ratio(lm["position_error_rel"], bm["position_error_rel"])
-    classical = [f for f in families if f in CLASSICAL]
-    entry["strongest"] = strongest(entry["methods"], classical, None)
-    entry["strongest_wall"] = strongest(entry["methods"], classical, "equal_wall_time") if wall else None
-    for comp, key in (("equal_force_evals", "strongest"), ("equal_wall_time", "strongest_wall"))[:len(comps)]:
-        fam = entry[key]
-        if fam is not None:
-            bm = entry["methods"][fam] if comp == "equal_force_evals" else entry["methods"][fam]["equal_wall_time"]
-            entry["ratios"][comp]["strongest"] = ratio(lm["max_rel_dE"], bm["max_rel_dE"])
-            entry["ratios_trajectory"][comp]["strongest"] = ratio(lm["position_error_rel"], bm["position_error_rel"])
     entry["_plot"] = plot
     return entry
 
@@ -750,7 +748,7 @@ def seconds_per_step(method: I.Method, sys: System, steps: int, repeats: int = 3
     ``repeats`` times: batch 1, the thread count the caller set."""
     out = []
     for _ in range(repeats):
-        run = I.integrate(method, sys.m, sys.x, sys.v, 1e30, max_steps=steps, record=False)
+        run = I.integrate(method, sys.m, sys.x, sys.v, 1e30, eps=sys.eps, max_steps=steps, record=False)
         out.append(run.metrics["wall_time_s"] / max(run.metrics["steps"], 1))
     return out
 

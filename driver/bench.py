@@ -425,11 +425,11 @@ def step_profile(h, system, calls: int, repeats: int) -> dict:
     from aits import integrators as I
     from aits.features import scale_free_numpy
 
-    m, x, v = system.m, system.x, system.v
-    a = I.accel(x, m)
-    feats, _ = scale_free_numpy(x, v, a, m, 0.0)
-    parts = {"force_eval": lambda: I.accel(x, m), "timescale": lambda: I.timescale(x, a),
-             "features": lambda: scale_free_numpy(x, v, a, m, 0.0), "mlp": lambda: h.mlp(feats)}
+    m, x, v, eps = system.m, system.x, system.v, system.eps
+    a = I.accel(x, m, eps)
+    feats, _ = scale_free_numpy(x, v, a, m, eps)
+    parts = {"force_eval": lambda: I.accel(x, m, eps), "timescale": lambda: I.timescale(x, a),
+             "features": lambda: scale_free_numpy(x, v, a, m, eps), "mlp": lambda: h.mlp(feats)}
 
     def per_call(fn):
         def run():
@@ -437,6 +437,28 @@ def step_profile(h, system, calls: int, repeats: int) -> dict:
                 fn()
         return timeit(run, repeats) / calls * 1e6
     return {f"step_profile_{k}_us": per_call(fn) for k, fn in parts.items()}
+
+
+def many_body_steps(methods, quick: bool, repeats: int) -> tuple[dict, dict]:
+    """G5 at N >= 16: the recommended rule's step against the classical recursion's on the
+    practitioner suite's softened Plummer spheres (N = 16 and 64, eps = 0.05), timed side by side,
+    with the step profile of each (where the difference goes). Returns (figures, spreads)."""
+    from aits import problems as P
+    from aits.scoreboard import System, make_baseline, step_cost_ratios
+
+    out, spreads = {}, {}
+    for n in (16, 64):
+        m, x, v = P.plummer(n, 0)
+        system = System(f"plummer_N{n}", "problem", "bench", {"N": n}, m, x, v, 1e30, eps=0.05, bounded=False)
+        gen = methods(generalist_config(), system.eps)["learned"]
+        rules = {"recursive_adaptive": make_baseline("recursive_adaptive", 0.01, system.eps), "generalist": gen}
+        r = step_cost_ratios(rules, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
+        key = f"generalist_step_vs_recursive_step_N{n}"
+        out[key] = r["generalist"]["ratio"]
+        spreads[key] = {"min": r["generalist"]["ratio_min"], "max": r["generalist"]["ratio_max"], "n": repeats}
+        prof = step_profile(gen.h, system, 200 if quick else 2000, repeats)
+        out.update({k.replace("step_profile_", f"step_profile_N{n}_"): val for k, val in prof.items()})
+    return out, spreads
 
 
 def steps(quick: bool) -> dict:
@@ -453,9 +475,9 @@ def steps(quick: bool) -> dict:
     seed_mode = Config.from_dict({"features": {"history_len": 3, "normalize_inputs": "auto"},
                                   "model": {"hidden_dims": [64, 64], "init_dt": 0.01}})
 
-    def methods(cfg):
+    def methods(cfg, eps=None):
         ckpt = build_payload(0, build_model(cfg).state_dict(), None, cfg, auto_norm_scales(cfg).to_dict())
-        return learned_methods(ckpt)
+        return learned_methods(ckpt, eps=eps)
 
     lm = methods(laptop)
     one_eval = lm.get("learned_explicit") or lm["learned"]  # the step recursion or the explicit step
@@ -479,6 +501,7 @@ def steps(quick: bool) -> dict:
                                       "adaptive", system, seconds=0.05 if quick else 0.2, repeats=repeats)["seed_mode"]
     sym = r["learned_symmetric"]["seconds_per_step"] / r["symmetric_adaptive"]["seconds_per_step"]
     profile = step_profile(symmetric.h, system, 2000 if quick else 20000, repeats)
+    many, many_spread = many_body_steps(methods, quick, repeats)
     out = {"learned_step_vs_adaptive_step": r["learned"]["ratio"],
            "learned_symmetric_step_vs_symmetric_adaptive_step": sym,
            "seed_mode_step_vs_adaptive_step": r["seed_mode"]["ratio"],
@@ -487,7 +510,7 @@ def steps(quick: bool) -> dict:
            "blend_step_vs_recursive_step": g["blend"]["ratio"],
            "recursive_blend_step_vs_recursive_step": g["recursive_blend_clip"]["ratio"],
            "adaptive_step_us": 1e6 * r["adaptive"]["seconds_per_step"],
-           **profile,
+           **profile, **many,
            "_seconds": {"steps": time.perf_counter() - start},
            "_spread": {k: {"min": r[n]["ratio_min"], "max": r[n]["ratio_max"], "n": repeats}
                        for k, n in (("learned_step_vs_adaptive_step", "learned"),
@@ -497,6 +520,7 @@ def steps(quick: bool) -> dict:
                                         ("recursive_prs_step_vs_recursive_step", "recursive_prs"),
                                         ("blend_step_vs_recursive_step", "blend"),
                                         ("recursive_blend_step_vs_recursive_step", "recursive_blend_clip"))})
+    out["_spread"].update(many_spread)
     return out
 
 

@@ -8,6 +8,11 @@ or standard suite it names). Per system: fits the oracle once, at the first chec
 then runs it over the whole duration at each checkpoint's learned force evaluations and divides its
 max |dE/E| by that checkpoint's strongest classical rule's (the board's, at the same evaluations).
 Writes ``DIR/oracle.json`` and ``DIR/oracle.md`` (default DIR: BOARD_DIR) and prints the table.
+
+Beside the ratios, each system's *factor spread*: how much the oracle and each learned rule reshape the
+steps (95th / 5th percentile of g = h / tau over the states of the system's fit run; 1 is the classical
+rule). The checkpoints' files must be where the board says. ``--shape-only`` adds the spreads to an
+oracle.json already written, without fitting again.
 """
 from __future__ import annotations
 
@@ -76,7 +81,45 @@ def headroom(board: dict, names: list[str] | None, eta0: float, modulation: floa
             f"{res['seconds']:.0f} s)")
     out["median"] = {key: _median([s[key] for s in out["systems"].values()])
                      for key in ("oracle_over_strongest", "learned_over_strongest", "learned_over_oracle")}
+    add_shapes(out, board, log)
     return out
+
+
+def learned_factors(board: dict, eps: float) -> list:
+    """Each checkpoint's learned factor g(features) (range check as evaluated), for a system of softening
+    ``eps``; None for a checkpoint whose file is gone or whose rule has no factor."""
+    from aits import load_checkpoint
+    from aits.policy import FactorStep, learned_methods
+
+    out = []
+    for c in board["checkpoints"]:
+        path = Path(c.get("path", ""))
+        if not path.is_file():
+            out.append(None)
+            continue
+        h = getattr(learned_methods(load_checkpoint(path), eps=eps, range_check=c.get("range_check", True))["learned"],
+                    "h", None)
+        out.append(h.mlp if isinstance(h, FactorStep) else None)
+    return out
+
+
+def add_shapes(res: dict, board: dict, log=print) -> None:
+    """Per system, how much the oracle and each learned rule reshape the steps over the same states
+    (aits.oracle.shape_spreads: 95th / 5th percentile of the factor along the fit run): ``shape`` entries."""
+    ckpt0 = board["checkpoints"][0]
+    systems = {s.name: s for s in suite_systems(board["suite"], ckpt0.get("N", 2), ckpt0.get("D", 2),
+                                                ckpt0.get("softening", 0.0))}
+    factors: dict = {}
+    for name, s in res["systems"].items():
+        sys_ = systems[name]
+        if sys_.eps not in factors:
+            factors[sys_.eps] = learned_factors(board, sys_.eps)
+        shape = O.shape_spreads(sys_, s["fit"], res["eta0"], res["modulation"], res["clip"], factors[sys_.eps],
+                                res.get("timescale", "nn"))
+        shape["learned_median"] = _median(shape["learned"])
+        s["shape"] = shape
+        log(f"{name:24s} factor spread (95th / 5th percentile over the fit run): oracle {fmt(shape['oracle'])}, "
+            f"learned {', '.join(fmt(v) for v in shape['learned'])}")
 
 
 def markdown(res: dict) -> str:
@@ -84,15 +127,23 @@ def markdown(res: dict) -> str:
              f"M {res['modulation']:g}, clip {res['clip']:g}, timescale {res.get('timescale', 'nn')}) on suite `{res['suite']}`, "
              f"{len(res['checkpoints'])} checkpoint(s): medians over checkpoints of max |ΔE/E| ratios at the "
              "learned run's force evaluations.", "",
-             "| system | strongest | oracle / strongest | learned / strongest | learned / oracle | fit J / classical |",
-             "|---|---|---|---|---|---|"]
+             "| system | strongest | oracle / strongest | learned / strongest | learned / oracle | fit J / classical "
+             "| factor spread: oracle | learned |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in res["systems"].items():
         fams = ", ".join(dict.fromkeys(r["strongest"] or "–" for r in s["rows"]))
+        shape = s.get("shape") or {}
         lines.append(f"| {name} | {fams} | {fmt(s['oracle_over_strongest'])} | {fmt(s['learned_over_strongest'])} | "
-                     f"{fmt(s['learned_over_oracle'])} | {fmt(s['fit']['J_fit_over_classical'])} |")
+                     f"{fmt(s['learned_over_oracle'])} | {fmt(s['fit']['J_fit_over_classical'])} | "
+                     f"{fmt(shape.get('oracle'))} | {fmt(shape.get('learned_median'))} |")
     med = res["median"]
+    shapes = [s.get("shape") or {} for s in res["systems"].values()]
     lines += [f"| **median** | | {fmt(med['oracle_over_strongest'])} | {fmt(med['learned_over_strongest'])} | "
-              f"{fmt(med['learned_over_oracle'])} | |"]
+              f"{fmt(med['learned_over_oracle'])} | | {fmt(_median([sh.get('oracle') for sh in shapes]))} | "
+              f"{fmt(_median([sh.get('learned_median') for sh in shapes]))} |", "",
+              "Factor spread: the 95th over the 5th percentile of the step factor g = h / tau over the states of the "
+              "classical recursion's fit run (1: a constant factor, the classical rule); learned: median over "
+              "checkpoints."]
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--timescale", default="nn", choices=("nn", "blend"),
                    help="the family's timescale (features.timescale of the checkpoints)")
     p.add_argument("--max-runs", type=int, default=80, help="fit runs per system (Nelder-Mead evaluations)")
+    p.add_argument("--shape-only", action="store_true",
+                   help="no fitting: add the factor spreads to the oracle.json already in --out (or BOARD_DIR)")
     a = p.parse_args(argv)
     path = Path(a.board) / "scoreboard.json"
     if not path.is_file():
@@ -118,8 +171,19 @@ def main(argv=None) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         p.error(f"{path}: not a readable scoreboard ({exc})")
     names = [s for s in a.systems.split(",") if s] if a.systems else None
-    res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs, timescale=a.timescale)
     out = Path(a.out or a.board)
+    if a.shape_only:
+        stored = out / "oracle.json"
+        try:
+            res = json.loads(stored.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            p.error(f"{stored}: no readable oracle.json for --shape-only ({exc})")
+        try:
+            add_shapes(res, board)
+        except (KeyError, ValueError) as exc:
+            p.error(f"{stored}: does not match {path} ({exc})")
+    else:
+        res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs, timescale=a.timescale)
     out.mkdir(parents=True, exist_ok=True)
     (out / "oracle.json").write_text(json.dumps(res, indent=1, default=float))
     md = markdown(res)

@@ -34,8 +34,12 @@ def test_quick_bench_reports_the_step_cost_figures(tmp_path, capsys):
               "seed_mode_step_vs_adaptive_step", "step_profile_force_eval_us", "step_profile_timescale_us",
               "step_profile_features_us", "step_profile_mlp_us", "generalist_step_vs_recursive_step",
               "recursive_prs_step_vs_recursive_step", "blend_step_vs_recursive_step",
-              "recursive_blend_step_vs_recursive_step"):
+              "recursive_blend_step_vs_recursive_step", "generalist_step_vs_recursive_step_N16",
+              "generalist_step_vs_recursive_step_N64", "step_profile_N16_features_us", "step_profile_N64_mlp_us"):
         assert res[k] > 0, k
+    # the Plummer spheres' profiles: the force sums N^2 pairs, the MLP sees 8 numbers whatever N
+    assert res["step_profile_N64_force_eval_us"] > 3 * res["step_profile_N16_force_eval_us"]
+    assert res["step_profile_N64_mlp_us"] < res["step_profile_N64_force_eval_us"] / 3
     # the seed's mode rebuilds torch features of K + 1 = 4 states per step: dearer than the numpy factor rule
     assert res["seed_mode_step_vs_adaptive_step"] > res["learned_step_vs_adaptive_step"]
     assert "learned_step_vs_adaptive_step" in capsys.readouterr().out

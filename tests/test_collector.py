@@ -85,9 +85,11 @@ def test_collector_state_restore_round_trip(ray_session, systems):
     state = ray.get(first.state.remote())
     expect_samples, expect_metrics = ray.get(first.collect.options(num_returns=2).remote(weights))
 
-    second = ray.remote(num_cpus=1)(Collector).remote(conf, scales, 0)
-    ray.get(second.restore.remote(state))
-    samples, metrics = ray.get(second.collect.options(num_returns=2).remote(weights))
+    # the state as it came out of the actor, through Ray's object store, into a new collector (in this
+    # process: the same class, without a second actor's start-up)
+    second = Collector(conf, scales, 0)
+    second.restore(ray.get(ray.put(state)))
+    samples, metrics = second.collect(ray.get(weights))
     assert len(samples) > 0 and set(samples.orbit_id) == set(range(systems))
     np.testing.assert_array_equal(state["systems"]["ids"], np.arange(systems))
     for name, value in expect_samples.to_dict().items():

@@ -44,3 +44,54 @@ def test_oracle_beats_the_classical_recursion_on_an_eccentric_orbit():
     assert abs(run.metrics["force_evals"] - classical.metrics["force_evals"]) <= 0.02 * classical.metrics["force_evals"]
     assert run.metrics["max_rel_dE"] < 0.9 * classical.metrics["max_rel_dE"]
     assert math.isfinite(run.metrics["max_rel_dE"])
+    # the fitted shape reshapes the steps where the classical rule does not: its factor spread over the
+    # fit run's states is > 1; a constant factor's is exactly 1, and the oracle's own factor as a "learned"
+    # one has the oracle's spread
+    stored = {"fit_duration": fit.fit_duration, "features": fit.keep, "w": fit.w}
+    shape = O.shape_spreads(sys_, stored, 0.01, 3.0, 1.2, [lambda f: 0.01, h.factor, None])
+    assert shape["oracle"] > 1.2 and shape["learned"][0] == 1.0 and shape["learned"][2] is None
+    assert shape["learned"][1] == pytest.approx(shape["oracle"], rel=1e-12)
+    with pytest.raises(ValueError, match="kept features"):
+        O.shape_spreads(sys_, {**stored, "features": [0]}, 0.01, 3.0, 1.2, [])
+
+
+def test_spread_is_the_95th_over_the_5th_percentile():
+    g = np.linspace(1.0, 2.0, 101)
+    assert O.spread(g) == pytest.approx(1.95 / 1.05, rel=1e-12)
+    assert O.spread(np.full(10, 0.01)) == 1.0
+
+
+def test_headroom_command_on_a_board_and_shape_only_gives_the_same_spreads(quick_board, tmp_path, capsys):
+    """driver/oracle.py on the session's quick board (one checkpoint): the table's ratios are the rows',
+    the learned spread is the checkpoint's own factor over the fit run, and --shape-only on the written
+    oracle.json computes the same spreads without fitting; a missing oracle.json is a one-line exit 2."""
+    import json
+
+    from driver import oracle as D
+
+    name = "kepler_e0.9_a1_10P"
+    out = tmp_path / "headroom"
+    argv = [str(quick_board["out"]), "--out", str(out), "--systems", name, "--max-runs", "4", "--eta0", "0.02"]
+    assert D.main(argv) == 0
+    res = json.loads((out / "oracle.json").read_text())
+    row, = res["systems"][name]["rows"]
+    entry = quick_board["board"]["systems"][name]
+    assert row["learned_max_rel_dE"] == entry["methods"]["learned"]["max_rel_dE"]
+    assert row["oracle_over_strongest"] == pytest.approx(row["oracle_max_rel_dE"] / row["strongest_max_rel_dE"])
+    shape = res["systems"][name]["shape"]
+    # the perturbed checkpoint's g depends on its features (tests/helpers.py): a spread above 1
+    assert shape["learned"][0] > 1.0 and shape["learned_median"] == shape["learned"][0] and shape["oracle"] >= 1.0
+    assert f"| {name} |" in (out / "oracle.md").read_text()
+    capsys.readouterr()
+
+    del res["systems"][name]["shape"]
+    (out / "oracle.json").write_text(json.dumps(res))
+    assert D.main([str(quick_board["out"]), "--out", str(out), "--shape-only"]) == 0
+    again = json.loads((out / "oracle.json").read_text())["systems"][name]["shape"]
+    assert again == shape
+
+    with pytest.raises(SystemExit) as exc:
+        D.main([str(quick_board["out"]), "--out", str(tmp_path / "none"), "--shape-only"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "oracle.json" in err[-1] and not (tmp_path / "none").exists()

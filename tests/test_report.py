@@ -61,12 +61,6 @@ def parse(text: str) -> Page:
     return page
 
 
-@pytest.fixture(scope="module")
-def evaluated(quick_board):
-    """The quick suite of one checkpoint through the CLI, with a movie of one system (conftest.py)."""
-    return quick_board
-
-
 def expected_row(entry: dict) -> dict:
     """The headline numbers as the board states them (the names score_system documents)."""
     lm, strong, wall = entry["methods"]["learned"], entry["strongest"], entry["strongest_wall"]
@@ -91,8 +85,8 @@ def check_cells(page: Page, systems: dict, expected) -> None:
                 assert float(text.split()[0]) == pytest.approx(value, rel=5e-3), (name, field, text)
 
 
-def test_report_links_exist_and_its_numbers_are_the_scoreboards(evaluated):
-    out, board = evaluated["out"], evaluated["board"]
+def test_report_links_exist_and_its_numbers_are_the_scoreboards(quick_board):
+    out, board = quick_board["out"], quick_board["board"]
     page = parse((out / "index.html").read_text())
     assert {"cost.png", "scoreboard.json", f"{FILMED}.png", f"{FILMED}.mp4"} <= set(page.links)
     for link in page.links:
@@ -110,23 +104,23 @@ def test_report_links_exist_and_its_numbers_are_the_scoreboards(evaluated):
         assert page.cells[(name, "strongest_evals")][1] == entry["strongest"]
         assert page.cells[(name, "strongest_wall")][1] == entry["strongest_wall"]
     assert board["checkpoints"][0]["config_summary"] in "".join(page.pre)
-    assert "driver/evaluate.py " + " ".join(evaluated["argv"]) in "".join(page.pre)
+    assert "driver/evaluate.py " + " ".join(quick_board["argv"]) in "".join(page.pre)
 
 
-def test_movie_of_the_evaluation_decodes(evaluated):
-    out = evaluated["out"]
-    lines = [ln for ln in evaluated["stdout"].splitlines() if ln.startswith("Movie ")]
-    assert len(lines) == 1 and lines[0].startswith(f"Movie {FILMED}: mp4, 8 frames,"), evaluated["stdout"][-800:]
-    assert f"Report: {out.resolve() / 'index.html'}" in evaluated["stdout"]
+def test_movie_of_the_evaluation_decodes(quick_board):
+    out = quick_board["out"]
+    lines = [ln for ln in quick_board["stdout"].splitlines() if ln.startswith("Movie ")]
+    assert len(lines) == 1 and lines[0].startswith(f"Movie {FILMED}: mp4, 8 frames,"), quick_board["stdout"][-800:]
+    assert f"Report: {out.resolve() / 'index.html'}" in quick_board["stdout"]
     reader = imageio.get_reader(out / f"{FILMED}.mp4")
     assert reader.count_frames() == 8 and reader.get_data(7).shape == (288, 512, 3)
     reader.close()
     assert not list(out.glob("*.gif")) and not list(out.glob(".*"))
 
 
-def test_report_without_the_strongest_keys_falls_back_to_the_methods(evaluated):
+def test_report_without_the_strongest_keys_falls_back_to_the_methods(quick_board):
     """An older board (no ``strongest``, no trajectory ratios, absolute position errors only)."""
-    board = copy.deepcopy(evaluated["board"])
+    board = copy.deepcopy(quick_board["board"])
     for entry in board["systems"].values():
         for key in ("strongest", "strongest_wall", "ratios_trajectory"):
             entry.pop(key)
@@ -134,7 +128,7 @@ def test_report_without_the_strongest_keys_falls_back_to_the_methods(evaluated):
             comp.pop("strongest")
         for met in entry["methods"].values():
             met.pop("position_error_rel", None)
-    page = parse(report.render_report(evaluated["out"], board, "evaluate"))
+    page = parse(report.render_report(quick_board["out"], board, "evaluate"))
 
     def expected(entry):
         fams = [f for f in S.CLASSICAL if f in entry["methods"]]
@@ -147,16 +141,16 @@ def test_report_without_the_strongest_keys_falls_back_to_the_methods(evaluated):
                 "ratio_position_evals": S.ratio(lm["final_position_error"], entry["methods"][best]["final_position_error"])}
 
     check_cells(page, board["systems"], expected)
-    original = evaluated["board"]["systems"]
+    original = quick_board["board"]["systems"]
     for name in board["systems"]:  # the same choice as the board's own
         assert page.cells[(name, "strongest_evals")][1] == original[name]["strongest"]
 
 
 @pytest.mark.parametrize("flags, word", [(["--movie-frames", "1"], "--movie-frames"),
                                          (["--movie-system", "no_such_system"], "no_such_system")])
-def test_bad_movie_flags_exit_2_writing_nothing(evaluated, tmp_path, capsys, flags, word):
+def test_bad_movie_flags_exit_2_writing_nothing(quick_board, tmp_path, capsys, flags, word):
     out = tmp_path / "o"
-    assert evaluate.main(["--checkpoint", evaluated["ckpt"], "--out", str(out), "--workers", "1", *flags]) == 2
+    assert evaluate.main(["--checkpoint", quick_board["ckpt"], "--out", str(out), "--workers", "1", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and word in err[0]
     assert not out.exists()
