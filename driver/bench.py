@@ -443,13 +443,12 @@ def many_body_steps(methods, quick: bool, repeats: int) -> tuple[dict, dict]:
     """G5 at N >= 16: the recommended rule's step against the classical recursion's on the
     practitioner suite's softened Plummer spheres (N = 16 and 64, eps = 0.05), timed side by side,
     with the step profile of each (where the difference goes). Returns (figures, spreads)."""
-    from aits import problems as P
-    from aits.scoreboard import System, make_baseline, step_cost_ratios
+    from aits.scoreboard import make_baseline, practitioner_systems, step_cost_ratios
 
     out, spreads = {}, {}
+    spheres = {s.params["N"]: s for s in practitioner_systems() if s.name.startswith("plummer_N")}
     for n in (16, 64):
-        m, x, v = P.plummer(n, 0)
-        system = System(f"plummer_N{n}", "problem", "bench", {"N": n}, m, x, v, 1e30, eps=0.05, bounded=False)
+        system = spheres[n]
         gen = methods(generalist_config(), system.eps)["learned"]
         rules = {"recursive_adaptive": make_baseline("recursive_adaptive", 0.01, system.eps), "generalist": gen}
         r = step_cost_ratios(rules, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)

@@ -36,14 +36,19 @@ def _median(values):
     return float(np.median(vals)) if vals else None
 
 
+def board_systems(board: dict) -> dict:
+    """{name: System} of the suite a board names, built for its first checkpoint (N, D, softening)."""
+    ckpt0 = board["checkpoints"][0]
+    return {s.name: s for s in suite_systems(board["suite"], ckpt0.get("N", 2), ckpt0.get("D", 2),
+                                             ckpt0.get("softening", 0.0))}
+
+
 def headroom(board: dict, names: list[str] | None, eta0: float, modulation: float, clip: float,
              max_runs: int = 80, log=print, timescale: str = "nn") -> dict:
     by_label = systems_by_label(board)
     labels = list(by_label)
     first = by_label[labels[0]]
-    ckpt0 = board["checkpoints"][0]
-    systems = {s.name: s for s in suite_systems(board["suite"], ckpt0.get("N", 2), ckpt0.get("D", 2),
-                                                ckpt0.get("softening", 0.0))}
+    systems = board_systems(board)
     out: dict = {"suite": board["suite"], "checkpoints": labels, "eta0": eta0, "modulation": modulation,
                  "clip": clip, "timescale": timescale, "systems": {}}
     for name in (names or list(first)):
@@ -106,9 +111,7 @@ def learned_factors(board: dict, eps: float) -> list:
 def add_shapes(res: dict, board: dict, log=print) -> None:
     """Per system, how much the oracle and each learned rule reshape the steps over the same states
     (aits.oracle.shape_spreads: 95th / 5th percentile of the factor along the fit run): ``shape`` entries."""
-    ckpt0 = board["checkpoints"][0]
-    systems = {s.name: s for s in suite_systems(board["suite"], ckpt0.get("N", 2), ckpt0.get("D", 2),
-                                                ckpt0.get("softening", 0.0))}
+    systems = board_systems(board)
     factors: dict = {}
     for name, s in res["systems"].items():
         sys_ = systems[name]
