@@ -8,12 +8,17 @@ it again (measured: configs/generalist.yaml seed 0 was 0.92-0.95x the classical 
 orbits at epochs 50-100 and 1.0x at 150-250). This command scores every checkpoint of the run on one
 fixed validation set, the same for every checkpoint: ``--systems`` fresh systems drawn as the run's
 collectors draw them (``system.ic``, mixture weights and all) but from another RNG stream (``--seed``
-+ i, apart from training's ``run.seed`` + i), each rolled out for ``--steps`` steps (default: the run's
-``train.passage_steps``) of the rule as trained, and the validation loss the mean over systems of
++ i, apart from training's ``run.seed`` + i), each rolled out for ``--steps`` steps (default: three times the
+run's ``train.passage_steps``) of the rule as trained, and the validation loss the mean over systems of
 
     log max_k |E_k - E_0| / |E_0|  -  2 log(T / tau0)
 
 (the passage objective: the log of error x (steps per time)^2, what an equal-cost comparison ranks).
+The window is longer than training's because a rollout of ``passage_steps`` (600 in configs/generalist.yaml)
+covers less than one inner period of half the mixture's binaries and triples (0.09 of one at the least), and a
+rule can score well there by slowing down before a pericentre passage it then never reaches; three times
+that covers at least one full inner period of every validation system (tested; docs/DESIGN.md §4.4b,
+``driver/passage_fit.py``).
 Writes ``RUN_DIR/selection.json`` (epoch -> loss) and the best checkpoint as
 ``RUN_DIR/model/model_best.pt``, with ``feature_ranges``: the box of the features its rule visits on the
 validation rollouts, which the range check of bounded factor models uses (aits/ranges.py; the
@@ -39,6 +44,12 @@ from aits.ranges import measure_ranges
 from aits.systems import Systems
 
 VALIDATION_SEED = 1_000_003  # far from any run.seed + system id a run draws in training
+WINDOW_OVER_TRAINING = 3  # the default validation window in units of train.passage_steps: full inner periods
+
+
+def default_steps(cfg: Config) -> int:
+    """The validation rollouts' steps when ``--steps`` is not given."""
+    return WINDOW_OVER_TRAINING * cfg.train.passage_steps
 
 
 def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
@@ -62,7 +73,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--systems", type=int, default=96, help="validation systems (default 96)")
-    p.add_argument("--steps", type=int, default=None, help="rollout steps (default: train.passage_steps)")
+    p.add_argument("--steps", type=int, default=None, help="rollout steps (default: 3 x train.passage_steps)")
     p.add_argument("--seed", type=int, default=VALIDATION_SEED, help="the validation set's RNG stream")
     p.add_argument("--no-ranges", action="store_true", help="copy the best checkpoint without feature_ranges")
     a = p.parse_args(argv)
@@ -77,7 +88,7 @@ def main(argv=None) -> int:
         cfg = Config.from_dict(load_checkpoint(paths[-1])["config"])
         if cfg.model.output != "factor" or cfg.features.feature_type != "scale_free":
             p.error(f"{paths[-1]}: selection rolls out factor models with scale_free features")
-        steps = a.steps or cfg.train.passage_steps
+        steps = a.steps or default_steps(cfg)
         states = validation_states(cfg, a.systems, a.seed)
         table = {}
         for path in paths:

@@ -50,7 +50,8 @@ def test_picks_the_lowest_loss_and_never_a_blown_up_rule(tmp_path, capsys):
     assert chosen["epoch"] == best
     # the loss is the passage objective of the rule on the fixed set: recomputed, the same number
     states = V.validation_states(CFG, 8)
-    again, blown = V.validation_loss(chosen, CFG, states, CFG.train.passage_steps)
+    assert doc["steps"] == V.default_steps(CFG) == 3 * CFG.train.passage_steps
+    again, blown = V.validation_loss(chosen, CFG, states, V.default_steps(CFG))
     assert blown == 0 and again == losses[best]
     assert "best epoch" in capsys.readouterr().out
 
@@ -63,3 +64,20 @@ def test_no_checkpoints_is_one_error_line(tmp_path, capsys):
         assert exc.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("no model_epoch_*.pt checkpoints")
+
+
+def test_default_window_covers_a_full_inner_period_of_every_validation_system():
+    """The shipped generalist's validation rollouts (the classical rule it contains, 3 x passage_steps) cover at
+    least one inner period of every held-out system; training's own window does not (why the default is longer)."""
+    from aits import Config, Stepper
+    from aits.passage import rollout
+
+    cfg = Config.load("configs/generalist.yaml")
+    systems = Systems(cfg, np.arange(96), [np.random.default_rng(V.VALIDATION_SEED + i) for i in range(96)])
+    stepper = Stepper(cfg, NormScales())
+    with torch.no_grad():
+        _, T, _ = rollout(build_model(cfg), stepper, systems.m, systems.x, systems.v, V.default_steps(cfg))
+        covered = T.numpy() / systems.period
+        assert np.isfinite(systems.period).all() and covered.min() >= 1.0
+        _, T, _ = rollout(build_model(cfg), stepper, systems.m, systems.x, systems.v, cfg.train.passage_steps)
+        assert (T.numpy() / systems.period).min() < 0.5
