@@ -38,15 +38,14 @@ from aits import Config, ConfigError, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, build_payload, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
 from aits.families import FAMILIES
 from aits.passage import objective_rows, rollout
-from aits.systems import Systems
-from driver.validate import VALIDATION_SEED
+from driver.validate import VALIDATION_SEED, drawn_systems
 
 POOL_SEED = 5_000_000  # the fit's start states: apart from training (run.seed + i) and validation
 
 
 def drawn(cfg: Config, n: int, seed: int):
     """(m, x, v, family codes) of ``n`` systems drawn as the run's collectors draw theirs, RNGs ``seed + i``."""
-    s = Systems(cfg, np.arange(n), [np.random.default_rng(seed + i) for i in range(n)])
+    s = drawn_systems(cfg, n, seed)
     return s.m.copy(), s.x.copy(), s.v.copy(), s.family.copy()
 
 

@@ -52,9 +52,14 @@ def default_steps(cfg: Config) -> int:
     return WINDOW_OVER_TRAINING * cfg.train.passage_steps
 
 
+def drawn_systems(cfg: Config, n: int, seed: int = VALIDATION_SEED) -> Systems:
+    """``n`` systems drawn as the run's collectors draw theirs (family, period and all), from RNGs ``seed + i``."""
+    return Systems(cfg, np.arange(n), [np.random.default_rng(seed + i) for i in range(n)])
+
+
 def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
-    """(m, x, v) of ``n`` systems drawn as the run's collectors draw theirs, from RNGs ``seed + i``."""
-    systems = Systems(cfg, np.arange(n), [np.random.default_rng(seed + i) for i in range(n)])
+    """(m, x, v) of :func:`drawn_systems`."""
+    systems = drawn_systems(cfg, n, seed)
     return systems.m.copy(), systems.x.copy(), systems.v.copy()
 
 

@@ -73,7 +73,7 @@ def test_default_window_covers_a_full_inner_period_of_every_validation_system():
     from aits.passage import rollout
 
     cfg = Config.load("configs/generalist.yaml")
-    systems = Systems(cfg, np.arange(96), [np.random.default_rng(V.VALIDATION_SEED + i) for i in range(96)])
+    systems = V.drawn_systems(cfg, 96)
     stepper = Stepper(cfg, NormScales())
     with torch.no_grad():
         _, T, _ = rollout(build_model(cfg), stepper, systems.m, systems.x, systems.v, V.default_steps(cfg))
