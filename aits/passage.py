@@ -65,6 +65,20 @@ def objective_rows(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> t
     return torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep]), keep
 
 
+def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int):
+    """:func:`rollout` (with the level) and :func:`objective_rows` from the start states (m, x, v); when some
+    rollouts blew up, the finite ones are rolled out again, alone (a rollout that blew up poisons the batched
+    graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep)
+    of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew."""
+    errs, T, tau0, level = rollout(model, stepper, m, x, v, steps, with_level=True)
+    rows, keep = objective_rows(errs, T, tau0)
+    if bool(keep.any()) and not bool(keep.all()):
+        sel = keep.cpu().numpy()
+        errs, T, tau0, level = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True)
+        rows, keep = objective_rows(errs, T, tau0)
+    return errs, T, tau0, level, rows, keep
+
+
 def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
                      rng: np.random.Generator) -> tuple[dict | None, dict]:
     """The passage objective's gradient at the model's current weights, over rollouts from
@@ -79,16 +93,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/skipped"] = 1
         return None, metrics
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
-    errs, T, tau0, level = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx], t.passage_steps,
-                                   with_level=True)
-    rows, keep = objective_rows(errs, T, tau0)
-    if bool(keep.any()) and not bool(keep.all()):
-        # a rollout that blew up poisons the batched graph's gradient even when its row is dropped from
-        # the loss: roll out the finite ones again, alone
-        idx = idx[keep.cpu().numpy()]
-        errs, T, tau0, level = rollout(model, stepper, samples.m[idx], samples.x[idx], samples.v[idx],
-                                       t.passage_steps, with_level=True)
-        rows, keep = objective_rows(errs, T, tau0)
+    errs, T, tau0, level, rows, keep = finite_rollouts(model, stepper, samples.m[idx], samples.x[idx],
+                                                       samples.v[idx], t.passage_steps)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics

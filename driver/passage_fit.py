@@ -37,7 +37,7 @@ import torch
 from aits import Config, ConfigError, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, build_payload, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
 from aits.families import FAMILIES
-from aits.passage import objective_rows, rollout
+from aits.passage import finite_rollouts, objective_rows, rollout
 from driver.validate import VALIDATION_SEED, drawn_systems
 
 POOL_SEED = 5_000_000  # the fit's start states: apart from training (run.seed + i) and validation
@@ -52,10 +52,10 @@ def drawn(cfg: Config, n: int, seed: int):
 def objectives(model, stepper: Stepper, states, steps: int) -> np.ndarray:
     """The passage objective of each system's rollout (B,), NaN where a rollout blew up."""
     with torch.no_grad():
-        errs, T, tau0 = rollout(model, stepper, *states, steps)
-    worst = errs.max(-1).values
-    row = torch.log(worst + 1e-16) - 2.0 * torch.log(T / tau0)
-    return torch.where(torch.isfinite(row), row, torch.full_like(row, math.nan)).double().cpu().numpy()
+        rows, keep = objective_rows(*rollout(model, stepper, *states, steps))
+    out = np.full(len(keep), math.nan)
+    out[keep.cpu().numpy()] = rows.double().cpu().numpy()
+    return out
 
 
 def family_table(rows: np.ndarray, base: np.ndarray, family: np.ndarray) -> dict:
@@ -83,13 +83,8 @@ def fit(cfg: Config, a, log=print):
     history = []
     for it in range(1, a.iters + 1):
         idx = rng.choice(a.pool, min(a.batch, a.pool), replace=False)
-        for _ in range(2):  # a rollout that blew up poisons the batch's gradient: roll out the finite ones again
-            errs, T, tau0, level = rollout(model, stepper, *(s[idx] for s in pool), a.window, with_level=True)
-            rows, keep = objective_rows(errs, T, tau0)
-            if bool(keep.all()):
-                break
-            idx = idx[keep.cpu().numpy()]
-        if not bool(keep.all()) or not len(idx):
+        _, _, _, level, rows, keep = finite_rollouts(model, stepper, *(s[idx] for s in pool), a.window)
+        if not bool(keep.all()):  # nothing finite, or a second rollout blew up: no step
             continue
         loss = rows.mean()
         if cfg.train.passage_anchor:
