@@ -705,6 +705,33 @@ def per_system_summary(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
             for name, slot in per_system.items()}
 
 
+def rule_profile(systems_by_ckpt: dict[str, dict[str, dict]], within: float = 1.25) -> dict:
+    """Every rule against each system's strongest classical rule at equal force evaluations: for the learned
+    rule and each classical family, per checkpoint the median and worst over systems of its max |dE/E| over
+    the strongest's, and the share of systems within ``within`` of it; over checkpoints median [min, max].
+    A classical run is matched to each checkpoint's learned force evaluations, so the classical rows, too,
+    differ a little between checkpoints. A run with no finite error counts as infinitely worse. It asks
+    whether any one rule, classical ones included, is within ``within`` of the per-system best everywhere."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for label, systems in systems_by_ckpt.items():
+        for entry in systems.values():
+            best_name = entry.get("strongest")
+            if best_name is None:
+                continue
+            best = entry["methods"][best_name]["max_rel_dE"]
+            for rule in ("learned", *CLASSICAL):
+                if rule in entry["methods"]:
+                    r = ratio(entry["methods"][rule].get("max_rel_dE"), best)
+                    rows.setdefault(rule, {}).setdefault(label, []).append(math.inf if r is None else r)
+    out = {}
+    for rule, by_label in rows.items():
+        per = [(float(np.median(v)), float(np.max(v)), float(np.mean(np.asarray(v) <= within)), len(v))
+               for v in by_label.values()]
+        out[rule] = {"median": spread([p[0] for p in per]), "worst": spread([p[1] for p in per]),
+                     "within": spread([p[2] for p in per]), "systems": per[0][3]}
+    return out
+
+
 HEADLINE_KEYS = ("energy_equal_evals", "energy_equal_wall", "trajectory_equal_evals", "trajectory_equal_wall",
                  "energy_worst_equal_evals")
 

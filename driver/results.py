@@ -6,6 +6,13 @@ Reads each ``BOARD_DIR/scoreboard.json`` (written by driver/evaluate.py), recomp
 the current ``aits.scoreboard.summarize`` (so older boards get today's tables) and prints markdown:
 the headline over checkpoints (median [min, max]) and the per-system table. Prints nothing else and
 writes nothing.
+
+    python driver/results.py --profile BOARD_DIR [BOARD_DIR ...]
+
+pools the boards' systems (per checkpoint label) and prints, for the learned rule and every classical
+family, its max |dE/E| over each system's strongest at equal force evaluations: median and worst over the
+systems, and the share within 1.25 (issue 19's G1 bound). It says whether any single rule is near the
+per-system best everywhere, or only the choice per system is.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from aits.scoreboard import per_system_summary, summarize
+from aits.scoreboard import per_system_summary, rule_profile, summarize
 from driver.evaluate import fmt, systems_by_label
 
 
@@ -63,17 +70,47 @@ def tables(board: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profile_table(boards: list[dict]) -> str:
+    """Markdown: every rule over the systems of all ``boards`` pooled per checkpoint label."""
+    pooled: dict[str, dict] = {}
+    for board in boards:
+        for label, systems in systems_by_label(board).items():
+            pooled.setdefault(label, {}).update({f"{board['suite']}/{k}": v for k, v in systems.items()})
+    prof = rule_profile(pooled)
+    n = next(iter(prof.values()))["systems"] if prof else 0
+    def cell(st):
+        return fmt(st["median"]) if st["n"] == 1 else f"{fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}]"
+    lines = [f"{len(pooled)} checkpoint(s), {n} systems each; max |ΔE/E| over the per-system strongest at equal "
+             "force evaluations, median [min, max] over checkpoints.", "",
+             "| rule | median over systems | worst system | share of systems within 1.25 |", "|---|---|---|---|"]
+    order = sorted(prof, key=lambda r: (r != "learned", prof[r]["worst"]["median"], prof[r]["median"]["median"]))
+    for rule in order:
+        st = prof[rule]
+        share = st["within"]
+        lines.append(f"| {rule} | {cell(st['median'])} | {cell(st['worst'])} | "
+                     f"{share['median']:.0%}" + ("" if share["n"] == 1 else f" [{share['min']:.0%}, {share['max']:.0%}]")
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="results", description=__doc__.split("\n\n")[0])
     p.add_argument("boards", nargs="+", metavar="BOARD_DIR")
+    p.add_argument("--profile", action="store_true",
+                   help="one table over all boards: each rule against the per-system strongest")
     args = p.parse_args(argv)
+    boards = []
     for d in args.boards:
         path = Path(d) / "scoreboard.json"
         try:
-            board = json.loads(path.read_text())
+            boards.append(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             print(f"results: error: {path}: {exc}", file=sys.stderr)
             return 2
+    if args.profile:
+        print(profile_table(boards))
+        return 0
+    for d, board in zip(args.boards, boards):
         print(f"### {d}\n")
         print(tables(board))
     return 0

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from pytest import approx
 
 from driver import results
 
@@ -29,3 +30,28 @@ def test_results_refuses_a_folder_without_a_board(tmp_path, capsys):
     assert results.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scoreboard.json" in err[0]
+
+
+def test_profile_pools_boards_and_agrees_with_the_headline(capsys):
+    board = json.loads(BOARD.read_text())
+    assert results.main(["--profile", str(BOARD.parent)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| learned |"))
+    heads = [h["energy_equal_evals"] for h in results.summarize(results.systems_by_label(board))["headline"].values()]
+    median = results.fmt(float(np.median(heads)))
+    assert row.split("|")[2].strip().startswith(median)  # the learned row is the headline's median over systems
+
+
+def test_rule_profile_counts_failures_as_worst_and_the_share_within_the_bound():
+    def entry(errs: dict, best: str):
+        return {"strongest": best, "methods": {k: {"max_rel_dE": e} for k, e in errs.items()}}
+    systems = {"a": entry({"learned": 2e-6, "adaptive": 1e-6, "fixed": 1.2e-6}, "adaptive"),
+               "b": entry({"learned": 1e-5, "adaptive": None, "fixed": 1e-5}, "fixed"),
+               "c": entry({"learned": 3e-4, "adaptive": 1e-4, "fixed": 5e-4}, "adaptive")}
+    prof = results.rule_profile({"ck": systems})
+    assert prof["learned"]["median"]["median"] == approx(2.0) and prof["learned"]["worst"]["median"] == approx(3.0)
+    assert prof["learned"]["within"]["median"] == approx(1 / 3)
+    assert prof["adaptive"]["worst"]["median"] == np.inf and prof["adaptive"]["median"]["median"] == approx(1.0)
+    assert prof["fixed"]["median"]["median"] == approx(1.2) and prof["fixed"]["worst"]["median"] == approx(5.0)
+    assert prof["fixed"]["within"]["median"] == approx(2 / 3)
+    assert "symmetric_prs" not in prof  # a family no board ran is not a row
