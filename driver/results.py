@@ -71,13 +71,15 @@ def tables(board: dict) -> str:
 
 
 def profile_table(boards: list[dict]) -> str:
-    """Markdown: every rule over the systems of all ``boards`` pooled per checkpoint label."""
+    """Markdown: every rule over the systems of all ``boards`` pooled per checkpoint label (a system in two
+    boards, as the hierarchical triple of the practitioner and the N = 3 standard suites, counts once)."""
     pooled: dict[str, dict] = {}
     for board in boards:
         for label, systems in systems_by_label(board).items():
-            pooled.setdefault(label, {}).update({f"{board['suite']}/{k}": v for k, v in systems.items()})
+            pooled.setdefault(label, {}).update(systems)
     prof = rule_profile(pooled)
     n = next(iter(prof.values()))["systems"] if prof else 0
+
     def cell(st):
         return fmt(st["median"]) if st["n"] == 1 else f"{fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}]"
     lines = [f"{len(pooled)} checkpoint(s), {n} systems each; max |ΔE/E| over the per-system strongest at equal "
