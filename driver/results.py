@@ -25,6 +25,11 @@ from aits.scoreboard import per_system_summary, rule_profile, summarize
 from driver.evaluate import fmt, systems_by_label
 
 
+def spread_cell(st: dict) -> str:
+    """``median [min, max]`` of an :func:`aits.scoreboard.spread`; the one value alone when n = 1."""
+    return fmt(st["median"]) if st["n"] == 1 else f"{fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}]"
+
+
 def tables(board: dict) -> str:
     """Markdown for one board: headline over checkpoints and the per-system table."""
     by_ckpt = systems_by_label(board)
@@ -40,9 +45,7 @@ def tables(board: dict) -> str:
     lines.append("")
     def cell(st, comp):  # median [min, max] over checkpoints; one value alone
         v = st.get(comp, {}).get("strongest")
-        if v is None:
-            return "–"
-        return fmt(v["median"]) if v["n"] == 1 else f"{fmt(v['median'])} [{fmt(v['min'])}, {fmt(v['max'])}]"
+        return "–" if v is None else spread_cell(v)
 
     lines += ["| system | learned evals | strongest | energy / strongest, equal evals | equal wall | "
               "position / strongest, equal evals | equal wall | learned status |",
@@ -79,9 +82,6 @@ def profile_table(boards: list[dict]) -> str:
             pooled.setdefault(label, {}).update(systems)
     prof = rule_profile(pooled)
     n = next(iter(prof.values()))["systems"] if prof else 0
-
-    def cell(st):
-        return fmt(st["median"]) if st["n"] == 1 else f"{fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}]"
     lines = [f"{len(pooled)} checkpoint(s), {n} systems each; max |ΔE/E| over the per-system strongest at equal "
              "force evaluations, median [min, max] over checkpoints.", "",
              "| rule | median over systems | worst system | share of systems within 1.25 |", "|---|---|---|---|"]
@@ -89,7 +89,7 @@ def profile_table(boards: list[dict]) -> str:
     for rule in order:
         st = prof[rule]
         share = st["within"]
-        lines.append(f"| {rule} | {cell(st['median'])} | {cell(st['worst'])} | "
+        lines.append(f"| {rule} | {spread_cell(st['median'])} | {spread_cell(st['worst'])} | "
                      f"{share['median']:.0%}" + ("" if share["n"] == 1 else f" [{share['min']:.0%}, {share['max']:.0%}]")
                      + " |")
     return "\n".join(lines) + "\n"
