@@ -127,3 +127,37 @@ def test_set_diagonal_is_fill_diagonal_on_contiguous_and_strided_arrays():
         np.fill_diagonal(want, np.inf)
         set_diagonal(a, np.inf)
         assert np.array_equal(a, want)
+
+
+@pytest.mark.parametrize("n,dim", [(2, 3), (3, 2), (4, 3), (5, 3)])
+def test_few_body_python_loops_equal_the_vectorised_forms(monkeypatch, n, dim):
+    """Up to SMALL_N bodies the timescales and the scale-free features run as Python loops over the pairs;
+    they give the numbers of the vectorised forms (SMALL_N = 0 forces those), massless padding and
+    softening included."""
+    from aits import features, steprules
+    from aits.steprules import SMALL_N, blend_timescale, nn_timescales
+    assert n <= SMALL_N
+    rng = np.random.default_rng(100 + n)
+    fns = {"tau": lambda x, v, a, m, e: timescale(x, a), "tau_i": lambda x, v, a, m, e: nn_timescales(x, a),
+           "prs": prs_timescales, "prs_at_last": lambda x, v, a, m, e: prs_timescale_at(x, v, a, m, len(m) - 1, e),
+           "blend": blend_timescale,
+           "feat_nn": lambda x, v, a, m, e: np.r_[features.scale_free_numpy(x, v, a, m, e)],
+           "feat_blend": lambda x, v, a, m, e: np.r_[features.scale_free_numpy(x, v, a, m, e, "blend")]}
+    loops, vectorised = [], []
+    for k in range(12):
+        m = rng.uniform(1e-4, 2.0, size=n)
+        x = rng.normal(size=(n, dim)) * rng.uniform(0.01, 10.0)
+        v, eps = rng.normal(size=(n, dim)), (0.0, 0.05)[k % 2]
+        if n > 2 and k % 3 == 0:
+            m[-1] = 0.0  # a padded system: the massless body is left out of the features
+        a = I.accel(x, m, eps)
+        for out in (loops, vectorised):
+            if out is vectorised:
+                monkeypatch.setattr(steprules, "SMALL_N", 0)
+            out.append({name: np.atleast_1d(f(x, v, a, m, eps)) for name, f in fns.items()})
+            monkeypatch.undo()
+    for got, want in zip(loops, vectorised):
+        for name in fns:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-15, err_msg=name)
+    taus = [w["tau"][0] for w in vectorised]
+    assert len(set(np.round(np.log(taus), 6))) == 12  # the states really differ
