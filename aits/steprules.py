@@ -60,7 +60,7 @@ def timescale(x: np.ndarray, a: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- few bodies, in Python floats
 # A numpy call costs about a microsecond whatever its size, so on a few bodies a loop over the pairs in
-# Python floats is 2-4x faster than the vectorised form (a binary: tau in 3 us against 9, the PRS
+# Python floats is 2-4x faster than the vectorised form (a binary: tau in 4.4 us against 8.4, the PRS
 # timescale of one body in 7 us against 26); from about 6 bodies on numpy wins. Every numpy function
 # here takes the loop at N <= SMALL_N, for the classical rules and the learned features alike
 # (aits.features.scale_free_numpy), so the scoreboard's equal-wall-time columns compare like with like.
