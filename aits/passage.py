@@ -45,13 +45,23 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph."""
     prep = stepper.prepare(StateBatch.start(m, x, v))
     m, e0, tau0, errs, T, levels = prep.m, prep.e0, prep.tau, [], 0.0, []
-    for _ in range(steps):
-        att = stepper.attempt(model, prep)
-        errs.append(((att.e1 - e0) / e0).abs())
-        if with_level:
-            levels.append(torch.log(att.dt / prep.tau))
-        T = T + att.dt * stepper.substeps
-        prep = stepper.prepare_live(m, att)
+    if stepper.compile_rollout:  # the same steps, each one fused call (train.compile_rollout)
+        step = stepper.compiled_rollout_step()
+        x, v, a, dt = prep.x, prep.v, prep.acc0, torch.zeros_like(e0)
+        for _ in range(steps):
+            dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt)
+            errs.append(((e1 - e0) / e0).abs())
+            if with_level:
+                levels.append(torch.log(dt / tau))
+            T = T + dt * stepper.substeps
+    else:
+        for _ in range(steps):
+            att = stepper.attempt(model, prep)
+            errs.append(((att.e1 - e0) / e0).abs())
+            if with_level:
+                levels.append(torch.log(att.dt / prep.tau))
+            T = T + att.dt * stepper.substeps
+            prep = stepper.prepare_live(m, att)
     if with_level:
         return torch.stack(errs, -1), T, tau0, torch.stack(levels, -1).mean(-1)
     return torch.stack(errs, -1), T, tau0

@@ -64,6 +64,8 @@ class Stepper:
         self.clip = cfg.model.step_clip  # the recursion's step stays within [h/c, h*c] (model.recursion_clip)
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
+        self.compile_rollout = cfg.train.compile_rollout  # passage rollouts step through torch.compile
+        self._compiled = None
 
     def prepare(self, states: StateBatch) -> Prepared:
         """B states (a :class:`StateBatch`, or :class:`Samples`) -> Prepared (features, E0, a(x0)), no grad."""
@@ -87,6 +89,25 @@ class Stepper:
         energy reused): the next step of a passage rollout."""
         feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps, self.timescale)
         return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt)
+
+    def rollout_step(self, model, x, v, a, m, e0, dt_prev):
+        """One step of a passage rollout from a live state x, v, a (B,N,D) (in the graph): ``prepare_live``
+        then ``attempt`` as one function of tensors, the unit ``torch.compile`` fuses
+        (``train.compile_rollout``). ``dt_prev`` (B,): the previous step, 0 at a rollout's first (the
+        recursion then takes h, as ``attempt`` does without one). Returns (dt, x1, v1, a1, e1, tau), tau the
+        start state's timescale."""
+        feats, tau = scale_free_torch(x, v, a, m, self.eps, self.timescale)
+        att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev))
+        return att.dt, att.x, att.v, att.a, att.e1, tau
+
+    def compiled_rollout_step(self):
+        """:meth:`rollout_step` through ``torch.compile`` (made once per Stepper; the first call of each
+        batch size and grad mode compiles, ~40 s on one core). One compile thread: an actor owns one core."""
+        if self._compiled is None:
+            import torch._inductor.config as inductor_config
+            inductor_config.compile_threads = 1
+            self._compiled = torch.compile(self.rollout_step)
+        return self._compiled
 
     def step_size(self, model, feats: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """h = model output (output 'dt') or model output * tau (output 'factor'), (B,)."""

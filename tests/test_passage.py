@@ -16,6 +16,7 @@ from driver.train import main
 from aits.physics import kepler_ic
 from aits.model import NumpyMLP, build_model
 from aits.policy import FactorStep
+from aits.systems import Systems
 
 from helpers import assert_same_weights, factor_cfg, final_weights, perturbed_model, rows, strip_timing, write_config
 
@@ -188,3 +189,32 @@ def test_anchor_needs_init_factor():
     with pytest.raises(ConfigError, match="train.passage_anchor"):
         Config.from_dict({**factor_cfg().to_dict(), "model": {"output": "factor", "init_factor": None},
                           "train": {"passage_anchor": 1.0}})
+
+
+def test_compiled_rollout_takes_the_eager_steps():
+    """train.compile_rollout: the rollout through torch.compile is the eager rollout (the blend timescale,
+    the clipped recursion, a padded mixture batch), errors, times and the passage gradient alike, to
+    rounding (the fused kernels regroup sums)."""
+    base = {"system": {"ic": "mixture", "mixture": {"binary": 1, "triple": 1, "planets": 1}, "num_particles": 4,
+                       "dim": 3},
+            "features": {"feature_type": "scale_free", "timescale": "blend"},
+            "model": {"hidden_dims": [16, 16], "output": "factor", "init_factor": 0.02, "max_modulation": 3.0,
+                      "recursive": True, "recursion_clip": 1.2}, "run": {"seed": 3}}
+    cfgs = [Config.from_dict({**base, "train": {"compile_rollout": c}}) for c in (False, True)]
+    model = perturbed_model(cfgs[0])
+    systems = Systems.for_collector(cfgs[0], 0, 6)
+    out = []
+    for cfg in cfgs:
+        errs, T, tau0, level = rollout(model, Stepper(cfg, NormScales()), systems.m, systems.x, systems.v, 40,
+                                       with_level=True)
+        model.zero_grad()
+        (errs.max(-1).values.log().mean() - 2 * T.log().mean() + level.mean() ** 2).backward()
+        out.append((errs.detach(), T.detach(), tau0, level.detach(),
+                    torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (e0, t0, tau_0, l0, g0), (e1, t1, tau_1, l1, g1) = out
+    assert float(e0.max()) > 1e-9 and len(set(systems.family.tolist())) > 1  # real errors, several families
+    np.testing.assert_allclose(e1.numpy(), e0.numpy(), rtol=1e-7, atol=1e-16)
+    np.testing.assert_allclose(t1.numpy(), t0.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(tau_1.numpy(), tau_0.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(l1.numpy(), l0.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g1.numpy(), g0.numpy(), rtol=1e-6, atol=1e-9 * float(g0.abs().max()))
