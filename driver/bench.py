@@ -2,7 +2,7 @@
 library's own functions (aits.generalize_on_trajectory, aits.collect_trajectory, aits.collect.retrain_slot,
 the actors).
 
-    python driver/bench.py [--quick] [--out bench.json] [--only micro|collectors|service]
+    python driver/bench.py [--quick] [--out bench.json] [--only micro|collectors|service|steps|passage]
 
 Micro (one process, one torch thread, the seed's model): generalize per iteration against the
 seed's one-by-one loop and against the bare MLP step (the compute floor), a collector's retrain
@@ -15,6 +15,9 @@ for one collector against in-process, and end to end against one process running
 turn; every arm starts from the same saved states (equal work), repeated, median and range reported.
 Steps (one thread, batch 1): one learned step (numpy factor rule) against one classical step in the
 evaluation loop, explicit and time-symmetric, and the seed's mode (torch features of K + 1 states).
+Passage (one thread): a collector's passage gradient (aits.passage_gradient) of
+configs/generalist_blend.yaml, eager against train.compile_rollout, on the same start states, and the
+first compiled call's cost (the compile).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ GOALS = {
     "pipeline_speedup": (">=", 1.0),
     "learned_step_vs_adaptive_step": ("<=", 2.0),
     "generalist_step_vs_recursive_step": ("<=", 2.0),
+    "compiled_passage_speedup": (">=", 3.0),
 }
 
 SEED_MODEL = {"hidden_dims": [200, 1000, 1000, 200], "activation": "tanh"}
@@ -523,16 +527,53 @@ def steps(quick: bool) -> dict:
     return out
 
 
+def passage(quick: bool) -> dict:
+    """The passage gradient a collector computes each epoch (configs/generalist_blend.yaml: 16 start states of
+    the mixture, the blend rule, untrained weights), eager against ``train.compile_rollout``: seconds per
+    gradient in alternation, the first compiled call (its compile: ~40 s cold, less from inductor's disk
+    cache) and the largest relative difference of the two gradients."""
+    from aits import passage_gradient
+
+    torch.set_num_threads(1)
+    steps = 200 if quick else 1800
+    cfgs = {c: Config.load(ROOT / "configs" / "generalist_blend.yaml",
+                           ["wandb.mode=disabled", f"train.passage_steps={steps}", f"train.compile_rollout={c}"])
+            for c in ("false", "true")}
+    eager, compiled = cfgs["false"], cfgs["true"]
+    model = build_model(eager)
+    systems = Systems.for_collector(eager, 0, eager.train.passage_batch)
+    samples = Samples.empty(0, systems.N, systems.D, capacity=len(systems.m))
+    samples.m[:], samples.x[:], samples.v[:] = systems.m, systems.x, systems.v
+    steppers = {c: Stepper(cfg, auto_norm_scales(cfg)) for c, cfg in cfgs.items()}
+
+    def grad(c):
+        return lambda: passage_gradient(model, samples, steppers[c], cfgs[c], np.random.default_rng(0))[0]
+
+    start = time.perf_counter()
+    first, g_compiled = timed(grad("true"))
+    g_eager = grad("false")()
+    diff = max(float(((g_compiled[k] - g_eager[k]).abs().max() / g_eager[k].abs().max())) for k in g_eager)
+    repeats = 3 if quick else 5
+    runs = [interleaved({"eager": grad("false"), "compiled": grad("true")}, 1) for _ in range(repeats)]
+    ratios = [r["eager"] / r["compiled"] for r in runs]
+    return {"compiled_passage_speedup": statistics.median(ratios),
+            "eager_passage_gradient_s": statistics.median(r["eager"] for r in runs),
+            "compiled_passage_gradient_s": statistics.median(r["compiled"] for r in runs),
+            "compile_first_call_s": first, "compiled_passage_gradient_max_rel_diff": diff,
+            "_seconds": {"passage": time.perf_counter() - start},
+            "_spread": {"compiled_passage_speedup": {"min": min(ratios), "max": max(ratios), "n": repeats}}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, systems and steps (a smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    ap.add_argument("--only", choices=["micro", "collectors", "service", "steps"], default=None)
+    ap.add_argument("--only", choices=["micro", "collectors", "service", "steps", "passage"], default=None)
     ap.add_argument("--device", default="cpu", help="device of the micro benchmarks (cpu, cuda)")
     args = ap.parse_args(argv)
     results, seconds, spreads = {}, {}, {}
     parts = (("micro", lambda q: micro(q, args.device)), ("collectors", collectors), ("service", service),
-             ("steps", steps))
+             ("steps", steps), ("passage", passage))
     for name, fn in parts:
         if args.only in (None, name):
             part = fn(args.quick)

@@ -53,3 +53,14 @@ def test_gpu_check_compares_devices_and_refuses_a_missing_one(capsys):
     if not torch.cuda.is_available():  # CI: no GPU, one clear line and exit 2
         assert gpu_check.main([]) == 2
         assert capsys.readouterr().out.startswith("gpu_check: error: no CUDA device here")
+
+
+def test_quick_bench_reports_the_compiled_passage_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--only", "passage", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for k in ("compiled_passage_speedup", "eager_passage_gradient_s", "compiled_passage_gradient_s",
+              "compile_first_call_s"):
+        assert res[k] > 0, k
+    assert res["compiled_passage_gradient_max_rel_diff"] < 1e-5  # the same gradient, to rounding
+    assert res["spread"]["compiled_passage_speedup"]["n"] == 3

@@ -83,13 +83,15 @@ def test_default_window_covers_a_full_inner_period_of_every_validation_system():
         assert (T.numpy() / systems.period).min() < 0.5
 
 
-def test_blend_config_is_the_generalist_with_its_three_documented_changes():
-    """configs/generalist_blend.yaml is generalist.yaml with the blend timescale and 1800-step rollouts (and its
-    own run name): the two shipped rules differ in what RESULTS compares them on, nothing else."""
+def test_blend_config_is_the_generalist_with_its_documented_changes():
+    """configs/generalist_blend.yaml is generalist.yaml with the blend timescale and 1800-step rollouts, compiled
+    (and its own run name): the two shipped rules differ in what RESULTS compares them on, nothing else."""
     from aits import Config
 
     base = Config.load("configs/generalist.yaml").to_dict()
     blend = Config.load("configs/generalist_blend.yaml").to_dict()
     changed = {(sec, k) for sec in base for k in base[sec] if base[sec][k] != blend[sec][k]}
-    assert changed == {("run", "name"), ("features", "timescale"), ("train", "passage_steps")}
+    assert changed == {("run", "name"), ("features", "timescale"), ("train", "passage_steps"),
+                       ("train", "compile_rollout")}
     assert (blend["features"]["timescale"], blend["train"]["passage_steps"]) == ("blend", 1800)
+    assert blend["train"]["compile_rollout"] is True
