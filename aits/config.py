@@ -81,7 +81,8 @@ class SystemConfig:
     restart_after: float = opt(20.0, "a random, file or few_body system restarts after this many crossing times "
                                      "sqrt(L^3/M) (L: mean pair distance, M: total mass)", gt=0)
     mixture: dict[str, float] = opt({"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1},
-                                    "family -> weight of ic 'mixture' (binary, triple, planets, few_body)", ge=0)
+                                    "family -> weight of ic 'mixture' (binary, triple, planets, few_body, "
+                                    "soft_few_body)", ge=0)
 
 
 @dataclass
@@ -290,6 +291,9 @@ class Config:
                      "set it to 0 for the step recursion")
         if t.passage_anchor and m.init_factor is None:
             p.append("train.passage_anchor: the anchor holds the step level at model.init_factor; set it")
+        if s.ic == "mixture" and s.mixture.get("soft_few_body", 0) > 0 and f.feature_type != "scale_free":
+            p.append("system.mixture: soft_few_body (each system its own softening) needs features.feature_type "
+                     f"scale_free, got '{f.feature_type}'")
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")

@@ -16,8 +16,11 @@ import numpy as np
 
 from .physics import _as_masses, crossing_time, kepler_period, random_ic
 
-FAMILIES = ("binary", "triple", "planets", "few_body")  # the family code of a system is its index here
-FAMILY_BODIES = {"binary": 2, "triple": 3, "planets": 4, "few_body": 3}  # the most massive bodies a draw needs
+# the family code of a system is its index here (new families go at the end: codes are stored in states)
+FAMILIES = ("binary", "triple", "planets", "few_body", "soft_few_body")
+FAMILY_BODIES = {"binary": 2, "triple": 3, "planets": 4, "few_body": 3, "soft_few_body": 3}  # the most a draw needs
+CROSSING_TIME_FAMILIES = ("few_body", "soft_few_body")  # restart after system.restart_after crossing times
+SOFT_EPS_RANGE = (0.02, 0.5)  # soft_few_body: eps / (mean pair distance), loguniform in this range
 PAD_DISTANCE = 1e4  # massless bodies sit this many system sizes from the centre of mass
 NO_FAMILY = -1  # the family code of systems not drawn from a mixture (kepler, random, file ICs)
 
@@ -26,7 +29,8 @@ NO_FAMILY = -1  # the family code of systems not drawn from a mixture (kepler, r
 class Drawn:
     """One drawn system: masses m (n,), positions x and velocities v (n, dim), the restart horizon's unit
     ``period`` (time), the (inner) binary's eccentricity ``e`` and semi-major axis ``a`` (nan for
-    few_body) and ``size``, the largest distance from the centre of mass its orbits reach (length)."""
+    few_body) and ``size``, the largest distance from the centre of mass its orbits reach (length);
+    ``eps`` its own Plummer softening (length; None: the run's ``system.softening``)."""
 
     m: np.ndarray
     x: np.ndarray
@@ -35,6 +39,7 @@ class Drawn:
     e: float
     a: float
     size: float
+    eps: float | None = None
 
 
 # ---------------------------------------------------------------- orbits
@@ -272,7 +277,26 @@ def few_body(rng: np.random.Generator, s) -> Drawn:
     return d
 
 
-FAMILY_FUNCTIONS = {"binary": binary, "triple": triple, "planets": planets, "few_body": few_body}
+def soft_few_body(rng: np.random.Generator, s) -> Drawn:
+    """:func:`few_body` with its own Plummer softening: eps / (mean distance between its bodies) loguniform
+    in ``SOFT_EPS_RANGE`` (the practitioner suite's Plummer spheres of 16 and 64 bodies have eps 0.05 at
+    mean distances of ~1: 0.05 at their scale, ~0.15-0.6 of a nearest neighbour's distance). Teaches the
+    scale-free rule the softening feature eps / (r + eps), which a run of unsoftened families never moves.
+
+    Returns
+    -------
+    Drawn
+        As :func:`few_body`, with ``eps``.
+    """
+    d = few_body(rng, s)
+    n = len(d.m)
+    pairs = np.linalg.norm(d.x[:, None] - d.x[None], axis=-1)[np.triu_indices(n, 1)]
+    d.eps = float(pairs.mean() * loguniform(rng, *SOFT_EPS_RANGE))
+    return d
+
+
+FAMILY_FUNCTIONS = {"binary": binary, "triple": triple, "planets": planets, "few_body": few_body,
+                    "soft_few_body": soft_few_body}
 
 
 # ---------------------------------------------------------------- the mixture

@@ -148,8 +148,9 @@ def build_features(x, v, m, dt, hist_x, hist_v, hist_dt, eps: float, scales: Nor
 TAU_RATIO_CAP = 5.0
 
 
-def scale_free_torch(x, v, a, m, eps: float, timescale: str = "nn"):
-    """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a.
+def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
+    """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a. ``eps``: the
+    softening, one float or each state's own (B,) tensor.
 
     ``timescale: blend``: a 9th feature log(tau_prs / tau) (clamped to +-TAU_RATIO_CAP), with tau_prs IAS15's
     2024 timescale of body i* (:func:`aits.steprules.blend_timescale`), and the returned timescale is the geometric mean

@@ -37,19 +37,20 @@ declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_pe
 
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-            with_level: bool = False):
+            with_level: bool = False, eps: np.ndarray | None = None):
     """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (rel_dE (B, steps)
     against the start's energy, T (B,) time covered, tau0 (B,) the start's classical timescale).
     Each rollout is a fresh start: the step recursion's first step is h, then dt_k = h_k^2 / dt_{k-1}
     with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free).
-    ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph."""
-    prep = stepper.prepare(StateBatch.start(m, x, v))
-    m, e0, tau0, errs, T, levels = prep.m, prep.e0, prep.tau, [], 0.0, []
+    ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph.
+    ``eps`` (B,): the systems' own softenings (``StateBatch.eps``; used where the stepper reads them)."""
+    prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
+    m, e0, tau0, errs, T, levels, own = prep.m, prep.e0, prep.tau, [], 0.0, [], prep.eps
     if stepper.compile_rollout:  # the same steps, each one fused call (train.compile_rollout)
         step = stepper.compiled_rollout_step()
         x, v, a, dt = prep.x, prep.v, prep.acc0, torch.zeros_like(e0)
         for _ in range(steps):
-            dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt)
+            dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt, own)
             errs.append(((e1 - e0) / e0).abs())
             if with_level:
                 levels.append(torch.log(dt / tau))
@@ -61,7 +62,7 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
             if with_level:
                 levels.append(torch.log(att.dt / prep.tau))
             T = T + att.dt * stepper.substeps
-            prep = stepper.prepare_live(m, att)
+            prep = stepper.prepare_live(m, att, own)
     if with_level:
         return torch.stack(errs, -1), T, tau0, torch.stack(levels, -1).mean(-1)
     return torch.stack(errs, -1), T, tau0
@@ -75,16 +76,18 @@ def objective_rows(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> t
     return torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep]), keep
 
 
-def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int):
+def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
+                    eps: np.ndarray | None = None):
     """:func:`rollout` (with the level) and :func:`objective_rows` from the start states (m, x, v); when some
     rollouts blew up, the finite ones are rolled out again, alone (a rollout that blew up poisons the batched
     graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep)
     of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew."""
-    errs, T, tau0, level = rollout(model, stepper, m, x, v, steps, with_level=True)
+    errs, T, tau0, level = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps)
     rows, keep = objective_rows(errs, T, tau0)
     if bool(keep.any()) and not bool(keep.all()):
         sel = keep.cpu().numpy()
-        errs, T, tau0, level = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True)
+        errs, T, tau0, level = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True,
+                                       eps=None if eps is None else eps[sel])
         rows, keep = objective_rows(errs, T, tau0)
     return errs, T, tau0, level, rows, keep
 
@@ -104,7 +107,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         return None, metrics
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
     errs, T, tau0, level, rows, keep = finite_rollouts(model, stepper, samples.m[idx], samples.x[idx],
-                                                       samples.v[idx], t.passage_steps)
+                                                       samples.v[idx], t.passage_steps,
+                                                       None if samples.eps is None else samples.eps[idx])
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics

@@ -18,10 +18,20 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _pair_terms(x: torch.Tensor, eps: float):
-    """diff[b,i,j] = x_j - x_i (B,N,N,D), r2 = |diff|^2 + eps^2 (B,N,N), valid mask."""
+def soft2(eps, like: torch.Tensor):
+    """eps^2 to add to squared distances ``like`` (B, ...): a float as it is, a per-system tensor (B,) shaped
+    (B, 1, ...) to broadcast over ``like``'s trailing axes."""
+    if isinstance(eps, torch.Tensor):
+        return (eps * eps).reshape(-1, *([1] * (like.dim() - 1)))
+    return eps * eps
+
+
+def _pair_terms(x: torch.Tensor, eps):
+    """diff[b,i,j] = x_j - x_i (B,N,N,D), r2 = |diff|^2 + eps^2 (B,N,N), valid mask. ``eps``: one float, or
+    each system's own (B,) tensor (the same below)."""
     diff = x.unsqueeze(-3) - x.unsqueeze(-2)
-    r2 = (diff * diff).sum(-1) + eps * eps
+    r2 = (diff * diff).sum(-1)
+    r2 = r2 + soft2(eps, r2)
     n = x.shape[-2]
     off_diag = ~torch.eye(n, dtype=torch.bool, device=x.device)
     # Zero separation (only in zero-padded history) contributes nothing, never NaN.

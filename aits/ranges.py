@@ -90,12 +90,13 @@ class FeatureRanges:
 
 def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN) -> FeatureRanges:
     """The box of the features a checkpoint's rule (as trained: no range check) visits over ``steps``
-    steps from each system of ``states`` = (m, x, v) (B,N[,D]): ``driver/validate.py`` runs it on
-    its validation systems, fresh draws of the run's own training distribution."""
+    steps from each system of ``states`` = (m, x, v[, eps]) (B,N[,D]; eps (B,) the systems' own softenings,
+    read for a mixture): ``driver/validate.py`` runs it on its validation systems, fresh draws of the run's
+    own training distribution."""
     from . import integrators as I
     from .config import Config
     from .features import scale_free_numpy
-    from .policy import learned_methods
+    from .policy import FactorStep, learned_methods
 
     cfg = Config.from_dict(ckpt["config"])
     if cfg.model.output != "factor" or cfg.model.max_modulation is None:
@@ -104,13 +105,19 @@ def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN)
     h = next(mt.h for mt in methods.values() if hasattr(mt, "h"))
     rows: list[np.ndarray] = []
 
-    def recorded(x, v, a, m):
-        rows.append(scale_free_numpy(x, v, a, m, h.eps, h.timescale)[0])
-        return h(x, v, a, m)
+    def recording(eps):
+        rule = FactorStep(h.mlp, eps, h.timescale)
 
-    m, x, v = states
+        def recorded(x, v, a, m):
+            rows.append(scale_free_numpy(x, v, a, m, eps, h.timescale)[0])
+            return rule(x, v, a, m)
+        return recorded
+
+    m, x, v = states[:3]
+    own = states[3] if len(states) > 3 and cfg.system.ic == "mixture" else None  # the systems' own softenings
     for b in range(len(m)):
-        method = (I.RecursivePolicy(recorded, "learned", cfg.model.step_clip) if cfg.model.recursive
-                  else I.SymmetricPolicy(recorded, 1, "learned"))
-        I.integrate(method, m[b], x[b], v[b], 1e30, eps=h.eps, max_steps=steps, record=False)
+        eps = h.eps if own is None else float(own[b])
+        method = (I.RecursivePolicy(recording(eps), "learned", cfg.model.step_clip) if cfg.model.recursive
+                  else I.SymmetricPolicy(recording(eps), 1, "learned"))
+        I.integrate(method, m[b], x[b], v[b], 1e30, eps=eps, max_steps=steps, record=False)
     return FeatureRanges.of_features(np.array(rows), margin)

@@ -35,14 +35,19 @@ class StateBatch(Rows):
     hist_x: np.ndarray
     hist_v: np.ndarray
     hist_dt: np.ndarray
+    # (B,) each state's own Plummer softening (a mixture with a softened family); None: the run's
+    # ``system.softening`` for all. The stepper reads it only where the config draws softened systems.
+    eps: np.ndarray | None = field(default=None, kw_only=True)
 
     @classmethod
-    def start(cls, m, x, v, history_len: int = 0) -> "StateBatch":
-        """States m (B,N), x, v (B,N,D) at a start: dt 0 and empty (zero) histories of ``history_len``."""
+    def start(cls, m, x, v, history_len: int = 0, eps=None) -> "StateBatch":
+        """States m (B,N), x, v (B,N,D) at a start: dt 0 and empty (zero) histories of ``history_len``;
+        ``eps`` (B,) their own softenings, or None."""
         x = np.asarray(x, dtype=np.float64)
         B, N, D = x.shape
         return cls(np.asarray(m, dtype=np.float64), x, np.asarray(v, dtype=np.float64), np.zeros(B),
-                   np.zeros((B, history_len, N, D)), np.zeros((B, history_len, N, D)), np.zeros((B, history_len)))
+                   np.zeros((B, history_len, N, D)), np.zeros((B, history_len, N, D)), np.zeros((B, history_len)),
+                   eps=None if eps is None else np.asarray(eps, dtype=np.float64))
 
 
 STATE_FIELDS = tuple(f.name for f in fields(StateBatch))
@@ -76,7 +81,10 @@ class Samples(StateBatch):
 
     @classmethod
     def concat(cls, parts: list["Samples"]) -> "Samples":
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls) if f.compare})
+        """The rows of ``parts`` in order; a field absent (None) from any part is absent from the result
+        (``eps`` of samples kept in a checkpoint from before it)."""
+        cols = {f.name: [getattr(p, f.name) for p in parts] for f in fields(cls) if f.compare}
+        return cls(**{k: None if any(a is None for a in v) else np.concatenate(v) for k, v in cols.items()})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}

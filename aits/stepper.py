@@ -28,6 +28,7 @@ class Prepared(Rows):
     acc0: torch.Tensor
     tau: torch.Tensor  # (B,) classical timescale min_i sqrt(r_i,nn / |a_i|)
     dt_prev: torch.Tensor | None = None  # (B,) previous step of a passage rollout: the step recursion's input
+    eps: torch.Tensor | None = None  # (B,) each state's own softening; None: the run's (Stepper.eps)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Stepper:
 
     def __init__(self, cfg: Config, scales: NormScales, device="cpu"):
         self.eps = float(cfg.system.softening)
+        # a mixture that draws softened systems: each state steps with its own softening (StateBatch.eps)
+        self.per_system_eps = cfg.system.ic == "mixture" and cfg.system.mixture.get("soft_few_body", 0) > 0
         self.n_steps = cfg.system.n_steps
         self.feature_type = cfg.features.feature_type
         self.timescale = cfg.features.timescale  # scale_free: 'nn' or 'blend' (aits.features.scale_free_torch)
@@ -71,33 +74,39 @@ class Stepper:
         """B states (a :class:`StateBatch`, or :class:`Samples`) -> Prepared (features, E0, a(x0)), no grad."""
         tensor = partial(torch.as_tensor, dtype=self.dtype, device=self.device)
         m, x, v = tensor(states.m), tensor(states.x), tensor(states.v)
+        own = tensor(states.eps) if self.per_system_eps and states.eps is not None else None
+        eps = self.eps if own is None else own
         with torch.no_grad():
-            acc0 = acceleration(x, m, self.eps)
+            acc0 = acceleration(x, m, eps)
             if self.feature_type == "scale_free":
-                feats, tau = scale_free_torch(x, v, acc0, m, self.eps, self.timescale)
+                feats, tau = scale_free_torch(x, v, acc0, m, eps, self.timescale)
             else:
                 feats = build_features(x, v, m, tensor(states.dt), tensor(states.hist_x), tensor(states.hist_v),
                                        tensor(states.hist_dt), self.eps, self.scales, self.feature_type)
                 tau = classical_timescale(x, acc0)
-            e0 = energy(x, v, m, self.eps)
+            e0 = energy(x, v, m, eps)
         # No previous step: the band's attempts take the recursion's steady step h (see ``attempt``);
         # only a rollout carries its own previous step (``prepare_live``).
-        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau)
+        return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau, eps=own)
 
-    def prepare_live(self, m: torch.Tensor, att: Attempt) -> Prepared:
+    def softening(self, prep: Prepared):
+        """The states' softening: their own (B,) tensor, or the run's float."""
+        return self.eps if prep.eps is None else prep.eps
+
+    def prepare_live(self, m: torch.Tensor, att: Attempt, eps: torch.Tensor | None = None) -> Prepared:
         """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
-        energy reused): the next step of a passage rollout."""
-        feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps, self.timescale)
-        return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt)
+        energy reused): the next step of a passage rollout (``eps``: the states' own softening, or None)."""
+        feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps if eps is None else eps, self.timescale)
+        return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt, eps)
 
-    def rollout_step(self, model, x, v, a, m, e0, dt_prev):
+    def rollout_step(self, model, x, v, a, m, e0, dt_prev, eps=None):
         """One step of a passage rollout from a live state x, v, a (B,N,D) (in the graph): ``prepare_live``
         then ``attempt`` as one function of tensors, the unit ``torch.compile`` fuses
         (``train.compile_rollout``). ``dt_prev`` (B,): the previous step, 0 at a rollout's first (the
-        recursion then takes h, as ``attempt`` does without one). Returns (dt, x1, v1, a1, e1, tau), tau the
-        start state's timescale."""
-        feats, tau = scale_free_torch(x, v, a, m, self.eps, self.timescale)
-        att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev))
+        recursion then takes h, as ``attempt`` does without one); ``eps`` the states' own softening or None.
+        Returns (dt, x1, v1, a1, e1, tau), tau the start state's timescale."""
+        feats, tau = scale_free_torch(x, v, a, m, self.eps if eps is None else eps, self.timescale)
+        att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev, eps))
         return att.dt, att.x, att.v, att.a, att.e1, tau
 
     def compiled_rollout_step(self):
@@ -129,14 +138,15 @@ class Stepper:
         dt = self.step_size(model, prep.feats, prep.tau)
         if self.recursive and prep.dt_prev is not None:  # a rollout's step after its first
             dt = recursive_dt_torch(dt, prep.dt_prev, self.clip)
+        eps = self.softening(prep)
         if self.symmetric:
             def h_after(d):  # h at the end of a trial step of d, in the graph
-                xt, vt, at = leapfrog(prep.x, prep.v, prep.m, d, self.eps, 1, acc0=prep.acc0)
-                feats, tau = scale_free_torch(xt, vt, at, prep.m, self.eps, self.timescale)
+                xt, vt, at = leapfrog(prep.x, prep.v, prep.m, d, eps, 1, acc0=prep.acc0)
+                feats, tau = scale_free_torch(xt, vt, at, prep.m, eps, self.timescale)
                 return self.step_size(model, feats.to(self.model_dtype), tau)
             dt = symmetric_dt(dt, h_after, self.symmetric)
-        x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, self.eps, self.substeps, acc0=prep.acc0)
-        e1 = energy(x1, v1, prep.m, self.eps)
+        x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, eps, self.substeps, acc0=prep.acc0)
+        e1 = energy(x1, v1, prep.m, eps)
         return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
 
 

@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .physics import soft2
+
 try:  # numpy's C einsum: np.einsum without its Python dispatch, a fifth of a call on a few bodies
     from numpy._core.multiarray import c_einsum as einsum
 except ImportError:  # pragma: no cover - numpy < 2
@@ -210,7 +212,7 @@ def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, ep
 
 
 def prs_timescale_at_torch(x: torch.Tensor, v: torch.Tensor, a: torch.Tensor, m: torch.Tensor, i: torch.Tensor,
-                           eps: float = 0.0) -> torch.Tensor:
+                           eps=0.0) -> torch.Tensor:
     """IAS15 2024 timescale of body ``i`` (B,) of each state x, v, a (B,N,D), m (B,N): the torch twin of
     :func:`prs_timescales` at one body, differentiable in x, v and a (B,). Only body i's pair terms are
     summed (O(N) per state, not O(N^2)): this is what the ``blend`` features' rollouts pay per step.
@@ -223,7 +225,8 @@ def prs_timescale_at_torch(x: torch.Tensor, v: torch.Tensor, a: torch.Tensor, m:
     big_a = a - a[ar, i].unsqueeze(-2)
     skip = ~(m > 0)
     skip[ar, i] = True
-    r2 = torch.where(skip, torch.ones_like(d[..., 0]), (d * d).sum(-1) + eps * eps)
+    r2 = (d * d).sum(-1)
+    r2 = torch.where(skip, torch.ones_like(d[..., 0]), r2 + soft2(eps, r2))
     w = torch.where(skip, torch.zeros_like(r2), m / (r2 * r2.sqrt()))
     alpha = (d * u).sum(-1) / r2
     beta = ((u * u).sum(-1) + (d * big_a).sum(-1)) / r2 + alpha * alpha

@@ -29,8 +29,11 @@ FIELDS = (
     ("e", lambda K, N, D: (), np.float64),            # (inner) binary's eccentricity and semi-major axis
     ("a", lambda K, N, D: (), np.float64),            # (nan for random, file and few_body ICs)
     ("family", lambda K, N, D: (), np.int64),         # index in families.FAMILIES; NO_FAMILY outside a mixture
+    ("eps", lambda K, N, D: (), np.float64),          # Plummer softening: system.softening, or its family's own
 )
-OPTIONAL = {"family": families.NO_FAMILY}  # fields states from before them lack, and their value there
+# fields states from before them lack, and their value there (eps: read only where a mixture draws softened
+# systems, which such states cannot hold)
+OPTIONAL = {"family": families.NO_FAMILY, "eps": 0.0}
 
 
 class Systems:
@@ -94,10 +97,12 @@ class Systems:
         s = self.cfg.system
         for i in np.asarray(idx, dtype=np.int64):
             rng, period, e, a, family = self.rngs[i], math.inf, math.nan, math.nan, families.NO_FAMILY
+            eps = s.softening
             if s.ic == "mixture":
                 family, drawn = families.draw(rng, s)
                 m, x, v = families.pad(drawn, self.N)
                 period, e, a = drawn.period, drawn.e, drawn.a
+                eps = s.softening if drawn.eps is None else drawn.eps
             elif s.ic == "kepler":
                 e = rng.uniform(s.e_min, s.e_max)
                 a = rng.uniform(s.a_min, s.a_max)
@@ -109,7 +114,7 @@ class Systems:
             if s.ic in ("random", "file"):  # the restart horizon's unit: its crossing time
                 period = crossing_time(m, x)
             self.m[i], self.x[i], self.v[i] = m, x, v
-            self.period[i], self.e[i], self.a[i], self.family[i] = period, e, a, family
+            self.period[i], self.e[i], self.a[i], self.family[i], self.eps[i] = period, e, a, family, eps
             self.t[i] = self.dt[i] = 0.0
             self.steps[i] = self.hist_count[i] = 0
             self.hist_x[i] = self.hist_v[i] = 0.0
@@ -120,14 +125,14 @@ class Systems:
         """The states with their histories of systems ``idx`` (all by default), copies, for
         ``Stepper.prepare``."""
         sel = slice(None) if idx is None else idx
-        return StateBatch(*(getattr(self, k)[sel].copy() for k in STATE_FIELDS))
+        return StateBatch(**{k: getattr(self, k)[sel].copy() for k in STATE_FIELDS})
 
     def advance(self, idx, x1: np.ndarray, v1: np.ndarray, dt1: np.ndarray) -> np.ndarray:
         """Accept a step of systems ``idx`` to (x1, v1) with dt1: the pre-step state enters the history.
 
         Systems whose new state is non-finite or whose clock passed ``periods_per_orbit`` periods
         (Kepler; a mixture's binary, triple and planets: their period) or ``restart_after`` crossing times
-        (random and file ICs, a mixture's few_body) restart. Returns the restarted subset of ``idx``.
+        (random and file ICs, a mixture's few_body and soft_few_body) restart. Returns the restarted subset of ``idx``.
         """
         idx = np.asarray(idx, dtype=np.int64)
         self._need_config("advance")
@@ -144,7 +149,7 @@ class Systems:
         or ``restart_after``, see :meth:`advance`)."""
         s = self.cfg.system
         if s.ic == "mixture":
-            few = self.family[idx] == families.FAMILIES.index("few_body")
+            few = np.isin(self.family[idx], [families.FAMILIES.index(f) for f in families.CROSSING_TIME_FAMILIES])
             return np.where(few, s.restart_after, s.periods_per_orbit)
         return np.full(len(np.atleast_1d(idx)), s.periods_per_orbit if s.ic == "kepler" else s.restart_after)
 

@@ -58,9 +58,9 @@ def drawn_systems(cfg: Config, n: int, seed: int = VALIDATION_SEED) -> Systems:
 
 
 def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
-    """(m, x, v) of :func:`drawn_systems`."""
+    """(m, x, v, eps) of :func:`drawn_systems` (eps: each system's own softening)."""
     systems = drawn_systems(cfg, n, seed)
-    return systems.m.copy(), systems.x.copy(), systems.v.copy()
+    return systems.m.copy(), systems.x.copy(), systems.v.copy(), systems.eps.copy()
 
 
 def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float, int]:
@@ -68,7 +68,8 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float,
     model = fit_weights(build_model(cfg), ckpt).eval()
     stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
     with torch.no_grad():
-        errs, T, tau0 = rollout(model, stepper, *states, steps)
+        m, x, v, eps = states
+        errs, T, tau0 = rollout(model, stepper, m, x, v, steps, eps=eps)
     rows, ok = objective_rows(errs, T, tau0)
     blown = int((~ok).sum())
     return (float(rows.mean()) if bool(ok.any()) else math.inf), blown

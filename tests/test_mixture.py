@@ -11,7 +11,7 @@ import rebound
 import torch
 
 from aits import Config, ConfigError, load_checkpoint
-from aits.families import FAMILIES, NO_FAMILY, eccentric_anomaly
+from aits.families import FAMILIES, NO_FAMILY, SOFT_EPS_RANGE, eccentric_anomaly
 from aits.features import scale_free_torch
 from aits.physics import acceleration, crossing_time, energy
 from aits.systems import Systems
@@ -63,10 +63,13 @@ def test_mixture_draws_each_family_with_its_weight_on_restarts():
             assert abs(counts[code] / 4000 - w) <= 3 * math.sqrt(w * (1 - w) / 4000), (weights, name, counts)
 
 
+ALL_FAMILIES = "system.mixture={binary: 0.4, triple: 0.3, planets: 0.2, few_body: 0.1, soft_few_body: 0.1}"
+
+
 def test_padding_bodies_are_massless_far_distinct_and_change_nothing():
-    st = systems(mixture_cfg(n=6), 400)
+    st = systems(mixture_cfg(ALL_FAMILIES, "features.feature_type=scale_free", n=6), 400)
     n_massive = (st.m > 0).sum(1)
-    ranges = {"binary": {2}, "triple": {3}, "planets": {3, 4}, "few_body": {3, 4, 5, 6}}
+    ranges = {"binary": {2}, "triple": {3}, "planets": {3, 4}, "few_body": {3, 4, 5, 6}, "soft_few_body": {3, 4, 5, 6}}
     for name, code in CODE.items():
         assert set(n_massive[st.family == code]) == ranges[name], name
     for i in range(len(st)):
@@ -87,11 +90,12 @@ def test_padding_bodies_are_massless_far_distinct_and_change_nothing():
         k = n_massive[i]
         full = [torch.as_tensor(a[i][None]) for a in (st.x, st.v, st.m)]
         bare = [torch.as_tensor(a[i][None, :k]) for a in (st.x, st.v, st.m)]
-        acc_full, acc_bare = acceleration(full[0], full[2]), acceleration(bare[0], bare[2])
+        eps = float(st.eps[i])  # 0 but for soft_few_body
+        acc_full, acc_bare = acceleration(full[0], full[2], eps), acceleration(bare[0], bare[2], eps)
         torch.testing.assert_close(acc_full[:, :k], acc_bare, rtol=1e-12, atol=0)
-        torch.testing.assert_close(energy(*full), energy(*bare), rtol=1e-12, atol=0)
-        f_full, tau_full = scale_free_torch(full[0], full[1], acc_full, full[2], 0.0)
-        f_bare, tau_bare = scale_free_torch(bare[0], bare[1], acc_bare, bare[2], 0.0)
+        torch.testing.assert_close(energy(*full, eps), energy(*bare, eps), rtol=1e-12, atol=0)
+        f_full, tau_full = scale_free_torch(full[0], full[1], acc_full, full[2], eps)
+        f_bare, tau_bare = scale_free_torch(bare[0], bare[1], acc_bare, bare[2], eps)
         torch.testing.assert_close(f_full, f_bare, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(tau_full, tau_bare, rtol=1e-12, atol=0)
 
@@ -218,6 +222,69 @@ def test_systems_restart_after_their_horizon_and_rng_state_round_trips():
     assert (other.family == NO_FAMILY).all()
 
 
+def test_soft_few_body_systems_carry_their_own_softening_through_restarts_and_state():
+    """soft_few_body: each system its own eps (eps / mean pair distance within SOFT_EPS_RANGE), every other
+    family the run's system.softening; eps restarts with the system and round-trips through the state."""
+    cfg = mixture_cfg("system.mixture={binary: 1, few_body: 1, soft_few_body: 2}", "system.softening=0.003",
+                      "system.restart_after=7", "features.feature_type=scale_free", n=5)
+    st = systems(cfg, 300)
+    soft = st.family == CODE["soft_few_body"]
+    assert 100 < soft.sum() < 200
+    assert (st.eps[~soft] == 0.003).all()
+    lo, hi = SOFT_EPS_RANGE
+    ratios = []
+    for i in np.nonzero(soft)[0]:
+        m, x, _ = massive(st, i)
+        assert len(m) in (3, 4, 5) and st.period[i] == pytest.approx(crossing_time(m, x), rel=1e-12)
+        pairs = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(len(m), 1)]
+        ratios.append(st.eps[i] / pairs.mean())
+    assert lo <= min(ratios) and max(ratios) <= hi and max(ratios) / min(ratios) > 5  # spread over the range
+    # soft systems restart after restart_after crossing times, as few_body
+    horizon = np.where(np.isin(st.family, [CODE["few_body"], CODE["soft_few_body"]]), 7.0, 3.0) * st.period
+    idx = np.arange(len(st))
+    assert len(st.advance(idx, st.x.copy(), st.v.copy(), horizon * (1 - 1e-9))) == 0
+    before = st.eps.copy()
+    assert (st.advance(idx, st.x.copy(), st.v.copy(), horizon * 1e-8) == idx).all()
+    assert not np.array_equal(st.eps, before) and (st.eps[st.family != CODE["soft_few_body"]] == 0.003).all()
+    other = systems(cfg, 300, seed=5)
+    other.load_state_dict(st.state_dict())
+    np.testing.assert_array_equal(other.eps, st.eps)
+    old = {k: v for k, v in st.state_dict().items() if k != "eps"}  # a state from before the field
+    other.load_state_dict(old)
+    assert (other.eps == 0).all()
+    # the batch a collector steps carries each state's softening
+    np.testing.assert_array_equal(st.batch().eps, st.eps)
+
+
+def test_each_state_steps_with_its_own_softening():
+    """A mixture with soft_few_body: the stepper's batched features, energies and steps of states with
+    different softenings are those of each state stepped alone under its own system.softening; without
+    the family the run's softening applies to all (StateBatch.eps ignored)."""
+    from aits import NormScales, Stepper, build_model
+    from aits.samples import StateBatch
+
+    base = ["system.mixture={triple: 1, soft_few_body: 1}", "features.feature_type=scale_free",
+            "features.timescale=blend", "model.output=factor", "model.init_factor=0.02", "model.recursive=true"]
+    cfg = mixture_cfg(*base)
+    st = systems(cfg, 12)
+    assert len(set(st.eps.tolist())) > 3  # several softenings in one batch
+    model = build_model(cfg)
+    batch = Stepper(cfg, NormScales()).prepare(st.batch())
+    att = Stepper(cfg, NormScales()).attempt(model, batch)
+    for i in range(len(st)):
+        alone = Stepper(mixture_cfg(*base[1:], f"system.softening={float(st.eps[i])!r}"), NormScales())
+        assert not alone.per_system_eps
+        one = alone.prepare(StateBatch.start(st.m[i:i + 1], st.x[i:i + 1], st.v[i:i + 1]))
+        torch.testing.assert_close(batch.feats[i:i + 1], one.feats, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(batch.e0[i:i + 1], one.e0, rtol=1e-13, atol=0)
+        a1 = alone.attempt(model, one)
+        torch.testing.assert_close(att.e1[i:i + 1], a1.e1, rtol=1e-13, atol=0)
+        torch.testing.assert_close(att.x[i:i + 1], a1.x, rtol=1e-13, atol=1e-15)
+    assert float(batch.feats[:, 6].max()) > 0.05  # the softening feature eps / (r + eps) moves
+    plain = Stepper(mixture_cfg("system.mixture={triple: 1}", *base[1:]), NormScales())
+    assert not plain.per_system_eps and plain.prepare(st.batch()).eps is None
+
+
 @pytest.mark.parametrize("sets, needle", [
     (["system.mixture={binary: 1, tripel: 1}"], "system.mixture: unknown family 'tripel' (did you mean 'triple'?)"),
     (["system.mixture={binary: -0.5, triple: 1}"], "system.mixture: every value must be >= 0"),
@@ -226,6 +293,8 @@ def test_systems_restart_after_their_horizon_and_rng_state_round_trips():
     (["system.num_particles=3"], "system.num_particles: mixture family 'planets' needs 4 bodies, got 3"),
     (["system.num_particles=2", "system.mixture={binary: 1, few_body: 1}"],
      "system.num_particles: mixture family 'few_body' needs 3 bodies, got 2"),
+    (["system.mixture={binary: 1, soft_few_body: 1}", "features.feature_type=rich", "features.history_len=1"],
+     "system.mixture: soft_few_body (each system its own softening) needs features.feature_type scale_free"),
 ])
 def test_bad_mixture_configs_give_one_line_each(sets, needle):
     with pytest.raises(ConfigError) as err:
@@ -243,7 +312,8 @@ def test_two_epoch_mixture_run_on_the_ray_config(tmp_path, capsys):
     assert ckpt["config"]["system"]["mixture"] == {"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1}
     assert ckpt["config_summary"].startswith("mixture(binary:0.4 triple:0.3 planets:0.2 few_body:0.1) N=4 D=3")
     families = np.concatenate([c["systems"]["family"] for c in ckpt["extra"]["collectors"]])
-    assert set(families) == set(range(len(FAMILIES)))  # 128 systems: every family in training
+    assert set(families) == {CODE[f] for f in ("binary", "triple", "planets", "few_body")}  # 128 systems: every
+    # family of the default mixture in training
     assert all(np.isfinite(c["systems"]["x"]).all() for c in ckpt["extra"]["collectors"])
     # the run resumes from its checkpoint: the collector states load back under the config
     assert main(args + ["--set", "train.epochs=3", "--resume", "auto"]) == 0

@@ -163,7 +163,7 @@ def test_measured_box_holds_the_rollouts_it_was_measured_on():
     assert box.samples == 4 * 30 and len(box.lo) == 8
     assert (box.hi > box.lo).sum() >= 5  # the mixture's draws spread most features
     rule = learned_methods(ck, cfg)["learned"]
-    m, x, v = states
+    m, x, v, _ = states
     run = I.integrate(rule, m[0], x[0], v[0], 1e30, max_steps=30)
     for xx, vv in zip(run.trajectory["x"][:-1], run.trajectory["v"][:-1]):
         f = scale_free_numpy(xx, vv, I.accel(xx, m[0]), m[0], 0.0)[0]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from aits import NormScales, build_model, build_payload, save_checkpoint
+from aits import Config, NormScales, build_model, build_payload, save_checkpoint
 from aits.checkpoint import checkpoint_path, load_checkpoint
 from aits.systems import Systems
 from driver import validate as V
@@ -95,3 +95,28 @@ def test_blend_config_is_the_generalist_with_its_documented_changes():
                        ("train", "compile_rollout")}
     assert (blend["features"]["timescale"], blend["train"]["passage_steps"]) == ("blend", 1800)
     assert blend["train"]["compile_rollout"] is True
+
+
+def test_a_softened_mixture_trains_and_validates_with_each_systems_own_softening(tmp_path):
+    """soft_few_body in the mixture: a short run (collect, generalize, passage) ends with finite weights, and
+    validation rolls every system out with its own softening, so the range box spans the softening feature
+    eps / (r + eps) (index 6), which a run of unsoftened families pins at 0."""
+    from driver.train import main
+
+    sets = ["system.ic=mixture", "system.num_particles=4", "system.dim=3",
+            "system.mixture={binary: 1, triple: 1, soft_few_body: 2}", "train.compile_rollout=false",
+            "features.timescale=blend", "model.hidden_dims=[8, 8]", "model.output=factor", "model.init_factor=0.01",
+            "model.max_modulation=3.0", "model.recursive=true", "model.recursion_clip=1.2", "train.passage=true",
+            "train.passage_steps=20", "train.passage_batch=4", "train.epochs=2", "train.steps_per_epoch=2",
+            "ray.inprocess=true", "ray.systems_per_collector=8", "wandb.mode=disabled", "run.checkpoint_interval=1",
+            f"run.output_dir={tmp_path}", "run.name=soft"]
+    assert main(["--config", "configs/generalist_blend.yaml"] + [a for s in sets for a in ("--set", s)]) == 0
+    run = tmp_path / "soft"
+    assert V.main([str(run), "--systems", "12", "--steps", "20"]) == 0
+    best = load_checkpoint(run / "model" / "model_best.pt")
+    lo, hi = best["feature_ranges"]["lo"], best["feature_ranges"]["hi"]
+    assert lo[6] == 0.0 and hi[6] > 0.05  # unsoftened and softened systems both seen
+    states = V.validation_states(Config.from_dict(best["config"]), 12)
+    assert (states[3] > 0).sum() >= 3 and (states[3] == 0).sum() >= 3
+    unsoftened = V.validation_states(CFG, 12)
+    assert (unsoftened[3] == 0).all()
