@@ -49,8 +49,10 @@ def normal(orbit) -> np.ndarray:
 
 
 def test_mixture_draws_each_family_with_its_weight_on_restarts():
-    for weights in ({"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1}, {"binary": 1, "planets": 3}):
-        cfg = mixture_cfg("system.mixture={" + ", ".join(f"{k}: {w}" for k, w in weights.items()) + "}")
+    for weights in ({"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1}, {"binary": 1, "planets": 3},
+                    {"binary": 2, "few_body": 1, "soft_few_body": 1}):
+        cfg = mixture_cfg("system.mixture={" + ", ".join(f"{k}: {w}" for k, w in weights.items()) + "}",
+                          "features.feature_type=scale_free")
         st = systems(cfg, 8)
         counts = np.zeros(len(FAMILIES))
         for _ in range(500):  # 4000 restarts, each drawn from its system's own RNG
