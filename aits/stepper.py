@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -68,7 +69,7 @@ class Stepper:
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
         self.compile_rollout = cfg.train.compile_rollout  # passage rollouts step through torch.compile
-        self._compiled = None
+        self._compiled, self._compile_failed = None, False
 
     def prepare(self, states: StateBatch) -> Prepared:
         """B states (a :class:`StateBatch`, or :class:`Samples`) -> Prepared (features, E0, a(x0)), no grad."""
@@ -111,11 +112,25 @@ class Stepper:
 
     def compiled_rollout_step(self):
         """:meth:`rollout_step` through ``torch.compile`` (made once per Stepper; the first call of each
-        batch size and grad mode compiles, ~40 s on one core). One compile thread: an actor owns one core."""
+        batch size and grad mode compiles, ~40 s on one core). One compile thread: an actor owns one core.
+        Where compiling fails (no C++ compiler, a platform inductor does not support) the step falls back
+        to the eager :meth:`rollout_step` for good, with one warning naming the error: the same steps, slower."""
         if self._compiled is None:
             import torch._inductor.config as inductor_config
             inductor_config.compile_threads = 1
-            self._compiled = torch.compile(self.rollout_step)
+            compiled = torch.compile(self.rollout_step)
+
+            def step(*args):
+                if self._compile_failed:
+                    return self.rollout_step(*args)
+                try:
+                    return compiled(*args)
+                except Exception as exc:  # noqa: BLE001 - any compile failure: the eager step takes over
+                    self._compile_failed = True
+                    warnings.warn(f"train.compile_rollout: torch.compile failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); rollouts run eager", stacklevel=2)
+                    return self.rollout_step(*args)
+            self._compiled = step
         return self._compiled
 
     def step_size(self, model, feats: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

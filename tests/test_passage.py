@@ -218,3 +218,25 @@ def test_compiled_rollout_takes_the_eager_steps():
     np.testing.assert_allclose(tau_1.numpy(), tau_0.numpy(), rtol=1e-12)
     np.testing.assert_allclose(l1.numpy(), l0.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(g1.numpy(), g0.numpy(), rtol=1e-6, atol=1e-9 * float(g0.abs().max()))
+
+
+def test_a_failed_compile_falls_back_to_the_eager_steps(monkeypatch):
+    """train.compile_rollout where torch.compile cannot build (no C++ compiler): one warning, then the eager
+    rollout's steps, bit for bit."""
+    cfg = factor_cfg(symmetric_iterations=0, recursive=True)
+    compiled_cfg = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "compile_rollout": True}})
+    model = perturbed_model(cfg)
+    m, x, v, _ = kepler_ic(0.9, 1.0)
+
+    def broken(fn):
+        def call(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with torch.no_grad():
+        eager = rollout(model, Stepper(cfg, NormScales()), m[None], x[None], v[None], 50)
+        with pytest.warns(UserWarning, match=r"compile failed \(RuntimeError: InvalidCxxCompiler.*rollouts run eager"):
+            fallback = rollout(model, Stepper(compiled_cfg, NormScales()), m[None], x[None], v[None], 50)
+    for a, b in zip(eager, fallback):
+        assert torch.equal(a, b)
