@@ -30,8 +30,9 @@ def _pair_terms(x: torch.Tensor, eps):
     """diff[b,i,j] = x_j - x_i (B,N,N,D), r2 = |diff|^2 + eps^2 (B,N,N), valid mask. ``eps``: one float, or
     each system's own (B,) tensor (the same below)."""
     diff = x.unsqueeze(-3) - x.unsqueeze(-2)
-    r2 = (diff * diff).sum(-1)
-    r2 = r2 + soft2(eps, r2)
+    # soft2 inlined: this is on every accepted sample's path (tests/test_sample_path.py)
+    e2 = (eps * eps).reshape(-1, 1, 1) if isinstance(eps, torch.Tensor) else eps * eps
+    r2 = (diff * diff).sum(-1) + e2
     n = x.shape[-2]
     off_diag = ~torch.eye(n, dtype=torch.bool, device=x.device)
     # Zero separation (only in zero-padded history) contributes nothing, never NaN.

@@ -90,10 +90,6 @@ class Stepper:
         # only a rollout carries its own previous step (``prepare_live``).
         return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau, eps=own)
 
-    def softening(self, prep: Prepared):
-        """The states' softening: their own (B,) tensor, or the run's float."""
-        return self.eps if prep.eps is None else prep.eps
-
     def prepare_live(self, m: torch.Tensor, att: Attempt, eps: torch.Tensor | None = None) -> Prepared:
         """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
         energy reused): the next step of a passage rollout (``eps``: the states' own softening, or None)."""
@@ -153,7 +149,7 @@ class Stepper:
         dt = self.step_size(model, prep.feats, prep.tau)
         if self.recursive and prep.dt_prev is not None:  # a rollout's step after its first
             dt = recursive_dt_torch(dt, prep.dt_prev, self.clip)
-        eps = self.softening(prep)
+        eps = self.eps if prep.eps is None else prep.eps  # the states' own softening, or the run's
         if self.symmetric:
             def h_after(d):  # h at the end of a trial step of d, in the graph
                 xt, vt, at = leapfrog(prep.x, prep.v, prep.m, d, eps, 1, acc0=prep.acc0)

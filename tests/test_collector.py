@@ -63,7 +63,7 @@ def test_dt_after_broadcast_equals_learner(ray_session):
     samples_ref, _ = collector.collect.options(num_returns=2).remote(w0)
     metrics = ray.get(learner.step.remote(False, samples_ref))["metrics"]
     samples = ray.get(samples_ref)
-    batch = StateBatch(*(getattr(samples, k) for k in STATE_FIELDS))  # the states alone, no metadata
+    batch = StateBatch(**{k: getattr(samples, k) for k in STATE_FIELDS})  # the states alone, no metadata
     dt_learner = ray.get(learner.predict_dt.remote(batch))
     if metrics["part2/iterations"] > 0:
         assert not np.array_equal(ray.get(collector.predict_dt.remote(batch)), dt_learner)
