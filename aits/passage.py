@@ -46,23 +46,15 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     ``eps`` (B,): the systems' own softenings (``StateBatch.eps``; used where the stepper reads them)."""
     prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
     m, e0, tau0, errs, T, levels, own = prep.m, prep.e0, prep.tau, [], 0.0, [], prep.eps
-    if stepper.compile_rollout:  # the same steps, each one fused call (train.compile_rollout)
-        step = stepper.compiled_rollout_step()
-        x, v, a, dt = prep.x, prep.v, prep.acc0, torch.zeros_like(e0)
-        for _ in range(steps):
-            dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt, own)
-            errs.append(((e1 - e0) / e0).abs())
-            if with_level:
-                levels.append(torch.log(dt / tau))
-            T = T + dt * stepper.substeps
-    else:
-        for _ in range(steps):
-            att = stepper.attempt(model, prep)
-            errs.append(((att.e1 - e0) / e0).abs())
-            if with_level:
-                levels.append(torch.log(att.dt / prep.tau))
-            T = T + att.dt * stepper.substeps
-            prep = stepper.prepare_live(m, att, own)
+    # one step function either way: the eager step, or the same step fused by torch.compile
+    step = stepper.compiled_rollout_step() if stepper.compile_rollout else stepper.rollout_step
+    x, v, a, dt = prep.x, prep.v, prep.acc0, torch.zeros_like(e0)  # dt_prev 0: the recursion's first step is h
+    for _ in range(steps):
+        dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt, own)
+        errs.append(((e1 - e0) / e0).abs())
+        if with_level:
+            levels.append(torch.log(dt / tau))
+        T = T + dt * stepper.substeps
     if with_level:
         return torch.stack(errs, -1), T, tau0, torch.stack(levels, -1).mean(-1)
     return torch.stack(errs, -1), T, tau0

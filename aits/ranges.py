@@ -90,9 +90,9 @@ class FeatureRanges:
 
 def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN) -> FeatureRanges:
     """The box of the features a checkpoint's rule (as trained: no range check) visits over ``steps``
-    steps from each system of ``states`` = (m, x, v[, eps]) (B,N[,D]; eps (B,) the systems' own softenings,
-    read for a mixture): ``driver/validate.py`` runs it on its validation systems, fresh draws of the run's
-    own training distribution."""
+    steps from each system of ``states`` = (m, x, v[, eps]) (B,N[,D]; eps (B,) the systems' own softenings):
+    ``driver/validate.py`` runs it on its validation systems, fresh draws of the run's own training
+    distribution."""
     from . import integrators as I
     from .config import Config
     from .features import scale_free_numpy
@@ -114,7 +114,7 @@ def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN)
         return recorded
 
     m, x, v = states[:3]
-    own = states[3] if len(states) > 3 and cfg.system.ic == "mixture" else None  # the systems' own softenings
+    own = states[3] if len(states) > 3 else None  # each system's softening: system.softening, or its family's
     for b in range(len(m)):
         eps = h.eps if own is None else float(own[b])
         method = (I.RecursivePolicy(recording(eps), "learned", cfg.model.step_clip) if cfg.model.recursive

@@ -87,20 +87,15 @@ class Stepper:
                 tau = classical_timescale(x, acc0)
             e0 = energy(x, v, m, eps)
         # No previous step: the band's attempts take the recursion's steady step h (see ``attempt``);
-        # only a rollout carries its own previous step (``prepare_live``).
+        # only a rollout carries its own previous step (``rollout_step``).
         return Prepared(x, v, m, feats.to(self.model_dtype), e0, acc0, tau, eps=own)
 
-    def prepare_live(self, m: torch.Tensor, att: Attempt, eps: torch.Tensor | None = None) -> Prepared:
-        """Prepared of an attempt's end state, in the graph (scale-free features; its acceleration and
-        energy reused): the next step of a passage rollout (``eps``: the states' own softening, or None)."""
-        feats, tau = scale_free_torch(att.x, att.v, att.a, m, self.eps if eps is None else eps, self.timescale)
-        return Prepared(att.x, att.v, m, feats.to(self.model_dtype), att.e1, att.a, tau, att.dt, eps)
-
     def rollout_step(self, model, x, v, a, m, e0, dt_prev, eps=None):
-        """One step of a passage rollout from a live state x, v, a (B,N,D) (in the graph): ``prepare_live``
-        then ``attempt`` as one function of tensors, the unit ``torch.compile`` fuses
-        (``train.compile_rollout``). ``dt_prev`` (B,): the previous step, 0 at a rollout's first (the
-        recursion then takes h, as ``attempt`` does without one); ``eps`` the states' own softening or None.
+        """One step of a passage rollout from a live state x, v, a (B,N,D) (in the graph): its scale-free
+        features (the acceleration and energy of the step that reached it reused), then ``attempt``, as one
+        function of tensors, the unit ``torch.compile`` fuses (``train.compile_rollout``). ``dt_prev`` (B,):
+        the previous step, 0 at a rollout's first (the recursion then takes h, as ``attempt`` does without
+        one); ``eps`` the states' own softening or None.
         Returns (dt, x1, v1, a1, e1, tau), tau the start state's timescale."""
         feats, tau = scale_free_torch(x, v, a, m, self.eps if eps is None else eps, self.timescale)
         att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev, eps))

@@ -132,7 +132,8 @@ class Systems:
 
         Systems whose new state is non-finite or whose clock passed ``periods_per_orbit`` periods
         (Kepler; a mixture's binary, triple and planets: their period) or ``restart_after`` crossing times
-        (random and file ICs, a mixture's few_body and soft_few_body) restart. Returns the restarted subset of ``idx``.
+        (random and file ICs, a mixture's few_body and soft_few_body) restart. Returns the restarted subset
+        of ``idx``.
         """
         idx = np.asarray(idx, dtype=np.int64)
         self._need_config("advance")

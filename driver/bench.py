@@ -539,7 +539,7 @@ def passage(quick: bool) -> dict:
     cfgs = {c: Config.load(ROOT / "configs" / "generalist_blend.yaml",
                            ["wandb.mode=disabled", f"train.passage_steps={steps}", f"train.compile_rollout={c}"])
             for c in ("false", "true")}
-    eager, compiled = cfgs["false"], cfgs["true"]
+    eager = cfgs["false"]
     model = build_model(eager)
     systems = Systems.for_collector(eager, 0, eager.train.passage_batch)
     samples = Samples.empty(0, systems.N, systems.D, capacity=len(systems.m))
