@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from aits import (Samples, StateBatch, Stepper, apply_passage, build_model, evaluate, generalize_on_trajectory,
-                  make_optimizer, predict_dt)
+                  learning_rate, make_optimizer, predict_dt)
 
 from .common import load_config, load_scales, own_torch_rng
 
@@ -33,6 +33,7 @@ class Learner:
         self.rng = np.random.default_rng([seed, 1])  # a stream apart from the collectors' seed + i
         self.torch_rng = torch.Generator().manual_seed(seed).get_state()
         self.kept: Samples | None = None  # samples kept across epochs (train.generalize_capacity)
+        self.epoch = 0  # epochs stepped: the lr schedule's clock (train.lr_final)
 
     def step(self, with_state: bool, *parts: Samples) -> dict:
         """One epoch in one call: generalize on the collectors' samples (plus the kept samples), then, with
@@ -43,6 +44,10 @@ class Learner:
         they are copied once.
         """
         start = time.perf_counter()
+        self.epoch += 1
+        lr = learning_rate(self.cfg, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         samples = Samples.concat(list(parts) if self.kept is None else [self.kept, *parts])
         cap = self.cfg.train.generalize_capacity
         self.kept = samples.take(slice(max(0, len(samples) - cap), None)) if cap else None
@@ -52,6 +57,7 @@ class Learner:
             if self.cfg.train.passage:  # one step on the mean of the collectors' passage gradients
                 grads = [p.passage for p in parts]  # apply_passage skips collectors that sent none
                 metrics["passage/applied"] = float(apply_passage(self.model, self.optimizer, grads))
+        metrics["system/lr"] = lr
         metrics["system/learner_time"] = time.perf_counter() - start
         out = {"metrics": metrics, "weights": self.weights()}
         if with_state:
@@ -80,7 +86,7 @@ class Learner:
         opt = _to_cpu(self.optimizer.state_dict())
         return {"model": self.weights() if weights is None else weights, "optimizer": opt,
                 "rng": self.rng.bit_generator.state, "torch_rng": self.torch_rng.clone(),
-                "kept": None if self.kept is None else self.kept.to_dict()}
+                "kept": None if self.kept is None else self.kept.to_dict(), "epoch": self.epoch}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -89,6 +95,7 @@ class Learner:
         self.torch_rng = state["torch_rng"].clone()
         kept = state.get("kept", state.get("replay"))  # "replay": checkpoints before the rename
         self.kept = None if kept is None else Samples(**kept)
+        self.epoch = state.get("epoch", 0)  # checkpoints before train.lr_final: only its schedule reads it
 
 
 def _to_cpu(obj):

@@ -139,6 +139,8 @@ class TrainConfig:
     E_lower: float = opt(1e-6, "lower edge of the loss band", gt=0)
     E_upper: float = opt(1e-4, "upper edge of the loss band (<= energy_threshold)", gt=0)
     lr: float = opt(1e-4, "Adam learning rate", gt=0)
+    lr_final: Optional[float] = opt(None, "the learner's lr falls from lr to this along a half cosine over the "
+                                         "epochs (epoch 1: lr, the last: lr_final); null: lr throughout", gt=0)
     weight_decay: float = opt(1e-2, "Adam weight decay", ge=0)
     max_retrain_steps: int = opt(0, "bound of the retrain loop of one step; 0 = unlimited", ge=0)
     generalize_capacity: int = opt(0, "samples the learner keeps across epochs; 0 = this epoch's only", ge=0)

@@ -172,6 +172,16 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
                             foreach=True)
 
 
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """The learner's lr in epoch ``epoch`` (1-based): ``train.lr``, or with ``train.lr_final`` a half cosine
+    from lr at epoch 1 to lr_final at ``train.epochs`` (held there after it, e.g. a resumed longer run)."""
+    t = cfg.train
+    if t.lr_final is None:
+        return t.lr
+    frac = min(1.0, (epoch - 1) / max(1, t.epochs - 1))
+    return t.lr_final + 0.5 * (t.lr - t.lr_final) * (1.0 + math.cos(math.pi * frac))
+
+
 def optimizer_step(model, optimizer, loss: torch.Tensor | None = None) -> bool:
     """Backward of ``loss`` and step, unless the loss or a gradient is non-finite (then the gradients are
     cleared). ``loss`` None: step on the gradients the parameters already hold (the passage's mean).

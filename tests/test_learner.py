@@ -1,10 +1,12 @@
 """Learner actor (docs/DESIGN.md §5.1) on the session's local Ray: generalize lowers failures; state round trip."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from actors import Collector, Learner
-from aits import Config, Samples, auto_norm_scales
+from aits import Config, Samples, auto_norm_scales, learning_rate
 
 from helpers import tiny_dict
 
@@ -49,7 +51,9 @@ def test_generalize_skips_small_sets():
 
 def test_learner_state_restore_round_trip(ray_session):
     ray = ray_session
-    cfg = Config.from_dict(tiny_dict(train={"generalize_capacity": 50}, model={"init_dt": 0.03}))
+    # with an lr schedule: the restored learner must go on at the epoch it was saved at (its lr is in the metrics)
+    cfg = Config.from_dict(tiny_dict(train={"generalize_capacity": 50, "epochs": 3, "lr": 1e-3, "lr_final": 1e-5},
+                                     model={"init_dt": 0.03}))
     conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
     samples = _samples(conf, scales)
     assert len(samples) > 20
@@ -69,5 +73,24 @@ def test_learner_state_restore_round_trip(ray_session):
     got_weights = ray.get(second.weights.remote())
     expect.pop("system/learner_time"), got.pop("system/learner_time")
     assert got == expect and got["part2/n_samples"] == 20 + len(part_b)
+    assert got["system/lr"] == learning_rate(cfg, 2) and 1e-5 < got["system/lr"] < 1e-3
     assert all(torch.equal(got_weights[k], v) for k, v in expect_weights.items())
     assert len(ray.get(second.state.remote())["kept"]["dt"]) == min(50, len(samples))
+
+
+def test_learning_rate_schedule():
+    """train.lr_final: a half cosine from lr at epoch 1 to lr_final at the last epoch, held after it; the learner
+    sets it on its optimiser each epoch."""
+    flat = Config.from_dict(tiny_dict(train={"lr": 3e-3, "epochs": 5}))
+    assert [learning_rate(flat, e) for e in (1, 3, 9)] == [3e-3, 3e-3, 3e-3]
+    cfg = Config.from_dict(tiny_dict(train={"lr": 3e-3, "lr_final": 1e-4, "epochs": 5}))
+    lrs = [learning_rate(cfg, e) for e in range(1, 8)]
+    assert math.isclose(lrs[0], 3e-3) and math.isclose(lrs[4], 1e-4) and lrs[5] == lrs[6] == lrs[4]
+    assert math.isclose(lrs[2], 0.5 * (3e-3 + 1e-4))  # the middle epoch: halfway
+    assert all(a > b for a, b in zip(lrs[:4], lrs[1:5]))
+    conf, scales = cfg.to_dict(), auto_norm_scales(cfg).to_dict()
+    learner = Learner(conf, scales)
+    part = _samples(conf, scales, 1)
+    for epoch in (1, 2):
+        assert learner.step(False, part)["metrics"]["system/lr"] == lrs[epoch - 1]
+        assert learner.optimizer.param_groups[0]["lr"] == lrs[epoch - 1]
