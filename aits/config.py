@@ -152,6 +152,10 @@ class TrainConfig:
                              le=1_000_000)
     passage_anchor: float = opt(0.0, "weight of (mean log(dt / tau) - log init_factor)^2 in the passage objective: "
                                      "holds the overall step size at the classical eta (0: off)", ge=0)
+    passage_hinge: float = opt(0.0, "weight of the mean over the rollouts of max(0, objective - the classical "
+                                     "rule's objective from the same start): presses hardest where the rule does "
+                                     "worse than the classical one it contains (0: off; a forward rollout more)",
+                               ge=0)
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 
@@ -291,6 +295,9 @@ class Config:
         if m.recursive and m.symmetric_iterations:
             p.append(f"model.recursive: pick one step rule; symmetric_iterations is {m.symmetric_iterations}, "
                      "set it to 0 for the step recursion")
+        if t.passage_hinge and (m.output != "factor" or m.max_modulation is None):
+            p.append("train.passage_hinge: the classical rule it compares with is the bounded factor's eta0; "
+                     "set model.output factor and model.max_modulation")
         if t.passage_anchor and m.init_factor is None:
             p.append("train.passage_anchor: the anchor holds the step level at model.init_factor; set it")
         if s.ic == "mixture" and s.mixture.get("soft_few_body", 0) > 0 and f.feature_type != "scale_free":

@@ -22,6 +22,7 @@ of the most eccentric training orbit at the trained step size.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -33,6 +34,7 @@ from .samples import Samples, StateBatch
 from .stepper import Stepper, optimizer_step
 
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
+         "passage/worse_than_classical": "mean",
          "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean"})
 
 
@@ -72,16 +74,38 @@ def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np
                     eps: np.ndarray | None = None):
     """:func:`rollout` (with the level) and :func:`objective_rows` from the start states (m, x, v); when some
     rollouts blew up, the finite ones are rolled out again, alone (a rollout that blew up poisons the batched
-    graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep)
-    of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew."""
+    graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep,
+    index) of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew;
+    ``index`` the positions in (m, x, v) of the start states of ``rows``."""
     errs, T, tau0, level = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps)
     rows, keep = objective_rows(errs, T, tau0)
+    index = np.arange(len(m))
     if bool(keep.any()) and not bool(keep.all()):
         sel = keep.cpu().numpy()
+        index = index[sel]
         errs, T, tau0, level = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True,
                                        eps=None if eps is None else eps[sel])
         rows, keep = objective_rows(errs, T, tau0)
-    return errs, T, tau0, level, rows, keep
+    return errs, T, tau0, level, rows, keep, index[keep.cpu().numpy()]
+
+
+def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
+                   eps: np.ndarray | None = None) -> torch.Tensor:
+    """The passage objective (B,) of the classical rule the bounded factor contains (the model with its last
+    layer zeroed: g = eta0 everywhere) from the same start states, without grad; +inf where it blew up.
+    The zeroed twin is made once per stepper and kept (a compiled step is compiled for it once)."""
+    twin = getattr(stepper, "classical_twin", None)
+    if twin is None:
+        twin = copy.deepcopy(model).requires_grad_(False)
+        with torch.no_grad():
+            twin.net[-1].weight.zero_()
+            twin.net[-1].bias.zero_()
+        stepper.classical_twin = twin
+    with torch.no_grad():
+        errs, T, tau0 = rollout(twin, stepper, m, x, v, steps, eps=eps)
+        worst = errs.max(-1).values
+        rows = torch.log(worst + 1e-16) - 2.0 * torch.log(T / tau0)
+    return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
 
 
 def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
@@ -93,19 +117,25 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     t = cfg.train
     metrics = {"passage/loss": 0.0, "passage/max_rel_dE": 0.0, "passage/steps_per_tau": 0.0, "passage/skipped": 0,
                "passage/level": 0.0}
+    if t.passage_hinge:
+        metrics["passage/worse_than_classical"] = 0.0
     n = len(samples)
     if n == 0:
         metrics["passage/skipped"] = 1
         return None, metrics
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
-    errs, T, tau0, level, rows, keep = finite_rollouts(model, stepper, samples.m[idx], samples.x[idx],
-                                                       samples.v[idx], t.passage_steps,
-                                                       None if samples.eps is None else samples.eps[idx])
+    start = (samples.m[idx], samples.x[idx], samples.v[idx])
+    eps = None if samples.eps is None else samples.eps[idx]
+    errs, T, tau0, level, rows, keep, index = finite_rollouts(model, stepper, *start, t.passage_steps, eps)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
     loss = rows.mean()
     metrics["passage/loss"] = float(loss.detach())
+    if t.passage_hinge:  # each system's excess over its own classical rule counts (1 + hinge) times
+        excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps)[index].to(rows)
+        loss = loss + t.passage_hinge * torch.relu(excess).mean()
+        metrics["passage/worse_than_classical"] = float((excess.detach() > 0).double().mean())
     metrics["passage/level"] = float(level[keep].detach().mean())
     if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
         loss = loss + t.passage_anchor * (level[keep].mean() - math.log(cfg.model.init_factor)) ** 2

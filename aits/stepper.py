@@ -70,6 +70,7 @@ class Stepper:
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
         self.compile_rollout = cfg.train.compile_rollout  # passage rollouts step through torch.compile
         self._compiled, self._compile_failed = None, False
+        self.classical_twin = None  # the bounded factor at eta0 (aits.passage.classical_rows), made on first use
 
     def prepare(self, states: StateBatch) -> Prepared:
         """B states (a :class:`StateBatch`, or :class:`Samples`) -> Prepared (features, E0, a(x0)), no grad."""

@@ -83,7 +83,7 @@ def fit(cfg: Config, a, log=print):
     history = []
     for it in range(1, a.iters + 1):
         idx = rng.choice(a.pool, min(a.batch, a.pool), replace=False)
-        _, _, _, level, rows, keep = finite_rollouts(model, stepper, *(s[idx] for s in pool), a.window)
+        _, _, _, level, rows, keep, _ = finite_rollouts(model, stepper, *(s[idx] for s in pool), a.window)
         if not bool(keep.all()):  # nothing finite, or a second rollout blew up: no step
             continue
         loss = rows.mean()

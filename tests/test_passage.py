@@ -11,7 +11,7 @@ import torch
 from actors import Collector
 from aits import Config, ConfigError, NormScales, Samples, Stepper, apply_passage, make_optimizer, passage_gradient
 from aits import integrators as I
-from aits.passage import rollout
+from aits.passage import classical_rows, objective_rows, rollout
 from driver.train import main
 from aits.physics import kepler_ic
 from aits.model import NumpyMLP, build_model
@@ -240,3 +240,41 @@ def test_a_failed_compile_falls_back_to_the_eager_steps(monkeypatch):
             fallback = rollout(model, Stepper(compiled_cfg, NormScales()), m[None], x[None], v[None], 50)
     for a, b in zip(eager, fallback):
         assert torch.equal(a, b)
+
+
+def test_hinge_presses_where_the_rule_is_worse_than_its_classical_rule():
+    """train.passage_hinge: the classical rows are the bounded factor at eta0 (whatever the hidden layers), the
+    model is left as it was, and the hinge adds lambda x the gradient of the rows worse than the classical rule."""
+    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
+    cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 120, "passage_batch": 3,
+                                              "lr": 1e-2, "passage_hinge": 10.0}})
+    samples = _kepler_samples([0.5, 0.8, 0.95])
+    start = (samples.m, samples.x, samples.v)
+    model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    classical = classical_rows(model, stepper, *start, 120)
+    assert_same_weights(before, model.state_dict())
+    other = perturbed_model(cfg, scale=0.5, seed=3)  # other hidden layers, last layer zeroed: the same rule
+    with torch.no_grad():
+        other.net[-1].weight.zero_()
+        other.net[-1].bias.zero_()
+    expect, keep = objective_rows(*rollout(other, Stepper(cfg, NormScales()), *start, 120))
+    assert bool(keep.all()) and torch.allclose(classical, expect, rtol=0, atol=1e-12)
+
+    # the hinge's gradient is lambda times the mean over the rollouts of the gradients of the worse-than-eta0 rows
+    grads = {h: passage_gradient(model, samples, stepper, Config.from_dict({**cfg.to_dict(), "train": {
+        **cfg.to_dict()["train"], "passage_hinge": h}}), np.random.default_rng(0)) for h in (0.0, 10.0)}
+    got, _ = objective_rows(*rollout(model, Stepper(cfg, NormScales()), *start, 120))
+    worse = got.detach() > classical
+    assert 0 < int(worse.sum()) < 3  # the perturbed rule is worse than eta0 on some orbits, not all
+    assert grads[10.0][1]["passage/worse_than_classical"] == pytest.approx(float(worse.double().mean()))
+    model.zero_grad(set_to_none=True)
+    (10.0 * got[worse].sum() / 3).backward()
+    for name, p in model.named_parameters():
+        hinge = grads[10.0][0][name] - grads[0.0][0][name]
+        assert torch.allclose(hinge, p.grad, rtol=1e-6, atol=1e-9 * float(p.grad.abs().max())), name
+
+
+def test_hinge_needs_the_bounded_factor():
+    with pytest.raises(ConfigError, match="train.passage_hinge"):
+        Config.from_dict({**factor_cfg().to_dict(), "train": {"passage_hinge": 1.0}})
