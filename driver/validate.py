@@ -13,7 +13,8 @@ run's ``train.passage_steps``) of the rule as trained, and the validation loss t
 
     log max_k |E_k - E_0| / |E_0|  -  2 log(T / tau0)
 
-(the passage objective: the log of error x (steps per time)^2, what an equal-cost comparison ranks).
+(the passage objective: the log of error x (steps per time)^2, what an equal-cost comparison ranks; a run
+trained with ``train.passage_hinge`` adds its hinge term, as in training).
 The window is longer than training's because a rollout of ``passage_steps`` (600 in configs/generalist.yaml)
 covers less than one inner period of half the mixture's binaries and triples (0.09 of one at the least), and a
 rule can score well there by slowing down before a pericentre passage it then never reaches; three times
@@ -39,7 +40,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
-from aits.passage import objective_rows, rollout
+from aits.passage import classical_rows, objective_rows, rollout
 from aits.ranges import measure_ranges
 from aits.systems import Systems
 
@@ -64,15 +65,22 @@ def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
 
 
 def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float, int]:
-    """(mean passage objective over the finite rollouts, rollouts that blew up) of a checkpoint's rule."""
+    """(mean passage objective over the finite rollouts, rollouts that blew up) of a checkpoint's rule; with
+    ``train.passage_hinge`` plus, as in training, hinge x the mean excess over the classical rule it contains."""
     model = fit_weights(build_model(cfg), ckpt).eval()
     stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
+    m, x, v, eps = states
     with torch.no_grad():
-        m, x, v, eps = states
         errs, T, tau0 = rollout(model, stepper, m, x, v, steps, eps=eps)
     rows, ok = objective_rows(errs, T, tau0)
     blown = int((~ok).sum())
-    return (float(rows.mean()) if bool(ok.any()) else math.inf), blown
+    if not bool(ok.any()):
+        return math.inf, blown
+    loss = float(rows.mean())
+    if cfg.train.passage_hinge:
+        base = classical_rows(model, stepper, m, x, v, steps, eps)[ok]
+        loss += cfg.train.passage_hinge * float(torch.relu(rows - base).mean())
+    return loss, blown
 
 
 def main(argv=None) -> int:

@@ -120,3 +120,23 @@ def test_a_softened_mixture_trains_and_validates_with_each_systems_own_softening
     assert (states[3] > 0).sum() >= 3 and (states[3] == 0).sum() >= 3
     unsoftened = V.validation_states(CFG, 12)
     assert (unsoftened[3] == 0).all()
+
+
+def test_a_hinge_run_is_judged_with_its_hinge():
+    """A run trained with train.passage_hinge is validated on the objective it trained: the mean objective plus
+    hinge x the mean excess over the classical rule; the untrained rule, at eta0, has no excess."""
+    hinged = Config.from_dict({**CFG.to_dict(), "train": {**CFG.to_dict()["train"], "passage_hinge": 4.0}})
+    states, steps = V.validation_states(CFG, 6), 200
+    torch.manual_seed(1)
+    swinging = build_model(CFG)
+    with torch.no_grad():
+        for p in swinging.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    flat = build_model(CFG)
+    with torch.no_grad():
+        flat.net[-1].weight.zero_()
+    for model, excess in ((swinging, True), (flat, False)):
+        ckpt = build_payload(10, model.state_dict(), None, CFG, NormScales().to_dict())
+        plain, _ = V.validation_loss(ckpt, CFG, states, steps)
+        with_hinge, _ = V.validation_loss(ckpt, hinged, states, steps)
+        assert (with_hinge > plain + 1e-3) if excess else (with_hinge == plain)
