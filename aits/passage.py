@@ -65,9 +65,13 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
 def objective_rows(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the objective log max_k |dE/E| - 2 log(T / tau0) of each finite rollout, the mask of those rows)
     from :func:`rollout`'s errors (B, steps), times covered and start timescales (B,)."""
-    worst = errs.max(-1).values
-    keep = torch.isfinite(worst) & torch.isfinite(T) & (T > 0)
-    return torch.log(worst[keep] + 1e-16) - 2.0 * torch.log(T[keep] / tau0[keep]), keep
+    keep = torch.isfinite(errs.max(-1).values) & torch.isfinite(T) & (T > 0)
+    return _objective(errs[keep], T[keep], tau0[keep]), keep
+
+
+def _objective(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> torch.Tensor:
+    """log max_k |dE/E| - 2 log(T / tau0) of every rollout (B,), finite or not."""
+    return torch.log(errs.max(-1).values + 1e-16) - 2.0 * torch.log(T / tau0)
 
 
 def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
@@ -94,7 +98,7 @@ def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.
     """The passage objective (B,) of the classical rule the bounded factor contains (the model with its last
     layer zeroed: g = eta0 everywhere) from the same start states, without grad; +inf where it blew up.
     The zeroed twin is made once per stepper and kept (a compiled step is compiled for it once)."""
-    twin = getattr(stepper, "classical_twin", None)
+    twin = stepper.classical_twin
     if twin is None:
         twin = copy.deepcopy(model).requires_grad_(False)
         with torch.no_grad():
@@ -102,9 +106,7 @@ def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.
             twin.net[-1].bias.zero_()
         stepper.classical_twin = twin
     with torch.no_grad():
-        errs, T, tau0 = rollout(twin, stepper, m, x, v, steps, eps=eps)
-        worst = errs.max(-1).values
-        rows = torch.log(worst + 1e-16) - 2.0 * torch.log(T / tau0)
+        rows = _objective(*rollout(twin, stepper, m, x, v, steps, eps=eps))
     return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
 
 
