@@ -16,12 +16,12 @@ from helpers import rows, write_config
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
 OLD = ("collect/", "generalize/")  # this project's names before it went back to the seed's
-# The recommended rule with the passage objective on, so that every documented key is logged.
+# The recommended rule with the passage objective and its hinge on, so that every documented key is logged.
 PASSAGE = dict(features={"feature_type": "scale_free", "history_len": 0, "normalize_inputs": "none"},
                model={"output": "factor", "init_factor": 0.02, "symmetric_iterations": 0, "recursive": True,
-                      "init_dt": None},
+                      "init_dt": None, "max_modulation": 3.0},
                train={"passage": True, "passage_steps": 10, "passage_batch": 2, "band_on_accept": False,
-                      "epochs": 2})
+                      "epochs": 2, "passage_hinge": 1.0})
 
 
 def documented() -> dict[str, str]:
