@@ -64,9 +64,12 @@ def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
     return systems.m.copy(), systems.x.copy(), systems.v.copy(), systems.eps.copy()
 
 
-def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float, int]:
+def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
+                    classical: torch.Tensor | None = None) -> tuple[float, int]:
     """(mean passage objective over the finite rollouts, rollouts that blew up) of a checkpoint's rule; with
-    ``train.passage_hinge`` plus, as in training, hinge x the mean excess over the classical rule it contains."""
+    ``train.passage_hinge`` plus, as in training, hinge x the mean excess over the classical rule it contains.
+    ``classical``: that rule's objective on ``states`` (:func:`aits.passage.classical_rows`; the same for every
+    checkpoint of a run), computed here when not given."""
     model = fit_weights(build_model(cfg), ckpt).eval()
     stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
     m, x, v, eps = states
@@ -78,8 +81,9 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int) -> tuple[float,
         return math.inf, blown
     loss = float(rows.mean())
     if cfg.train.passage_hinge:
-        base = classical_rows(model, stepper, m, x, v, steps, eps)[ok]
-        loss += cfg.train.passage_hinge * float(torch.relu(rows - base).mean())
+        if classical is None:
+            classical = classical_rows(model, stepper, m, x, v, steps, eps)
+        loss += cfg.train.passage_hinge * float(torch.relu(rows - classical[ok]).mean())
     return loss, blown
 
 
@@ -104,10 +108,13 @@ def main(argv=None) -> int:
             p.error(f"{paths[-1]}: selection rolls out factor models with scale_free features")
         steps = a.steps or default_steps(cfg)
         states = validation_states(cfg, a.systems, a.seed)
+        # the classical rule a hinge run is judged against does not change with the weights: rolled out once
+        classical = (classical_rows(build_model(cfg), Stepper(cfg, NormScales()), *states[:3], steps, states[3])
+                     if cfg.train.passage_hinge else None)
         table = {}
         for path in paths:
             ckpt = load_checkpoint(path)
-            loss, blown = validation_loss(ckpt, Config.from_dict(ckpt["config"]), states, steps)
+            loss, blown = validation_loss(ckpt, Config.from_dict(ckpt["config"]), states, steps, classical)
             table[int(ckpt["epoch"])] = {"loss": loss, "blown_up": blown, "path": path.name}
             print(f"epoch {int(ckpt['epoch']):5d}  validation loss {loss:9.4f}  blown up {blown}", flush=True)
     except CheckpointError as exc:
