@@ -121,6 +121,9 @@ class ModelConfig:
                                                 "cannot grow past it); null: max_modulation's M, or no clip",
                                           gt=1, le=1000)
     dtype: Optional[str] = opt(None, "model precision; null = run.dtype (physics stays run.dtype)", choices=FLOATS)
+    init_weights: Optional[str] = opt(None, "a checkpoint whose model weights a fresh run starts from (driver/"
+                                            "distill.py's, or another run's, of the same model shape); null: "
+                                            "the seeded initial weights")
 
     @property
     def step_clip(self) -> Optional[float]:

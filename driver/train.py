@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from aits import (CheckpointError, Config, ConfigError, NormScales, auto_norm_scales, config_from_checkpoint,
                   latest_checkpoint, load_checkpoint)
-from aits.checkpoint import check_training_state
+from aits.checkpoint import check_training_state, fit_weights
+from aits.model import build_model
 from driver.backends import make_backend
 from driver.trainer import RunFailure, Trainer
 
@@ -73,6 +74,9 @@ def setup(args) -> tuple[Config, dict | None]:
             raise ConfigError([f"run.name: {run_dir.resolve()} already holds checkpoints; continue it with "
                                "--resume auto, pick another --set run.name=..., or pass --overwrite"])
         shutil.rmtree(run_dir / "model")
+    if cfg.model.init_weights:  # absolute for the actors, and checked here: a file that fits this model
+        cfg.model.init_weights = str(Path(cfg.model.init_weights).resolve())
+        fit_weights(build_model(cfg), load_checkpoint(cfg.model.init_weights), cfg.model.init_weights)
     return cfg, None
 
 

@@ -143,3 +143,37 @@ def test_distill_command_rejects_an_unbounded_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         distill.main(["--checkpoint", str(base), "--mixture", "2", "--out", str(tmp_path / "o")])
     assert "recursive bounded-factor rule" in capsys.readouterr().err
+
+
+def test_a_fresh_run_starts_from_init_weights_and_a_bad_file_is_one_line(tmp_path, capsys):
+    """model.init_weights: the learner's first weights (what the collectors get in epoch 1) are the file's;
+    a missing file or one of another shape stops the run before it starts, in one line."""
+    import torch
+
+    from actors import Learner
+    from driver import train
+    from helpers import perturbed_model, write_config
+
+    from aits.config import Config
+    from helpers import tiny_dict
+
+    tiny = tiny_dict()
+    cfg = Config.from_dict(tiny)
+    src = save_checkpoint(tmp_path / "init" / "model_epoch_0004.pt",
+                          build_payload(4, perturbed_model(cfg).state_dict(), None, cfg, NormScales().to_dict()))
+    d = Config.from_dict(tiny, [f"model.init_weights={src}"]).to_dict()
+    learner = Learner(d, NormScales().to_dict())
+    want = load_checkpoint(src)["model_state_dict"]
+    got = learner.weights()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not all(torch.equal(got[k], build_model(cfg).state_dict()[k]) for k in want)
+
+    missing = write_config(tmp_path, "m", model={"init_weights": str(tmp_path / "nope.pt")})
+    assert train.main(["--config", missing]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.pt: not found" in err[0]
+    other = write_config(tmp_path, "o", model={"init_weights": str(src), "hidden_dims": [8]})
+    assert train.main(["--config", other]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not fit the model" in err[0]
+    assert not (tmp_path / "runs" / "o" / "model").exists()
