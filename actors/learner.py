@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from aits import (Samples, StateBatch, Stepper, apply_passage, build_model, evaluate, generalize_on_trajectory,
-                  learning_rate, load_checkpoint, make_optimizer, predict_dt)
-from aits.checkpoint import fit_weights
+                  learning_rate, make_optimizer, predict_dt)
 
 from .common import load_config, load_scales, own_torch_rng
 
@@ -30,8 +29,6 @@ class Learner:
         seed = self.cfg.run.seed
         self.stepper = Stepper(self.cfg, load_scales(scales), device=self.device)
         self.model = build_model(self.cfg, self.device)
-        if self.cfg.model.init_weights:  # a fresh run's starting weights (a resumed run restores its own after)
-            fit_weights(self.model, load_checkpoint(self.cfg.model.init_weights), self.cfg.model.init_weights)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.rng = np.random.default_rng([seed, 1])  # a stream apart from the collectors' seed + i
         self.torch_rng = torch.Generator().manual_seed(seed).get_state()
@@ -66,6 +63,10 @@ class Learner:
         if with_state:
             out["state"] = self.state(out["weights"])
         return out
+
+    def load_weights(self, weights: dict) -> None:
+        """Start from these model weights (``model.init_weights`` of a fresh run); the optimiser is untouched."""
+        self.model.load_state_dict(weights)
 
     def weights(self) -> dict:
         """The model's state_dict on the CPU, for broadcast and checkpoints."""

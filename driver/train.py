@@ -66,18 +66,25 @@ def setup(args) -> tuple[Config, dict | None]:
         last = latest_checkpoint(run_dir)
         if last is None:
             print(f"No checkpoint in {run_dir / 'model'}: starting afresh", flush=True)
+            check_init_weights(cfg)
         return cfg, (fits(cfg, resumable(load_checkpoint(last), last), last) if last else None)
     if args.resume:
         return cfg, fits(cfg, resumable(load_checkpoint(args.resume), args.resume), args.resume)
+    check_init_weights(cfg)
     if latest_checkpoint(run_dir) is not None:
         if not args.overwrite:
             raise ConfigError([f"run.name: {run_dir.resolve()} already holds checkpoints; continue it with "
                                "--resume auto, pick another --set run.name=..., or pass --overwrite"])
         shutil.rmtree(run_dir / "model")
-    if cfg.model.init_weights:  # absolute for the actors, and checked here: a file that fits this model
+    return cfg, None
+
+
+def check_init_weights(cfg: Config) -> None:
+    """A fresh run's ``model.init_weights``: a checkpoint whose weights fit this model (else CheckpointError),
+    checked before anything is written or removed; made absolute, as the run's config records it."""
+    if cfg.model.init_weights:
         cfg.model.init_weights = str(Path(cfg.model.init_weights).resolve())
         fit_weights(build_model(cfg), load_checkpoint(cfg.model.init_weights), cfg.model.init_weights)
-    return cfg, None
 
 
 def fits(cfg: Config, ckpt: dict, path) -> dict:

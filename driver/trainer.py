@@ -232,6 +232,9 @@ class Trainer:
                 "model": ckpt["model_state_dict"], "optimizer": ckpt["optimizer_state_dict"], **extra["learner"]}))
             self.weights = ckpt["model_state_dict"]
         else:
+            if self.cfg.model.init_weights:  # a fresh run's first weights (train.py checked that they fit)
+                init = load_checkpoint(self.cfg.model.init_weights)["model_state_dict"]
+                self.learner_get(epoch, self.backend.call(self.learner, "load_weights", init))
             self.weights = self.learner_get(epoch, self.backend.call(self.learner, "weights"))
         self.states = list(extra["collectors"]) if ckpt else [None] * r.num_collectors
         for i, state in enumerate(self.states):

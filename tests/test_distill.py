@@ -146,32 +146,38 @@ def test_distill_command_rejects_an_unbounded_checkpoint(tmp_path, capsys):
 
 
 def test_a_fresh_run_starts_from_init_weights_and_a_bad_file_is_one_line(tmp_path, capsys):
-    """model.init_weights: the learner's first weights (what the collectors get in epoch 1) are the file's;
-    a missing file or one of another shape stops the run before it starts, in one line."""
+    """model.init_weights: a fresh run's first weights (what the collectors get in epoch 1) are the file's,
+    a resumed run keeps its own; a missing file or one of another shape stops the run before it starts, in
+    one line, and nothing already written is removed (--overwrite included)."""
     import torch
 
-    from actors import Learner
-    from driver import train
-    from helpers import perturbed_model, write_config
-
     from aits.config import Config
-    from helpers import tiny_dict
+    from driver import train
+    from driver.backends import InProcess
+    from driver.trainer import Trainer
+    from helpers import perturbed_model, tiny_dict, write_config
 
-    tiny = tiny_dict()
+    tiny = tiny_dict(ray={"inprocess": True})
     cfg = Config.from_dict(tiny)
     src = save_checkpoint(tmp_path / "init" / "model_epoch_0004.pt",
                           build_payload(4, perturbed_model(cfg).state_dict(), None, cfg, NormScales().to_dict()))
-    d = Config.from_dict(tiny, [f"model.init_weights={src}"]).to_dict()
-    learner = Learner(d, NormScales().to_dict())
     want = load_checkpoint(src)["model_state_dict"]
-    got = learner.weights()
-    assert all(torch.equal(got[k], want[k]) for k in want)
-    assert not all(torch.equal(got[k], build_model(cfg).state_dict()[k]) for k in want)
+    trainer = Trainer(Config.from_dict(tiny, [f"model.init_weights={src}"]), NormScales(), InProcess(), tmp_path / "t")
+    assert trainer.rewind(None) == 0
+    assert all(torch.equal(trainer.weights[k], want[k]) for k in want)
+    assert not all(torch.equal(trainer.weights[k], build_model(cfg).state_dict()[k]) for k in want)
+    plain = Trainer(cfg, NormScales(), InProcess(), tmp_path / "p")
+    plain.rewind(None)
+    assert all(torch.equal(plain.weights[k], build_model(cfg).state_dict()[k]) for k in want)
 
+    kept = tmp_path / "runs" / "m" / "model" / "model_epoch_0001.pt"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"an earlier run's checkpoint")
     missing = write_config(tmp_path, "m", model={"init_weights": str(tmp_path / "nope.pt")})
-    assert train.main(["--config", missing]) == 2
+    assert train.main(["--config", missing, "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.pt: not found" in err[0]
+    assert kept.read_bytes() == b"an earlier run's checkpoint"
     other = write_config(tmp_path, "o", model={"init_weights": str(src), "hidden_dims": [8]})
     assert train.main(["--config", other]) == 2
     err = capsys.readouterr().err.strip().splitlines()
