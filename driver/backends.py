@@ -127,3 +127,37 @@ def start_ray(cfg: Config) -> bool:
     else:  # "local": a new Ray even when another one (`ray start`, a test cluster) runs on this machine
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     return True
+
+
+def map_tasks(fn, calls: list[tuple], workers: int, on_done=None, order=None) -> list:
+    """``fn(*args)`` for every ``args`` of ``calls``; results in call order. ``workers`` == 1: one after another
+    in this process; more: Ray tasks of one CPU each, on the Ray a caller already holds or on a Ray of our own
+    (``address="local"``: never a cluster that happens to run on this machine), shut down afterwards.
+    ``on_done(i, result)`` runs as each call finishes; ``order``: the submission order (default: as given)."""
+    results: list = [None] * len(calls)
+    order = list(range(len(calls))) if order is None else list(order)
+    if workers == 1:
+        for i in order:
+            results[i] = fn(*calls[i])
+            if on_done is not None:
+                on_done(i, results[i])
+        return results
+    import ray
+
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
+    try:
+        task = ray.remote(num_cpus=1)(fn)
+        refs = {task.remote(*calls[i]): i for i in order}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            i = refs[done[0]]
+            results[i] = ray.get(done[0])
+            if on_done is not None:
+                on_done(i, results[i])
+    finally:
+        if owns:
+            ray.shutdown()
+    return results

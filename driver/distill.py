@@ -33,6 +33,7 @@ from aits import distill as D
 from aits.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aits.config import Config
 from aits.model import build_model
+from driver.backends import map_tasks
 
 
 def _fit_task(sys_, eta0, modulation, clip, timescale, max_runs):
@@ -43,29 +44,9 @@ def _fit_task(sys_, eta0, modulation, clip, timescale, max_runs):
 
 
 def fit_all(systems: list, family: tuple, max_runs: int, workers: int, log=print) -> list[dict]:
-    """:func:`aits.distill.fit_system` of every system, in order; Ray tasks when ``workers`` > 1."""
-    if workers == 1:
-        out = []
-        for s in systems:
-            out.append(_fit_task(s, *family, max_runs))
-            log(_line(out[-1]))
-        return out
-    import ray
-
-    owns = not ray.is_initialized()
-    if owns:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
-    try:
-        task = ray.remote(num_cpus=1)(_fit_task)
-        refs = [task.remote(s, *family, max_runs) for s in systems]
-        out = []
-        for ref in refs:
-            out.append(ray.get(ref))
-            log(_line(out[-1]))
-        return out
-    finally:
-        if owns:
-            ray.shutdown()
+    """:func:`aits.distill.fit_system` of every system, in order; Ray tasks when ``workers`` > 1 (each
+    system's line is logged as its fit ends)."""
+    return map_tasks(_fit_task, [(s, *family, max_runs) for s in systems], workers, lambda i, rec: log(_line(rec)))
 
 
 def _line(rec: dict) -> str:

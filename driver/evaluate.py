@@ -29,6 +29,7 @@ import numpy as np
 from aits import CheckpointError, ConfigError, build_model, config_from_checkpoint, load_checkpoint
 from aits.checkpoint import fit_weights
 from aits.scoreboard import BASELINES, CLASSICAL, SUITES, file_system, score_system, suite_systems, summarize
+from driver.backends import map_tasks
 from driver.movie import evaluation_movies, movie_format, movie_systems
 from driver.report import write_report
 
@@ -170,34 +171,13 @@ def run_jobs(jobs: list, workers: int, desc: str, max_steps: int = MAX_LEARNED_S
     """Results in job order; Ray tasks when ``workers`` > 1, with a progress bar either way."""
     from tqdm import tqdm
 
-    results: list = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc=desc, unit="system", dynamic_ncols=True)
     try:
-        if workers == 1:
-            for i, (_, path, system, ns) in enumerate(jobs):
-                results[i] = score_task(path, system, ns, max_steps)
-                bar.update(1)
-            return results
-        import ray
-
-        owns = not ray.is_initialized()
-        if owns:
-            # address="local": a Ray of our own, never a cluster that happens to run on this machine
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
-        try:
-            task = ray.remote(num_cpus=1)(score_task)
-            # Longest systems first: the pool drains evenly.
-            order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].duration * len(jobs[i][2].m))
-            refs = {task.remote(jobs[i][1], jobs[i][2], jobs[i][3], max_steps): i for i in order}
-            pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                results[refs[done[0]]] = ray.get(done[0])
-                bar.update(1)
-        finally:
-            if owns:
-                ray.shutdown()
-        return results
+        # Longest systems first: the pool drains evenly (in this process, the order of the suite).
+        order = None if workers == 1 else sorted(range(len(jobs)),
+                                                 key=lambda i: -jobs[i][2].duration * len(jobs[i][2].m))
+        return map_tasks(score_task, [(path, system, ns, max_steps) for _, path, system, ns in jobs], workers,
+                         lambda i, r: bar.update(1), order)
     finally:
         bar.close()
 
