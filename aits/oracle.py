@@ -208,3 +208,94 @@ def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECU
 
 def replace_eta(h: LinearFactorStep, eta0: float) -> LinearFactorStep:
     return LinearFactorStep(h.w, h.keep, h.mean, h.std, eta0, h.modulation, h.eps, h.timescale)
+
+
+# --- one member of the family for many systems: does an oracle's shape carry to other systems? --------------------
+
+def leading_part(sys, eta0: float, modulation: float, clip: float, timescale: str = "nn",
+                 fit_evals: int = FIT_EVALS):
+    """``sys`` cut to the leading part of its duration that the classical recursion covers in about
+    ``fit_evals`` evaluations (the whole of it when it costs fewer), or None when the classical run does not
+    end ``ok`` (such a system has no J to compare with)."""
+    from .scoreboard import run_method
+
+    probe = LinearFactorStep([], [], [], [], eta0, modulation, sys.eps, timescale)
+    ref = run_method(I.RecursivePolicy(probe, "oracle", clip), sys, 1, 50 * fit_evals, record=False)
+    if ref.metrics["status"] != "ok":
+        return None
+    evals = ref.metrics["force_evals"]
+    return replace(sys, duration=sys.duration * fit_evals / evals) if evals > fit_evals else sys
+
+
+def system_j(w, keep, mean, std, eta0: float, modulation: float, clip: float, timescale: str, sys,
+             fit_evals: int = FIT_EVALS) -> float:
+    """J (max |dE/E| x evaluations^2; inf when the run does not end ok) of the linear member
+    (w, keep, mean, std) on ``sys`` over its whole duration (give it :func:`leading_part`'s system)."""
+    from .scoreboard import run_method
+
+    h = LinearFactorStep(w, keep, mean, std, eta0, modulation, sys.eps, timescale)
+    return _j(run_method(I.RecursivePolicy(h, "oracle", clip), sys, 1, 3 * fit_evals + 50, record=True))
+
+
+@dataclass
+class PooledFit:
+    """One linear member of the family, fitted to several systems at once (:func:`fit_pooled`)."""
+    systems: list[str]
+    keep: list[int]
+    mean: list[float]
+    std: list[float]
+    w: list[float]
+    j_classical: list[float]  # per system: J of the classical recursion (w = 0)
+    j_fit: list[float]  # per system: J of the fitted member
+    fit_runs: int  # Nelder-Mead evaluations (each runs every system)
+
+    def ratios(self) -> list[float]:
+        return [j / j0 for j, j0 in zip(self.j_fit, self.j_classical)]
+
+
+def pooled_standardisation(systems: list, eta0: float, modulation: float, clip: float, timescale: str = "nn",
+                           fit_evals: int = FIT_EVALS):
+    """phi's standardisation over several systems (each cut to its :func:`leading_part`): the features of at
+    most 400 states of each one's classical run, each system weighted equally. Returns (J of each classical
+    run, keep, mean, std)."""
+    j0, stats = [], []
+    for s in systems:
+        ref, feats, _, _, _ = standardisation(s, eta0, modulation, clip, fit_evals, timescale)
+        j0.append(_j(ref))
+        stats.append((feats.mean(0), (feats ** 2).mean(0)))
+    mean = np.mean([a for a, _ in stats], axis=0)
+    std = np.sqrt(np.maximum(np.mean([b for _, b in stats], axis=0) - mean ** 2, 0.0))
+    keep = np.flatnonzero(std > CONSTANT_STD)
+    return j0, keep, mean[keep], std[keep]
+
+
+def fit_pooled(systems: list, eta0: float, modulation: float, clip: float, timescale: str = "nn",
+               max_runs: int = 60, mapper: Callable | None = None, fit_evals: int = FIT_EVALS) -> PooledFit:
+    """One w for every system of ``systems`` (each already cut to its :func:`leading_part`): Nelder-Mead from
+    w = 0 (the classical recursion) on the mean over the systems of log(J / J_classical), a run that does not
+    end ok counting as +inf. ``mapper(calls)``: runs :func:`system_j` on every argument tuple of ``calls``
+    and returns the values in order (default: one after another here; the driver passes Ray tasks)."""
+    run_all = mapper or (lambda calls: [system_j(*c) for c in calls])
+    j0, keep, mean, std = pooled_standardisation(systems, eta0, modulation, clip, timescale, fit_evals)
+    if not all(math.isfinite(j) and j > 0 for j in j0):
+        bad = [s.name for s, j in zip(systems, j0) if not (math.isfinite(j) and j > 0)]
+        raise ValueError(f"oracle: the classical run of {', '.join(bad)} has no finite J: cut them out first")
+
+    def js(w):
+        return run_all([(w, keep, mean, std, eta0, modulation, clip, timescale, s, fit_evals) for s in systems])
+
+    def objective(w):
+        vals = js(w)
+        if not all(math.isfinite(j) and j > 0 for j in vals):
+            return math.inf
+        return float(np.mean([math.log(j / j_0) for j, j_0 in zip(vals, j0)]))
+
+    if len(keep):
+        w, y, runs = nelder_mead(objective, np.zeros(len(keep)), 0.5, max_runs)
+        if not y < 0.0:  # never worse on the mean than where it started
+            w = np.zeros(len(keep))
+    else:
+        w, runs = np.zeros(0), 0
+    j = js(w) if np.any(w) else list(j0)
+    return PooledFit([s.name for s in systems], keep.tolist(), mean.tolist(), std.tolist(), [float(c) for c in w],
+                     [float(v) for v in j0], [float(v) for v in j], runs + 1)
