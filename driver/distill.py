@@ -117,7 +117,8 @@ def main(argv=None) -> int:
         p.error(str(exc))
     data = dict(ckpt["config"])
     seed = a.seed if a.seed is not None else int(data.get("run", {}).get("seed", 0))
-    data["run"] = {**data.get("run", {}), "seed": seed}
+    # the run's name is the output folder's: the scoreboard labels the checkpoint by it, not by the base run
+    data["run"] = {**data.get("run", {}), "seed": seed, "name": Path(a.out).resolve().name or "distill"}
     cfg = Config.from_dict(data)
     mc = cfg.model
     if mc.output != "factor" or mc.max_modulation is None or not mc.recursive:

@@ -9,7 +9,9 @@ of the learned family (g = eta0 * M^tanh(w . phi), the checkpoint's eta0, M, rec
 evaluations^2 over each system's leading ~20000 evaluations -- and runs it on ``--held-out`` other draws of the
 same family. ``mixture`` pools the checkpoint's whole training mixture. In-sample against held-out J ratios
 say how much of the family's gain is a shape that systems share and how much fits one realisation only.
-Writes DIR/transfer.json and DIR/transfer.md.
+``--suite practitioner`` then runs every fitted member on each system of that suite too (the same J over its
+leading ~20000 evaluations, against the classical recursion): do the mixture's shapes carry to the problems
+users run? Writes DIR/transfer.json and DIR/transfer.md.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def run_family(cfg: Config, family: str, rule: tuple, a, mapper, log=print) -> d
     zero = np.zeros(len(fit.keep))
     j0 = mapper(_j_task, [(zero, *args, s) for s in held])
     j = mapper(_j_task, [(fit.w, *args, s) for s in held])
-    held_ratios = [b / c if math.isfinite(b) and c > 0 else math.inf for b, c in zip(j, j0)]
+    held_ratios = [_ratio(b, c) for b, c in zip(j, j0)]
     rec = {"family": family, "fit": {"systems": fit.systems, "ratios": fit.ratios(), **summary(fit.ratios())},
            "held_out": {"systems": [s.name for s in held], "ratios": held_ratios, **summary(held_ratios)},
            "keep": fit.keep, "w": fit.w, "mean": fit.mean, "std": fit.std, "fit_runs": fit.fit_runs,
@@ -88,6 +90,32 @@ def run_family(cfg: Config, family: str, rule: tuple, a, mapper, log=print) -> d
     log(f"{family:9s} fit {_cell(rec['fit'])}   held out {_cell(rec['held_out'])}   "
         f"{fit.fit_runs} fit runs, {rec['seconds']:.0f} s")
     return rec
+
+
+def run_suite(suite: str, cfg: Config, families: list[dict], rule: tuple, mapper, log=print) -> dict:
+    """{system: {family: J ratio of that family's fitted member over the classical recursion}} on ``suite``."""
+    from aits.scoreboard import suite_systems
+
+    s = cfg.system
+    systems = suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass)
+    parts = mapper(_leading_task, [(x, *rule) for x in systems])
+    runs = [p_ for p_ in parts if p_ is not None]
+    calls = [(w, f["keep"], f["mean"], f["std"], *rule, part) for part in runs
+             for f, w in [(families[0], np.zeros(len(families[0]["keep"])))] + [(f, f["w"]) for f in families]]
+    js = iter(mapper(_j_task, calls))  # per system: the classical recursion (w = 0), then each family's member
+    out: dict = {}
+    for x, part in zip(systems, parts):
+        if part is None:
+            out[x.name] = None  # the classical run did not end ok: no J to compare with
+            continue
+        j0 = next(js)
+        out[x.name] = {f["family"]: _ratio(next(js), j0) for f in families}
+        log(f"{x.name:24s} " + "  ".join(f"{k} {v:.2f}" for k, v in out[x.name].items()))
+    return out
+
+
+def _ratio(j: float, j0: float) -> float:
+    return j / j0 if math.isfinite(j) and math.isfinite(j0) and j0 > 0 else math.inf
 
 
 def _cell(s: dict) -> str:
@@ -106,6 +134,15 @@ def markdown(res: dict) -> str:
              "| family | in sample | held out |", "|---|---|---|"]
     for r in res["families"]:
         lines.append(f"| {r['family']} | {_cell(r['fit'])} | {_cell(r['held_out'])} |")
+    if res.get("suite_ratios"):
+        fams = [r["family"] for r in res["families"]]
+        lines += ["", f"Each member on the `{res['suite']}` suite (the same J ratio over each system's leading "
+                  "~20000 evaluations):", "", "| system | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+        for name, row in res["suite_ratios"].items():
+            cells = ["classical run not ok"] * len(fams) if row is None else [f"{row[f]:.2f}" for f in fams]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        med = {f: np.median([row[f] for row in res["suite_ratios"].values() if row is not None]) for f in fams}
+        lines.append("| **median** | " + " | ".join(f"{med[f]:.2f}" for f in fams) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +157,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the draws (held out: seed + %d)" % HELD_OUT_STREAM)
     p.add_argument("--max-runs", type=int, default=60, help="Nelder-Mead evaluations per family")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel Ray tasks; 1: here")
+    p.add_argument("--suite", choices=["practitioner", "practitioner_quick", "quick", "standard"],
+                   help="then run every fitted member on this suite's systems")
+    p.add_argument("--members", metavar="JSON", help="take the members from an earlier transfer.json (no fits)")
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     if a.fit < 1 or a.held_out < 1 or a.max_runs < 1 or a.workers < 1:
@@ -141,6 +181,17 @@ def main(argv=None) -> int:
     if "mixture" in a.families and not getattr(cfg.system, "mixture", None):
         p.error(f"{a.checkpoint}: --families mixture: the checkpoint's config has no system.mixture")
     rule = (float(mc.init_factor), float(mc.max_modulation), float(mc.step_clip), cfg.features.timescale)
+    if a.members:
+        if not a.suite:
+            p.error("--members needs --suite (the members are already fitted: only a suite is left to run)")
+        try:
+            earlier = json.loads(Path(a.members).read_text())
+            stored = (earlier["eta0"], earlier["modulation"], earlier["clip"], earlier["timescale"])
+            assert isinstance(earlier["families"], list) and earlier["families"]
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+            p.error(f"{a.members}: not a transfer.json with fitted families ({type(exc).__name__}: {exc})")
+        if stored != rule:
+            p.error(f"{a.members}: fitted for (eta0, M, clip, timescale) {stored}, the checkpoint's rule is {rule}")
     out = Path(a.out)
     res = {"checkpoint": str(a.checkpoint), "eta0": rule[0], "modulation": rule[1], "clip": rule[2],
            "timescale": rule[3], "fit": a.fit, "held_out": a.held_out, "periods": a.periods, "seed": a.seed,
@@ -154,14 +205,22 @@ def main(argv=None) -> int:
         def mapper(fn, calls):
             return map_tasks(fn, calls, a.workers)
 
-        for fam in a.families:
+        def write():
+            out.mkdir(parents=True, exist_ok=True)  # written after every step: a stopped run keeps what it has
+            (out / "transfer.json").write_text(json.dumps(res, indent=1, default=float))
+            (out / "transfer.md").write_text(markdown(res))
+
+        if a.members:
+            res = earlier
+        for fam in [] if a.members else a.families:
             try:
                 res["families"].append(run_family(cfg, fam, rule, a, mapper))
             except ValueError as exc:
                 p.error(str(exc))
-            out.mkdir(parents=True, exist_ok=True)  # written after every family: a stopped run keeps what it has
-            (out / "transfer.json").write_text(json.dumps(res, indent=1, default=float))
-            (out / "transfer.md").write_text(markdown(res))
+            write()
+        if a.suite:
+            res.update(suite=a.suite, suite_ratios=run_suite(a.suite, cfg, res["families"], rule, mapper))
+            write()
     finally:
         if owns:
             ray.shutdown()

@@ -101,6 +101,7 @@ def test_distill_command_writes_a_bounded_range_checked_checkpoint(tmp_path, cap
                          "--iters", "200", "--workers", "1", "--out", str(out)]) == 0
     ck = load_checkpoint(out / "model_best.pt")
     info = ck["extra"]["distill"]
+    assert ck["config"]["run"]["name"] == "d"  # the board labels it by its own folder, not the base run's
     assert info["mixture"] == 3 and info["systems"] + len(info["left_out"]) == 3
     assert len(ck["feature_ranges"]["lo"]) == 9 and ck["feature_ranges"]["samples"] > 0
     doc = json.loads((out / "distill.json").read_text())
