@@ -41,6 +41,22 @@ def oracle_field(sys, keep, w, fit_duration: float, eta0: float, modulation: flo
     return feats, np.tanh(z)
 
 
+def member_field(sys, keep, w, mean, std, eta0: float, modulation: float, clip: float,
+                 timescale: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The factor field of a member fitted to many systems (:func:`aits.oracle.fit_pooled`, its own
+    standardisation ``mean``, ``std`` of the features ``keep``) on one system: the features (S, F) of the
+    classical run over the system's :func:`aits.oracle.leading_part` (at most 400 states) and tanh(w . phi)
+    there (S,); None when that run does not end ok."""
+    part = O.leading_part(sys, eta0, modulation, clip, timescale)
+    if part is None:
+        return None
+    _, feats, _, _, _ = O.standardisation(part, eta0, modulation, clip, O.FIT_EVALS, timescale)
+    keep = np.asarray(keep, dtype=int)
+    z = ((feats[:, keep] - np.asarray(mean)) / np.asarray(std)) @ np.asarray(w, dtype=float) if len(keep) else \
+        np.zeros(len(feats))
+    return feats, np.tanh(z)
+
+
 def mixture_systems(system_cfg, seed: int, count: int, periods: float) -> list:
     """``count`` systems drawn from the mixture of ``system_cfg`` (``system.mixture``), each run for
     ``periods`` of its restart unit (the inner period; crossing times for few-body systems)."""

@@ -4,6 +4,8 @@
     python driver/distill.py --checkpoint CKPT --oracle ORACLE_DIR --board BOARD_DIR --out DIR
     # oracles of K systems drawn from the checkpoint's training mixture, distilled: judge DIR on a suite
     python driver/distill.py --checkpoint CKPT --mixture K [--periods 10] [--seed 0] --out DIR
+    # the members driver/transfer.py fitted to whole families, on their fit and held-out draws' states
+    python driver/distill.py --checkpoint CKPT --transfer T/transfer.json [--members binary triple] --out DIR
 
 CKPT gives the family (model.init_factor, max_modulation, recursion_clip, features.timescale) and the
 network's shape and initial weights (``run.seed``, or ``--seed``). ``--oracle``: the oracle.json of
@@ -57,6 +59,46 @@ def _line(rec: dict) -> str:
             f"field std {np.std(rec['targets']):.3f}  {rec['seconds']:.0f} s")
 
 
+def _member_task(sys_, member, rule):
+    import torch
+
+    torch.set_num_threads(1)
+    return D.member_field(sys_, member["keep"], member["w"], member["mean"], member["std"], *rule)
+
+
+def transfer_records(path: Path, cfg: Config, rule: tuple, members: list[str] | None, workers: int) -> list[dict]:
+    """The fields of driver/transfer.py's family members (all but ``mixture`` unless ``members`` names them)
+    on the states of the draws each was fitted to and held out on."""
+    from driver.transfer import HELD_OUT_STREAM, draws
+
+    res = _read_json(path)
+    try:
+        stored = (res["eta0"], res["modulation"], res["clip"], res["timescale"])
+        by_name = {f["family"]: f for f in res["families"]}
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a transfer.json with fitted families") from None
+    if stored != rule:
+        raise ValueError(f"{path}: fitted for (eta0, M, clip, timescale) {stored}, the checkpoint's rule is {rule}")
+    names = members or [f for f in by_name if f != "mixture"]
+    missing = [f for f in names if f not in by_name]
+    if missing or not names:
+        raise ValueError(f"{path}: no member {', '.join(missing) or '(none left)'} (it has {', '.join(by_name)})")
+    calls, meta = [], []
+    for fam in names:
+        for seed, count in ((res["seed"], res["fit"]), (res["seed"] + HELD_OUT_STREAM, res["held_out"])):
+            for s in draws(cfg, fam, seed, count, res["periods"]):
+                calls.append((s, by_name[fam], rule))
+                meta.append({"name": s.name, "family": fam, "N": int(len(s.m))})
+    out = []
+    for rec, field in zip(meta, map_tasks(_member_task, calls, workers)):
+        if field is None:
+            out.append({**rec, "status": "classical run not ok"})
+        else:
+            out.append({**rec, "status": "ok", "J_ratio": None, "features": field[0].tolist(),
+                        "targets": field[1].tolist()})
+    return out
+
+
 def board_records(oracle_dir: Path, board_dir: Path, family: tuple) -> list[dict]:
     """The fields of an oracle.json's systems (driver/oracle.py), rebuilt from its board."""
     from driver.oracle import board_systems
@@ -97,6 +139,9 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--oracle", metavar="ORACLE_DIR", help="a folder with driver/oracle.py's oracle.json")
     src.add_argument("--mixture", type=int, metavar="K", help="fit the oracles of K systems of the training mixture")
+    src.add_argument("--transfer", metavar="JSON", help="driver/transfer.py's transfer.json: its family members")
+    p.add_argument("--members", nargs="+", help="--transfer: the families whose members to distil (default: all "
+                   "but mixture)")
     p.add_argument("--board", metavar="BOARD_DIR", help="with --oracle: the scoreboard the oracles were fitted on")
     p.add_argument("--periods", type=float, default=10.0, help="--mixture: each system's duration (restart units)")
     p.add_argument("--seed", type=int, default=None, help="draws and initial weights (default: the checkpoint's run.seed)")
@@ -105,6 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel Ray tasks for the fits; 1: here")
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
+    if a.members and not a.transfer:
+        p.error("--members goes with --transfer")
     if a.oracle and not a.board:
         p.error("--oracle needs --board (the scoreboard its systems come from)")
     if a.mixture is not None and a.mixture < 1:
@@ -129,6 +176,8 @@ def main(argv=None) -> int:
     try:
         if a.oracle:
             records = board_records(Path(a.oracle), Path(a.board), family)
+        elif a.transfer:
+            records = transfer_records(Path(a.transfer), cfg, family, a.members, a.workers)
         else:
             systems = D.mixture_systems(cfg.system, seed, a.mixture, a.periods)
             records = fit_all(systems, family, a.max_runs, a.workers)
@@ -145,6 +194,7 @@ def main(argv=None) -> int:
     for r, r2 in zip(used, stats["r2"]):
         r["r2"] = r2
     source = {"oracle": str(a.oracle), "board": str(a.board)} if a.oracle else \
+        {"transfer": str(a.transfer), "members": a.members} if a.transfer else \
         {"mixture": a.mixture, "periods": a.periods, "seed": seed}
     info = {"checkpoint": str(a.checkpoint), **source, "iters": a.iters, "systems": len(used),
             "left_out": [r["name"] for r in records if r["status"] != "ok"], "loss": stats["loss"],

@@ -120,6 +120,8 @@ def test_distill_command_writes_a_bounded_range_checked_checkpoint(tmp_path, cap
 
 @pytest.mark.parametrize("args, message", [
     (["--oracle", "x"], "--oracle needs --board"),
+    (["--mixture", "2", "--members", "binary"], "--members goes with --transfer"),
+    (["--transfer", "nothing.json"], "nothing.json: cannot be read"),
     (["--mixture", "0"], "--mixture: must be >= 1"),
     (["--mixture", "2", "--periods", "-1"], "--periods must be > 0"),
 ])

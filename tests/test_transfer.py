@@ -126,6 +126,22 @@ def test_transfer_command_fits_and_holds_out_other_draws(tmp_path, capsys):
     want = O.system_j(fam["w"], *args) / O.system_j(np.zeros(len(fam["keep"])), *args)
     assert res2["suite_ratios"][name]["binary"] == pytest.approx(want, rel=1e-12)
     assert "| kepler_e0.99 |" in (out2 / "transfer.md").read_text()
+    # distilled: one network holds the member's field on the states of its fit and held-out draws
+    from driver import distill
+
+    out3 = tmp_path / "dist"
+    assert distill.main(["--checkpoint", str(base), "--transfer", str(out / "transfer.json"), "--iters", "300",
+                         "--workers", "1", "--out", str(out3)]) == 0
+    doc = json.loads((out3 / "distill.json").read_text())
+    assert [r["name"] for r in doc["records"]] == fam["fit"]["systems"] + fam["held_out"]["systems"]
+    assert doc["transfer"] == str(out / "transfer.json") and doc["systems"] == 4
+    h = O.LinearFactorStep(fam["w"], fam["keep"], fam["mean"], fam["std"], RULE[0], RULE[1], 0.0, RULE[3])
+    spreads = []
+    for s in _systems("binary", 0, 2) + held:
+        feats, target = D.member_field(s, fam["keep"], fam["w"], fam["mean"], fam["std"], *RULE)
+        assert np.allclose([h.factor(f) for f in feats], RULE[0] * RULE[1] ** target, rtol=1e-12)
+        spreads.append(np.std(target))
+    assert max(spreads) > 0.05  # the member reshapes the steps there: a field worth holding
     # the members must belong to the checkpoint's rule
     other = json.loads((out / "transfer.json").read_text())
     other["clip"] = 1.5
