@@ -78,6 +78,8 @@ class SystemConfig:
     vel_scale: float = opt(0.5, "velocity scale of random ICs", gt=0)
     ic_path: Optional[str] = opt(None, "IC file for ic 'file': .npy or text rows [m, x..., v...]")
     periods_per_orbit: float = opt(3.0, "a Kepler orbit restarts after this many periods", gt=0)
+    apsis_starts: float = opt(0.0, "mixture: share of drawn Kepler orbits that start at an apsis (pericentre or "
+                              "apocentre, equally) instead of a uniformly random time", ge=0, le=1)
     restart_after: float = opt(20.0, "a random, file or few_body system restarts after this many crossing times "
                                      "sqrt(L^3/M) (L: mean pair distance, M: total mass)", gt=0)
     mixture: dict[str, float] = opt({"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1},

@@ -85,6 +85,17 @@ def true_anomaly(rng: np.random.Generator, e: float) -> float:
     return 2.0 * math.atan2(math.sqrt(1 + e) * math.sin(big_e / 2), math.sqrt(1 - e) * math.cos(big_e / 2))
 
 
+def start_anomaly(rng: np.random.Generator, e: float, s) -> float:
+    """Where a drawn orbit starts: with probability ``s.apsis_starts`` at an apsis (pericentre or apocentre,
+    equally likely; published initial conditions mostly start there, and a uniform time almost never does
+    on a near-radial orbit), else :func:`true_anomaly`. With the share 0 the stream is that of
+    :func:`true_anomaly` alone."""
+    share = getattr(s, "apsis_starts", 0.0)
+    if share > 0.0 and rng.random() < share:
+        return 0.0 if rng.random() < 0.5 else math.pi
+    return true_anomaly(rng, e)
+
+
 def relative_orbit(total_mass: float, a: float, e: float, f: float, rot: np.ndarray):
     """Relative position and velocity on a Kepler orbit (G = 1).
 
@@ -162,8 +173,8 @@ def _finish(m, x, v, dim: int, period: float, e: float, a: float, size: float) -
 def binary(rng: np.random.Generator, s, e_max: float = 0.995) -> Drawn:
     """A Kepler pair: primary mass 1, mass ratio q loguniform [1e-4, 1], a loguniform [0.5, 2], e from
     :func:`binary_eccentricity`, random orientation, at a uniformly random time along the orbit (true
-    anomaly from a uniform mean anomaly). ``period``: the Kepler period; ``e_max`` caps e (0.95 for a
-    triple's inner pair).
+    anomaly from a uniform mean anomaly), or at an apsis in a share ``s.apsis_starts`` (:func:`start_anomaly`).
+    ``period``: the Kepler period; ``e_max`` caps e (0.95 for a triple's inner pair).
 
     Parameters
     ----------
@@ -180,7 +191,7 @@ def binary(rng: np.random.Generator, s, e_max: float = 0.995) -> Drawn:
     e = binary_eccentricity(rng, e_max)
     q = loguniform(rng, 1e-4, 1.0)
     a = loguniform(rng, 0.5, 2.0)
-    dx, dv = relative_orbit(1.0 + q, a, e, true_anomaly(rng, e), orientation(rng, s.dim))
+    dx, dv = relative_orbit(1.0 + q, a, e, start_anomaly(rng, e, s), orientation(rng, s.dim))
     return _finish([1.0, q], [np.zeros(3), dx], [np.zeros(3), dv], s.dim,
                    kepler_period(a, 1.0 + q), e, a, a * (1 + e))
 
@@ -209,7 +220,7 @@ def triple(rng: np.random.Generator, s) -> Drawn:
     m3 = m_in * loguniform(rng, 1e-3, 1.0)
     e_out = float(rng.uniform(0.0, 0.5))
     a_out = inner.a * rng.uniform(4.0, 20.0) * (1 + e_out) / (1 - e_out)
-    dx, dv = relative_orbit(m_in + m3, a_out, e_out, true_anomaly(rng, e_out), orientation(rng, s.dim))
+    dx, dv = relative_orbit(m_in + m3, a_out, e_out, start_anomaly(rng, e_out, s), orientation(rng, s.dim))
     x_in, v_in = np.zeros((2, 3)), np.zeros((2, 3))
     x_in[:, :s.dim], v_in[:, :s.dim] = inner.x, inner.v  # the pair, its centre of mass at rest at the origin
     return _finish([*inner.m, m3], [*x_in, dx], [*v_in, dv], s.dim, inner.period, inner.e, inner.a,
@@ -244,7 +255,7 @@ def planets(rng: np.random.Generator, s) -> Drawn:
         q, e = loguniform(rng, 1e-6, 1e-3), float(rng.uniform(0.0, 0.3))
         inc = rng.uniform(0.0, math.radians(5.0)) if s.dim == 3 else 0.0
         rot = frame @ _rz(rng.uniform(0, 2 * math.pi)) @ _rx(inc) @ _rz(rng.uniform(0, 2 * math.pi))
-        dx, dv = relative_orbit(1.0 + q, a, e, true_anomaly(rng, e), rot)
+        dx, dv = relative_orbit(1.0 + q, a, e, start_anomaly(rng, e, s), rot)
         m.append(q)
         x.append(dx)
         v.append(dv)
