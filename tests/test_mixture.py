@@ -124,6 +124,38 @@ def test_binary_elements_masses_and_phases_are_as_drawn():
     assert abs(np.mean(cos_inc)) < 0.06 and abs(np.mean(np.abs(cos_inc)) - 0.5) < 0.04  # isotropic normals
 
 
+def test_apsis_starts_put_a_share_of_orbits_at_pericentre_or_apocentre():
+    """``system.apsis_starts``: that share of the drawn orbits starts at an apsis (REBOUND's true anomaly 0 or
+    pi), the rest as before; with the share 0 the draws are the old ones, bit for bit."""
+    plain = systems(mixture_cfg("system.mixture={binary: 1}", n=2), 200)
+    zero = systems(mixture_cfg("system.mixture={binary: 1}", "system.apsis_starts=0", n=2), 200)
+    assert np.array_equal(plain.x, zero.x) and np.array_equal(plain.v, zero.v)
+    st = systems(mixture_cfg("system.mixture={binary: 1}", "system.apsis_starts=0.3", n=2), 1500)
+    at = []
+    for i in range(len(st)):
+        m, x, v = massive(st, i)
+        orbit = sim_of(m, x, v).particles[1].orbit()
+        assert orbit.e == pytest.approx(st.e[i], rel=1e-9, abs=1e-10)  # the same orbits, other phases
+        f = math.remainder(orbit.f, 2 * math.pi)
+        at.append("peri" if abs(f) < 1e-6 else "apo" if abs(abs(f) - math.pi) < 1e-6 else "")
+    peri, apo = at.count("peri") / len(at), at.count("apo") / len(at)
+    assert abs(peri - 0.15) < 0.03 and abs(apo - 0.15) < 0.03, (peri, apo)
+    # every orbit of a triple (inner and outer) and of a planetary system starts at an apsis with share 1
+    for fam, n in (("triple", 3), ("planets", 4)):
+        st = systems(mixture_cfg(f"system.mixture={{{fam}: 1}}", "system.apsis_starts=1", n=n), 40)
+        for i in range(len(st)):
+            m, x, v = massive(st, i)
+            r = x - x[0] if fam == "planets" else None
+            u = v - v[0] if fam == "planets" else None
+            if fam == "planets":  # heliocentric orbits: r . u = 0 at an apsis
+                assert np.allclose(np.einsum("ij,ij->i", r[1:], u[1:]), 0.0, atol=1e-12)
+            else:  # the inner pair's relative orbit, and the third body's about the pair's centre of mass
+                rin, uin = x[1] - x[0], v[1] - v[0]
+                c = (m[:2, None] * x[:2]).sum(0) / m[:2].sum()
+                cv = (m[:2, None] * v[:2]).sum(0) / m[:2].sum()
+                assert abs(rin @ uin) < 1e-12 and abs((x[2] - c) @ (v[2] - cv)) < 1e-12
+
+
 def test_kepler_equation_is_solved_up_to_radial_orbits():
     for e in (0.0, 0.5, 0.9, 0.995, 0.9999):
         for mean_anomaly in np.linspace(-3.1, 3.1, 41):
@@ -292,6 +324,7 @@ def test_each_state_steps_with_its_own_softening():
     (["system.mixture={binary: -0.5, triple: 1}"], "system.mixture: every value must be >= 0"),
     (["system.mixture={binary: 0, planets: 0}"], "system.mixture: no family has a positive weight"),
     (["system.mixture=binary"], "system.mixture: expected a mapping"),
+    (["system.apsis_starts=1.5"], "system.apsis_starts"),
     (["system.num_particles=3"], "system.num_particles: mixture family 'planets' needs 4 bodies, got 3"),
     (["system.num_particles=2", "system.mixture={binary: 1, few_body: 1}"],
      "system.num_particles: mixture family 'few_body' needs 3 bodies, got 2"),
