@@ -408,13 +408,18 @@ def tune(count: Callable[[float], tuple[int, object]], target: int, p: float, to
 
 
 def energy_metrics(t: np.ndarray, e: np.ndarray) -> dict:
-    """max and final |dE/E| against E(0) and the drift slope: the least-squares slope of
-    log running-max |dE/E| against log t over the second half of the run (~1: linear drift,
-    ~0: bounded error)."""
+    """max and final |dE/E| against E(0), the energy band (max E - min E) / |E(0)| and the drift slope: the
+    least-squares slope of log running-max |dE/E| against log t over the second half of the run (~1: linear
+    drift, ~0: bounded error).
+
+    The band does not depend on where in its oscillation the run starts: max |dE/E| is the distance from E(0)
+    to the far edge of the band, anywhere between half the band and all of it (an orbit started at
+    pericentre sits elsewhere in its band than one started at apocentre)."""
     rel = rel_energy_error(e[0], e)
     finite = bool(np.isfinite(rel).all())
     out = {"max_rel_dE": float(np.max(rel)) if finite else math.inf,
-           "final_rel_dE": float(rel[-1]), "drift_slope": None}
+           "final_rel_dE": float(rel[-1]), "drift_slope": None,
+           "band_rel_dE": float((np.max(e) - np.min(e)) / abs(e[0])) if finite and e[0] != 0 else math.inf}
     if not finite or len(t) < 8:
         return out
     run_max = np.maximum.accumulate(rel)

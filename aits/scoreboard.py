@@ -504,7 +504,8 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     equal-wall-time runs (no ``equal_wall_time`` entries, ``strongest_wall`` None): what a sweep's
     objective, which compares at equal evaluations only, needs."""
     entry = {**sys.to_dict(), "methods": {}, "ratios": {"equal_force_evals": {}, "equal_wall_time": {}},
-             "ratios_trajectory": {"equal_force_evals": {}, "equal_wall_time": {}}}
+             "ratios_trajectory": {"equal_force_evals": {}, "equal_wall_time": {}},
+             "ratios_band": {"equal_force_evals": {}}}
     plot = {"series": {}, "cost": {}, "m": sys.m.tolist()}  # masses: the movies' momenta
     ref = ias15(sys) if reference else None
     ranked = ref is not None and ref["horizon"] >= MIN_HORIZON * sys.duration
@@ -516,7 +517,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
 
     def finish(run: I.Run) -> dict:
         met = {k: run.metrics[k] for k in ("force_evals", "steps", "wall_time_s", "param", "param_name")}
-        met.update({k: run.metrics.get(k) for k in ("max_rel_dE", "final_rel_dE", "drift_slope")})
+        met.update({k: run.metrics.get(k) for k in ("max_rel_dE", "final_rel_dE", "drift_slope", "band_rel_dE")})
         err = None
         if ranked and run.trajectory and run.metrics["status"] == "ok":
             err = float(np.linalg.norm(position_at(run.trajectory, ref["horizon"]) - x_ref, axis=-1).max())
@@ -566,6 +567,14 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
         for fam, bm in runs.items():
             entry["ratios"][comp][fam] = ratio(lm["max_rel_dE"], bm["max_rel_dE"])
             entry["ratios_trajectory"][comp][fam] = ratio(lm["position_error_rel"], bm["position_error_rel"])
+    # the energy band (max E - min E) / |E0|, which does not depend on the start's place in the oscillation:
+    # learned / each family's, and / the smallest classical band (``strongest_band``), at equal evaluations
+    band = entry["ratios_band"]["equal_force_evals"]
+    entry["strongest_band"] = _smallest(entry["methods"], classical, "band_rel_dE")
+    for fam in families:
+        band[fam] = ratio(lm.get("band_rel_dE"), entry["methods"][fam].get("band_rel_dE"))
+    if entry["strongest_band"] is not None:
+        band["strongest"] = band[entry["strongest_band"]]
     entry["_plot"] = plot
     return entry
 
@@ -573,10 +582,19 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
 def strongest(methods: dict, families: list[str], comp: str | None) -> str | None:
     """The family with the smallest finite max |dE/E| (at equal evaluations, or in the ``comp`` sub-run);
     None when no family has one."""
+    return _smallest({f: methods[f] if comp is None else methods[f][comp] for f in families}, families,
+                     "max_rel_dE")
+
+
+def _smallest(methods: dict, families: list[str], key: str) -> str | None:
+    """The family whose ``key`` is the smallest finite value (a run that did not end ok counts only with
+    ``max_rel_dE``, as before); None when none has one."""
     best, name = math.inf, None
     for fam in families:
-        met = methods[fam] if comp is None else methods[fam][comp]
-        err = met.get("max_rel_dE")
+        met = methods[fam]
+        if key != "max_rel_dE" and met.get("status") != "ok":
+            continue
+        err = met.get(key)
         if err is not None and math.isfinite(err) and err < best:
             best, name = err, fam
     return name
@@ -688,7 +706,7 @@ def per_system_summary(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
     for label, systems in systems_by_ckpt.items():
         for name, entry in systems.items():
             slot = per_system.setdefault(name, {})
-            for prefix, key in (("", "ratios"), ("trajectory_", "ratios_trajectory")):
+            for prefix, key in (("", "ratios"), ("trajectory_", "ratios_trajectory"), ("band_", "ratios_band")):
                 for comp, rs in entry.get(key, {}).items():
                     for b, r in rs.items():
                         if r is not None:
@@ -733,7 +751,7 @@ def rule_profile(systems_by_ckpt: dict[str, dict[str, dict]], within: float = 1.
 
 
 HEADLINE_KEYS = ("energy_equal_evals", "energy_equal_wall", "trajectory_equal_evals", "trajectory_equal_wall",
-                 "energy_worst_equal_evals")
+                 "energy_worst_equal_evals", "energy_band_equal_evals")
 
 
 def headline(systems: dict[str, dict]) -> dict:
@@ -750,6 +768,8 @@ def headline(systems: dict[str, dict]) -> dict:
     out["energy_equal_wall"], _ = med("ratios", "equal_wall_time")
     out["trajectory_equal_evals"], _ = med("ratios_trajectory", "equal_force_evals")
     out["trajectory_equal_wall"], _ = med("ratios_trajectory", "equal_wall_time")
+    out["energy_band_equal_evals"], _ = med("ratios_band", "equal_force_evals") if all(
+        "ratios_band" in e for e in systems.values()) else (None, None)  # boards from before the band: none
     statuses: dict[str, int] = {}
     strongest_counts: dict[str, int] = {}
     for e in systems.values():

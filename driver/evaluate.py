@@ -232,7 +232,9 @@ def _headline_line(h: dict) -> str:
     return (f"learned / strongest max |ΔE/E|, median over {h['systems']} systems: {fmt(h['energy_equal_evals'])} at "
             f"equal force evaluations (worst {fmt(h['energy_worst_equal_evals'])}), {fmt(h['energy_equal_wall'])} at "
             f"equal wall time; position error: {fmt(h['trajectory_equal_evals'])} (evals), "
-            f"{fmt(h['trajectory_equal_wall'])} (wall); learned runs not ok: {h['not_ok']} "
+            f"{fmt(h['trajectory_equal_wall'])} (wall); "
+            + (f"energy band: {fmt(h['energy_band_equal_evals'])} (evals); " if h.get('energy_band_equal_evals') is not None else "")
+            + f"learned runs not ok: {h['not_ok']} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(h['learned_status'].items()))})")
 
 
@@ -255,8 +257,8 @@ def markdown(board: dict) -> str:
         lines += [f"## {label}", "",
                   "| system | learned max \\|ΔE/E\\| | evals | status | strongest | / strongest (evals) | "
                   "/ strongest (wall) | position error | pos. / strongest (evals) | pos. / strongest (wall) | "
-                  "horizon | drift slope | ias15 evals |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "horizon | drift slope | ias15 evals | energy band / smallest band (evals) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in sysd.items():
             lm = e["methods"]["learned"]
             tr = e.get("trajectory", {})
@@ -268,7 +270,9 @@ def markdown(board: dict) -> str:
                 f"{fmt(e['ratios']['equal_force_evals'].get('strongest'))} | {fmt(e['ratios']['equal_wall_time'].get('strongest'))} | "
                 f"{fmt(lm.get('position_error_rel'))} | {fmt(e['ratios_trajectory']['equal_force_evals'].get('strongest'))} | "
                 f"{fmt(e['ratios_trajectory']['equal_wall_time'].get('strongest'))} | {hz} | {fmt(lm['drift_slope'])} | "
-                f"{ias.get('force_evals', '–')} |")
+                f"{ias.get('force_evals', '–')} | "
+                + (f"{fmt(e['ratios_band']['equal_force_evals'].get('strongest'))} ({e.get('strongest_band') or '–'})"
+                   if "ratios_band" in e else "–") + " |")
         lines.append("")
         lines += ["Learned / each baseline, max |ΔE/E| at equal force evaluations (equal wall time):", "",
                   "| system | " + " | ".join(BASELINES) + " |", "|---|" + "---|" * len(BASELINES)]
@@ -277,12 +281,13 @@ def markdown(board: dict) -> str:
                      for b in BASELINES]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines += ["| system | method | evals | steps | wall s | max \\|ΔE/E\\| | final \\|ΔE/E\\| | drift slope | "
-                  "pos. error / size | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| system | method | evals | steps | wall s | max \\|ΔE/E\\| | energy band | final \\|ΔE/E\\| | "
+                  "drift slope | pos. error / size | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in sysd.items():
             for meth, mm in e["methods"].items():
                 lines.append(f"| {name} | {meth} | {mm['force_evals']} | {mm['steps']} | {fmt(mm['wall_time_s'])} | "
-                             f"{fmt(mm['max_rel_dE'])} | {fmt(mm['final_rel_dE'])} | {fmt(mm.get('drift_slope'))} | "
+                             f"{fmt(mm['max_rel_dE'])} | {fmt(mm.get('band_rel_dE'))} | {fmt(mm['final_rel_dE'])} | "
+                             f"{fmt(mm.get('drift_slope'))} | "
                              f"{fmt(mm.get('position_error_rel'))} | {mm['status']} |")
         lines.append("")
     lines += ["## Summary", ""]

@@ -32,6 +32,20 @@ def forward_back(method: I.Method, m, x, v, steps: int) -> float:
 
 
 # ---------------------------------------------------------------- integrators
+def test_energy_band_does_not_depend_on_where_the_oscillation_starts():
+    """max |dE/E| is the distance from E(0) to the band's far edge; the band (max E - min E) / |E0| is the
+    same from any start: an error oscillating as 1e-3 sin(t) gives max 1e-3 from its middle, 2e-3 from
+    its crest, and a band of 2e-3 from both."""
+    t = np.linspace(0.0, 20 * math.pi, 20001)
+    for phase, want_max in ((0.0, 1e-3), (math.pi / 2, 2e-3)):
+        e = -1.0 + 1e-3 * (np.sin(t + phase) - math.sin(phase))
+        e = e * (-1.0 / e[0])  # E(0) = -1 exactly
+        m = I.energy_metrics(t, e)
+        assert m["band_rel_dE"] == pytest.approx(2e-3, rel=1e-6)
+        assert m["max_rel_dE"] == pytest.approx(want_max, rel=1e-6)
+    assert I.energy_metrics(t[:3], np.array([-1.0, np.nan, -1.0]))["band_rel_dE"] == math.inf
+
+
 def test_numpy_kernels_equal_torch_physics():
     rng = np.random.default_rng(0)
     x, m = rng.normal(size=(5, 3)), rng.uniform(0.5, 2.0, 5)
@@ -228,6 +242,16 @@ def check_quick_board(board: dict, n_ckpts: int) -> None:
                 assert entry["ratios"]["equal_wall_time"][base] > 0
             # logh is the physical limit on Kepler orbits, far below any leapfrog
             assert entry["methods"]["logh"]["max_rel_dE"] < 1e-10
+            # the energy band: between max |dE/E| and twice it, for every run; its ratios are the bands' ratios,
+            # and strongest_band is the classical family with the smallest band
+            for name, mm in entry["methods"].items():
+                if name != "ias15" and mm["status"] == "ok":
+                    assert mm["max_rel_dE"] * (1 - 1e-9) <= mm["band_rel_dE"] <= 2 * mm["max_rel_dE"] * (1 + 1e-9)
+            bands = {f: entry["methods"][f]["band_rel_dE"] for f in S.CLASSICAL if f in entry["methods"]}
+            assert entry["strongest_band"] == min(bands, key=bands.get)
+            rb = entry["ratios_band"]["equal_force_evals"]
+            assert rb["strongest"] == pytest.approx(lm["band_rel_dE"] / min(bands.values()), rel=1e-9)
+            assert rb["adaptive"] == pytest.approx(lm["band_rel_dE"] / bands["adaptive"], rel=1e-9)
 
 
 def test_quick_suite_of_one_checkpoint_in_its_process(quick_board):
