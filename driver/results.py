@@ -4,8 +4,9 @@
 
 Reads each ``BOARD_DIR/scoreboard.json`` (written by driver/evaluate.py), recomputes its summary with
 the current ``aits.scoreboard.summarize`` (so older boards get today's tables) and prints markdown:
-the headline over checkpoints (median [min, max]) and the per-system table. Prints nothing else and
-writes nothing.
+the headline over checkpoints (median [min, max]) and the per-system table, with the energy band beside
+max |dE/E| (``--versus FAMILY``: also the ratios to that classical family). Prints nothing else and writes
+nothing.
 
     python driver/results.py --profile BOARD_DIR [BOARD_DIR ...]
 
@@ -21,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from aits.scoreboard import per_system_summary, rule_profile, summarize
+from aits.scoreboard import CLASSICAL, per_system_summary, rule_profile, summarize
 from driver.evaluate import fmt, systems_by_label
 
 
@@ -30,26 +31,30 @@ def spread_cell(st: dict) -> str:
     return fmt(st["median"]) if st["n"] == 1 else f"{fmt(st['median'])} [{fmt(st['min'])}, {fmt(st['max'])}]"
 
 
-def tables(board: dict) -> str:
-    """Markdown for one board: headline over checkpoints and the per-system table."""
+def tables(board: dict, versus: str | None = None) -> str:
+    """Markdown for one board: headline over checkpoints and the per-system table (``versus``: a classical
+    family whose energy and band ratios get their own columns)."""
     by_ckpt = systems_by_label(board)
     summ = summarize(by_ckpt)
     heads = summ["headline"]
     lines = [f"Suite `{board['suite']}`, {len(by_ckpt)} checkpoint(s), {board['wall_time_s']:.0f} s.", "",
              "| checkpoint | energy, equal evals (median) | worst | energy, equal wall | position, equal evals | "
-             "position, equal wall | learned not ok |", "|---|---|---|---|---|---|---|"]
+             "position, equal wall | energy band, equal evals | learned not ok |", "|---|---|---|---|---|---|---|---|"]
     for label, h in heads.items():
         lines.append(f"| {label} | {fmt(h['energy_equal_evals'])} | {fmt(h['energy_worst_equal_evals'])} | "
                      f"{fmt(h['energy_equal_wall'])} | {fmt(h['trajectory_equal_evals'])} | "
-                     f"{fmt(h['trajectory_equal_wall'])} | {h['not_ok']} of {h['systems']} |")
+                     f"{fmt(h['trajectory_equal_wall'])} | {fmt(h.get('energy_band_equal_evals'))} | "
+                     f"{h['not_ok']} of {h['systems']} |")
     lines.append("")
-    def cell(st, comp):  # median [min, max] over checkpoints; one value alone
-        v = st.get(comp, {}).get("strongest")
+    def cell(st, comp, base="strongest"):  # median [min, max] over checkpoints; one value alone
+        v = st.get(comp, {}).get(base)
         return "–" if v is None else spread_cell(v)
 
+    extra = f" energy / {versus} | band / {versus} |" if versus else ""
     lines += ["| system | learned evals | strongest | energy / strongest, equal evals | equal wall | "
-              "position / strongest, equal evals | equal wall | learned status |",
-              "|---|---|---|---|---|---|---|---|"]
+              "position / strongest, equal evals | equal wall | energy band / smallest band, equal evals |"
+              + extra + " learned status |",
+              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if versus else "")]
     per = per_system_summary(by_ckpt)
     for name, st in per.items():
         fams = ", ".join(f"{f} ×{st['strongest'].count(f)}" for f in dict.fromkeys(st["strongest"]) if f)
@@ -58,7 +63,9 @@ def tables(board: dict) -> str:
         evals = f"{ev[len(ev) // 2]}" + (f" [{ev[0]}, {ev[-1]}]" if len(ev) > 1 else "")
         lines.append(f"| {name} | {evals} | {fams} | {cell(st, 'equal_force_evals')} | {cell(st, 'equal_wall_time')} | "
                      f"{cell(st, 'trajectory_equal_force_evals')} | {cell(st, 'trajectory_equal_wall_time')} | "
-                     f"{stats} |")
+                     f"{cell(st, 'band_equal_force_evals')} | "
+                     + (f"{cell(st, 'equal_force_evals', versus)} | {cell(st, 'band_equal_force_evals', versus)} | "
+                        if versus else "") + f"{stats} |")
     fam_counts: dict[str, int] = {}
     for st in per.values():
         for f in st["strongest"]:
@@ -100,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("boards", nargs="+", metavar="BOARD_DIR")
     p.add_argument("--profile", action="store_true",
                    help="one table over all boards: each rule against the per-system strongest")
+    p.add_argument("--versus", metavar="FAMILY", choices=CLASSICAL,
+                   help="also the learned rule's energy and band ratios to this classical family")
     args = p.parse_args(argv)
     boards = []
     for d in args.boards:
@@ -114,7 +123,7 @@ def main(argv=None) -> int:
         return 0
     for d, board in zip(args.boards, boards):
         print(f"### {d}\n")
-        print(tables(board))
+        print(tables(board, args.versus))
     return 0
 
 

@@ -55,3 +55,25 @@ def test_rule_profile_counts_failures_as_worst_and_the_share_within_the_bound():
     assert prof["fixed"]["median"]["median"] == approx(1.2) and prof["fixed"]["worst"]["median"] == approx(5.0)
     assert prof["fixed"]["within"]["median"] == approx(2 / 3)
     assert "symmetric_prs" not in prof  # a family no board ran is not a row
+
+
+def test_results_band_columns_are_the_boards_band_ratios(capsys):
+    """The start-phase board (docs/results/start_phase/shipped): the band columns and ``--versus`` are the
+    median over checkpoints of the per-run band and energy ratios stored on the board."""
+    board_dir = BOARD.parents[1] / "start_phase" / "shipped"
+    board = json.loads((board_dir / "scoreboard.json").read_text())
+    assert results.main([str(board_dir), "--versus", "recursive_blend_clip"]) == 0
+    out = capsys.readouterr().out
+    name = "kepler_e0.99_pericentre"
+    cells = next(line for line in out.splitlines() if line.startswith(f"| {name} |")).split(" | ")
+    entries = [board["systems"][label][name] for label in board["systems"]]
+    band = float(np.median([e["ratios_band"]["equal_force_evals"]["strongest"] for e in entries]))
+    versus = float(np.median([e["ratios"]["equal_force_evals"]["recursive_blend_clip"] for e in entries]))
+    vband = float(np.median([e["ratios_band"]["equal_force_evals"]["recursive_blend_clip"] for e in entries]))
+    assert cells[7].startswith(results.fmt(band)) and cells[8].startswith(results.fmt(versus))
+    assert cells[9].startswith(results.fmt(vband))
+    # the band of each run lies between its max |dE/E| and twice it
+    for e in entries:
+        for m in e["methods"].values():
+            if m.get("band_rel_dE") is not None and m["status"] == "ok":
+                assert m["max_rel_dE"] * (1 - 1e-9) <= m["band_rel_dE"] <= 2 * m["max_rel_dE"] * (1 + 1e-9)
