@@ -161,6 +161,9 @@ class TrainConfig:
                                      "rule's objective from the same start): presses hardest where the rule does "
                                      "worse than the classical one it contains (0: off; a forward rollout more)",
                                ge=0)
+    passage_measure: str = opt("max", "the passage objective's energy error: max |E_k - E_0| / |E_0| (max), or the "
+                                      "band (max E - min E) / |E_0| over the rollout, which does not depend on where "
+                                      "in the oscillation the rollout starts (band)", choices=("max", "band"))
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 

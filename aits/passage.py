@@ -10,7 +10,8 @@ weights) and takes the gradient of the mean over the systems of
 
     log max_k |E_k - E_0| / |E_0|  -  2 log T,      T = sum_k n_steps * dt_k (time covered),
 
-the log of (largest energy error) x (steps per unit time)^2: leapfrog's error falls as the
+the log of (largest energy error) x (steps per unit time)^2 (``train.passage_measure: band``: the energy
+band, max E - min E over the rollout, instead of the largest error from the start): leapfrog's error falls as the
 square of the step count, so the objective does not change when every dt is scaled by one
 factor. It moves how the steps are spread along the trajectory, and leaves their overall size to
 the band. Where steps are coarse the error falls faster than dt^2, and the objective then prefers
@@ -40,8 +41,9 @@ declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_pe
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
             with_level: bool = False, eps: np.ndarray | None = None):
-    """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (rel_dE (B, steps)
-    against the start's energy, T (B,) time covered, tau0 (B,) the start's classical timescale).
+    """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (errors (B, steps):
+    |dE/E| against the start's energy, or with the stepper's ``passage_measure`` ``band`` the band so far (see
+    :func:`_measure`), T (B,) time covered, tau0 (B,) the start's classical timescale).
     Each rollout is a fresh start: the step recursion's first step is h, then dt_k = h_k^2 / dt_{k-1}
     with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free).
     ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph.
@@ -53,13 +55,24 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     x, v, a, dt = prep.x, prep.v, prep.acc0, torch.zeros_like(e0)  # dt_prev 0: the recursion's first step is h
     for _ in range(steps):
         dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt, own)
-        errs.append(((e1 - e0) / e0).abs())
+        errs.append((e1 - e0) / e0.abs())
         if with_level:
             levels.append(torch.log(dt / tau))
         T = T + dt * stepper.substeps
+    errs = _measure(torch.stack(errs, -1), getattr(stepper, "passage_measure", "max"))
     if with_level:
-        return torch.stack(errs, -1), T, tau0, torch.stack(levels, -1).mean(-1)
-    return torch.stack(errs, -1), T, tau0
+        return errs, T, tau0, torch.stack(levels, -1).mean(-1)
+    return errs, T, tau0
+
+
+def _measure(signed: torch.Tensor, measure: str) -> torch.Tensor:
+    """Per step k, the error the objective's max runs over: |dE/E|_k (``max``), or the band of the rollout so
+    far, max_{j<=k} dE/E - min_{j<=k} dE/E with dE/E = 0 at the start (``band``), whose max over k is the band
+    of the whole rollout (train.passage_measure)."""
+    if measure == "max":
+        return signed.abs()
+    zero = torch.zeros_like(signed)
+    return torch.cummax(torch.maximum(signed, zero), -1).values - torch.cummin(torch.minimum(signed, zero), -1).values
 
 
 def objective_rows(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

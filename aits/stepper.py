@@ -66,6 +66,7 @@ class Stepper:
         self.symmetric = cfg.model.symmetric_iterations  # 0: explicit step
         self.recursive = cfg.model.recursive  # dt_n = h(z_n)^2 / dt_{n-1}
         self.clip = cfg.model.step_clip  # the recursion's step stays within [h/c, h*c] (model.recursion_clip)
+        self.passage_measure = cfg.train.passage_measure  # aits.passage.rollout: max |dE/E| or the energy band
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
         self.compile_rollout = cfg.train.compile_rollout  # passage rollouts step through torch.compile
