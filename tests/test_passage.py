@@ -66,6 +66,26 @@ def test_rollout_is_the_scoreboard_integrator(mode):
     assert float(tau0[0]) == pytest.approx(I.timescale(x, I.accel(x, m)), rel=1e-12)
 
 
+def test_band_measure_is_the_energy_band_of_the_scoreboard_run():
+    """train.passage_measure: band: the rollout's errors are the band so far, whose last value is the band
+    (max E - min E) / |E0| of the numpy evaluation's run over the same steps (E0 included)."""
+    cfg = factor_cfg(symmetric_iterations=0, recursive=True)
+    band_cfg = Config.from_dict(cfg.to_dict(), ["train.passage_measure=band"])
+    model = perturbed_model(cfg)
+    m, x, v, _ = kepler_ic(0.9, 1.0)
+    with torch.no_grad():
+        plain = rollout(model, Stepper(cfg, NormScales()), m[None], x[None], v[None], 300)[0][0].numpy()
+        band = rollout(model, Stepper(band_cfg, NormScales()), m[None], x[None], v[None], 300)[0][0].numpy()
+    run = I.integrate(MODES_METHOD["recursive"](FactorStep(NumpyMLP(model, cfg.model.activation), 0.0)), m, x, v,
+                      1e9, max_steps=300)
+    e = run.trajectory["E"]
+    assert band[-1] == pytest.approx((e.max() - e.min()) / abs(e[0]), rel=1e-7)
+    assert np.all(np.diff(band) >= 0) and np.all(band >= plain * (1 - 1e-12))  # a running band, never below |dE/E|
+    assert band[-1] <= 2 * plain.max() * (1 + 1e-12) and band[-1] > plain.max() * 1.01  # here both edges count
+    with pytest.raises(ConfigError, match="train.passage_measure"):
+        Config.from_dict(cfg.to_dict(), ["train.passage_measure=range"])
+
+
 @pytest.mark.parametrize("mode", ["symmetric", "recursive"])
 def test_objective_is_scale_free(mode):
     """Lengths x L, masses x M: the same relative errors and the same time covered in units of tau0."""
