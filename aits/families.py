@@ -90,7 +90,7 @@ def start_anomaly(rng: np.random.Generator, e: float, s) -> float:
     equally likely; published initial conditions mostly start there, and a uniform time almost never does
     on a near-radial orbit), else :func:`true_anomaly`. With the share 0 the stream is that of
     :func:`true_anomaly` alone."""
-    share = getattr(s, "apsis_starts", 0.0)
+    share = s.apsis_starts
     if share > 0.0 and rng.random() < share:
         return 0.0 if rng.random() < 0.5 else math.pi
     return true_anomaly(rng, e)

@@ -281,8 +281,14 @@ def fit_pooled(systems: list, eta0: float, modulation: float, clip: float, times
         bad = [s.name for s, j in zip(systems, j0) if not (math.isfinite(j) and j > 0)]
         raise ValueError(f"oracle: the classical run of {', '.join(bad)} has no finite J: cut them out first")
 
+    runs_at: dict[bytes, list] = {}  # J per system at each w tried: the best w's are not run again at the end
+
     def js(w):
-        return run_all([(w, keep, mean, std, eta0, modulation, clip, timescale, s, fit_evals) for s in systems])
+        key = np.asarray(w, dtype=float).tobytes()
+        if key not in runs_at:
+            runs_at[key] = run_all([(w, keep, mean, std, eta0, modulation, clip, timescale, s, fit_evals)
+                                    for s in systems])
+        return runs_at[key]
 
     def objective(w):
         vals = js(w)

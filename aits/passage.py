@@ -59,7 +59,7 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
         if with_level:
             levels.append(torch.log(dt / tau))
         T = T + dt * stepper.substeps
-    errs = _measure(torch.stack(errs, -1), getattr(stepper, "passage_measure", "max"))
+    errs = _measure(torch.stack(errs, -1), stepper.passage_measure)
     if with_level:
         return errs, T, tau0, torch.stack(levels, -1).mean(-1)
     return errs, T, tau0

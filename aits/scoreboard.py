@@ -570,7 +570,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     # the energy band (max E - min E) / |E0|, which does not depend on the start's place in the oscillation:
     # learned / each family's, and / the smallest classical band (``strongest_band``), at equal evaluations
     band = entry["ratios_band"]["equal_force_evals"]
-    entry["strongest_band"] = _smallest(entry["methods"], classical, "band_rel_dE")
+    entry["strongest_band"] = _smallest(entry["methods"], classical, "band_rel_dE", ok_only=True)
     for fam in families:
         band[fam] = ratio(lm.get("band_rel_dE"), entry["methods"][fam].get("band_rel_dE"))
     if entry["strongest_band"] is not None:
@@ -583,16 +583,16 @@ def strongest(methods: dict, families: list[str], comp: str | None) -> str | Non
     """The family with the smallest finite max |dE/E| (at equal evaluations, or in the ``comp`` sub-run);
     None when no family has one."""
     return _smallest({f: methods[f] if comp is None else methods[f][comp] for f in families}, families,
-                     "max_rel_dE")
+                     "max_rel_dE", ok_only=False)
 
 
-def _smallest(methods: dict, families: list[str], key: str) -> str | None:
-    """The family whose ``key`` is the smallest finite value (a run that did not end ok counts only with
-    ``max_rel_dE``, as before); None when none has one."""
+def _smallest(methods: dict, families: list[str], key: str, ok_only: bool) -> str | None:
+    """The family whose ``key`` is the smallest finite value, among the runs that ended ok if ``ok_only``;
+    None when none has one."""
     best, name = math.inf, None
     for fam in families:
         met = methods[fam]
-        if key != "max_rel_dE" and met.get("status") != "ok":
+        if ok_only and met.get("status") != "ok":
             continue
         err = met.get(key)
         if err is not None and math.isfinite(err) and err < best:

@@ -129,6 +129,16 @@ def start_ray(cfg: Config) -> bool:
     return True
 
 
+def single_threaded(fn):
+    """``fn`` as a task that first sets torch to one thread (a Ray task holds one CPU; 2 cores are shared)."""
+    def task(*args):
+        import torch
+
+        torch.set_num_threads(1)
+        return fn(*args)
+    return task
+
+
 def map_tasks(fn, calls: list[tuple], workers: int, on_done=None, order=None) -> list:
     """``fn(*args)`` for every ``args`` of ``calls``; results in call order. ``workers`` == 1: one after another
     in this process; more: Ray tasks of one CPU each, on the Ray a caller already holds or on a Ray of our own

@@ -35,14 +35,11 @@ from aits import distill as D
 from aits.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aits.config import Config
 from aits.model import build_model
-from driver.backends import map_tasks
+from driver.backends import map_tasks, single_threaded
 
 
-def _fit_task(sys_, eta0, modulation, clip, timescale, max_runs):
-    import torch
-
-    torch.set_num_threads(1)
-    return D.fit_system(sys_, eta0, modulation, clip, timescale, max_runs)
+_fit_task = single_threaded(D.fit_system)
+_member_task = single_threaded(D.member_field)
 
 
 def fit_all(systems: list, family: tuple, max_runs: int, workers: int, log=print) -> list[dict]:
@@ -57,13 +54,6 @@ def _line(rec: dict) -> str:
     j = rec.get("J_ratio")
     return (f"{rec['name']:24s} N {rec['N']}  fit J / classical {'-' if j is None else f'{j:.3f}'}  "
             f"field std {np.std(rec['targets']):.3f}  {rec['seconds']:.0f} s")
-
-
-def _member_task(sys_, member, rule):
-    import torch
-
-    torch.set_num_threads(1)
-    return D.member_field(sys_, member["keep"], member["w"], member["mean"], member["std"], *rule)
 
 
 def transfer_records(path: Path, cfg: Config, rule: tuple, members: list[str] | None, workers: int) -> list[dict]:
@@ -87,7 +77,8 @@ def transfer_records(path: Path, cfg: Config, rule: tuple, members: list[str] | 
     for fam in names:
         for seed, count in ((res["seed"], res["fit"]), (res["seed"] + HELD_OUT_STREAM, res["held_out"])):
             for s in draws(cfg, fam, seed, count, res["periods"]):
-                calls.append((s, by_name[fam], rule))
+                m = by_name[fam]
+                calls.append((s, m["keep"], m["w"], m["mean"], m["std"], *rule))
                 meta.append({"name": s.name, "family": fam, "N": int(len(s.m))})
     out = []
     for rec, field in zip(meta, map_tasks(_member_task, calls, workers)):

@@ -34,22 +34,13 @@ from aits.checkpoint import CheckpointError, load_checkpoint
 from aits.config import Config
 from aits.distill import mixture_systems
 from aits.families import FAMILIES
-from driver.backends import map_tasks
+from driver.backends import map_tasks, single_threaded
 
 HELD_OUT_STREAM = 10_000  # held-out draws use seed + this: never the fit draws of another small seed
 
 
-def _single(fn):
-    def task(*args):
-        import torch
-
-        torch.set_num_threads(1)
-        return fn(*args)
-    return task
-
-
-_leading_task = _single(O.leading_part)
-_j_task = _single(O.system_j)
+_leading_task = single_threaded(O.leading_part)
+_j_task = single_threaded(O.system_j)
 
 
 def draws(cfg: Config, family: str, seed: int, count: int, periods: float) -> list:
@@ -80,9 +71,8 @@ def run_family(cfg: Config, family: str, rule: tuple, a, mapper, log=print) -> d
                        mapper=lambda calls: mapper(_j_task, calls))
     args = (fit.keep, fit.mean, fit.std, eta0, modulation, clip, timescale)
     zero = np.zeros(len(fit.keep))
-    j0 = mapper(_j_task, [(zero, *args, s) for s in held])
-    j = mapper(_j_task, [(fit.w, *args, s) for s in held])
-    held_ratios = [_ratio(b, c) for b, c in zip(j, j0)]
+    js = mapper(_j_task, [(w, *args, s) for s in held for w in (fit.w, zero)])  # one map: both rules, every draw
+    held_ratios = [_ratio(b, c) for b, c in zip(js[::2], js[1::2])]
     rec = {"family": family, "fit": {"systems": fit.systems, "ratios": fit.ratios(), **summary(fit.ratios())},
            "held_out": {"systems": [s.name for s in held], "ratios": held_ratios, **summary(held_ratios)},
            "keep": fit.keep, "w": fit.w, "mean": fit.mean, "std": fit.std, "fit_runs": fit.fit_runs,
@@ -100,9 +90,11 @@ def run_suite(suite: str, cfg: Config, families: list[dict], rule: tuple, mapper
     systems = suite_systems(suite, s.num_particles, s.dim, s.softening, s.mass)
     parts = mapper(_leading_task, [(x, *rule) for x in systems])
     runs = [p_ for p_ in parts if p_ is not None]
-    calls = [(w, f["keep"], f["mean"], f["std"], *rule, part) for part in runs
-             for f, w in [(families[0], np.zeros(len(families[0]["keep"])))] + [(f, f["w"]) for f in families]]
-    js = iter(mapper(_j_task, calls))  # per system: the classical recursion (w = 0), then each family's member
+    calls = []
+    for part in runs:  # per system: the classical recursion (no weights), then each family's member
+        calls.append((np.zeros(0), [], [], [], *rule, part))
+        calls += [(f["w"], f["keep"], f["mean"], f["std"], *rule, part) for f in families]
+    js = iter(mapper(_j_task, calls))
     out: dict = {}
     for x, part in zip(systems, parts):
         if part is None:
