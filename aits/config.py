@@ -164,6 +164,10 @@ class TrainConfig:
     passage_measure: str = opt("max", "the passage objective's energy error: max |E_k - E_0| / |E_0| (max), or the "
                                       "band (max E - min E) / |E_0| over the rollout, which does not depend on where "
                                       "in the oscillation the rollout starts (band)", choices=("max", "band"))
+    passage_apsis: float = opt(0.0, "share of each collector's passage rollouts that start from a fresh draw of the "
+                                    "mixture with every Kepler orbit at an apsis (pericentre or apocentre), where "
+                                    "published initial conditions start, instead of an accepted state (0: off)",
+                               ge=0, le=1)
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 
@@ -311,6 +315,9 @@ class Config:
         if s.ic == "mixture" and s.mixture.get("soft_few_body", 0) > 0 and f.feature_type != "scale_free":
             p.append("system.mixture: soft_few_body (each system its own softening) needs features.feature_type "
                      f"scale_free, got '{f.feature_type}'")
+        if t.passage_apsis and s.ic != "mixture":
+            p.append(f"train.passage_apsis: apsis starts are drawn from the training mixture; system.ic is '{s.ic}', "
+                     "set it to mixture or passage_apsis to 0")
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")

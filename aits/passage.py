@@ -24,11 +24,13 @@ of the most eccentric training orbit at the trained step size.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
 import torch
 
+from . import families
 from .config import Config
 from .metrics import declare
 from .samples import Samples, StateBatch
@@ -123,6 +125,28 @@ def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.
     return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
 
 
+def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config,
+                      rng: np.random.Generator) -> tuple[tuple, np.ndarray | None]:
+    """The passage rollouts' start states (m, x, v) (B,N[,D]) and softenings (B,) or None with the last
+    round(``train.passage_apsis`` * B) replaced by fresh draws of the mixture (``rng``) whose Kepler orbits all
+    start at an apsis, pericentre or apocentre equally (``system.apsis_starts`` 1; few-body draws are as
+    drawn), padded to the batch's bodies. An accepted state almost never sits at an apsis of a near-radial
+    orbit, while published initial conditions mostly do; from there the objective's max |E_k - E_0| is the
+    largest error a user starting at the apsis sees."""
+    m, x, v = (np.array(a) for a in start)
+    k = int(round(cfg.train.passage_apsis * len(m)))
+    if k == 0:
+        return (m, x, v), eps
+    at_apsis = dataclasses.replace(cfg.system, apsis_starts=1.0)
+    n_bodies, own = m.shape[1], None if eps is None else np.array(eps)
+    for row in range(len(m) - k, len(m)):
+        _, d = families.draw(rng, at_apsis)
+        m[row], x[row], v[row] = families.pad(d, n_bodies)
+        if own is not None:
+            own[row] = cfg.system.softening if d.eps is None else d.eps
+    return (m, x, v), own
+
+
 def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
                      rng: np.random.Generator) -> tuple[dict | None, dict]:
     """The passage objective's gradient at the model's current weights, over rollouts from
@@ -141,6 +165,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
     start = (samples.m[idx], samples.x[idx], samples.v[idx])
     eps = None if samples.eps is None else samples.eps[idx]
+    if t.passage_apsis:
+        start, eps = with_apsis_starts(start, eps, cfg, rng)
     errs, T, tau0, level, rows, keep, index = finite_rollouts(model, stepper, *start, t.passage_steps, eps)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
