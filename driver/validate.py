@@ -59,9 +59,17 @@ def drawn_systems(cfg: Config, n: int, seed: int = VALIDATION_SEED) -> Systems:
 
 
 def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
-    """(m, x, v, eps) of :func:`drawn_systems` (eps: each system's own softening)."""
+    """(m, x, v, eps) of :func:`drawn_systems` (eps: each system's own softening). A run trained with
+    ``train.passage_apsis`` s is judged as it trained: the last round(s * n) systems are drawn from the same
+    streams with every Kepler orbit at an apsis (``system.apsis_starts`` 1)."""
     systems = drawn_systems(cfg, n, seed)
-    return systems.m.copy(), systems.x.copy(), systems.v.copy(), systems.eps.copy()
+    m, x, v, eps = systems.m.copy(), systems.x.copy(), systems.v.copy(), systems.eps.copy()
+    k = int(round(cfg.train.passage_apsis * n))
+    if k:
+        at_apsis = Config.from_dict(cfg.to_dict(), ["system.apsis_starts=1"])
+        late = Systems(at_apsis, np.arange(n - k, n), [np.random.default_rng(seed + i) for i in range(n - k, n)])
+        m[n - k:], x[n - k:], v[n - k:], eps[n - k:] = late.m, late.x, late.v, late.eps
+    return m, x, v, eps
 
 
 def validation_loss(ckpt: dict, cfg: Config, states, steps: int,

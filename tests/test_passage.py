@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import rebound
 import torch
 
 from actors import Collector
@@ -298,3 +299,45 @@ def test_hinge_presses_where_the_rule_is_worse_than_its_classical_rule():
 def test_hinge_needs_the_bounded_factor():
     with pytest.raises(ConfigError, match="train.passage_hinge"):
         Config.from_dict({**factor_cfg().to_dict(), "train": {"passage_hinge": 1.0}})
+
+
+def test_apsis_share_of_rollouts_starts_from_fresh_draws_at_an_apsis():
+    """train.passage_apsis: that share of the rollouts' start states is replaced by fresh mixture draws whose
+    Kepler orbits start at an apsis (r . v = 0 in the pair's relative orbit; REBOUND's true anomaly 0 or pi),
+    padded with massless bodies; the other rows are the accepted states, untouched; off (0) leaves the
+    gradient bit for bit; outside a mixture it is refused."""
+    from aits.passage import with_apsis_starts
+    cfg = Config.from_dict({}, ["system.ic=mixture", "system.num_particles=4", "system.dim=3",
+                                "system.mixture={binary: 1}", "train.passage_apsis=0.25"])
+    B, rng = 16, np.random.default_rng(3)
+    start = (np.full((B, 4), 7.0), np.full((B, 4, 3), 2.0), np.full((B, 4, 3), -1.0))
+    (m, x, v), eps = with_apsis_starts(start, None, cfg, rng)
+    assert eps is None and np.array_equal(m[:12], start[0][:12]) and np.array_equal(x[:12], start[1][:12])
+    assert np.array_equal(start[0], np.full((B, 4), 7.0))  # the caller's arrays are not written
+    # a whole batch at share 1, with softenings carried: the run's own where a family has none
+    soft = Config.from_dict(cfg.to_dict(), ["train.passage_apsis=1", "system.softening=0.01"])
+    (m1, x1, v1), eps1 = with_apsis_starts(start, np.full(B, 0.5), soft, np.random.default_rng(4))
+    assert np.array_equal(eps1, np.full(B, 0.01))
+    apses = []
+    for mm, xx, vv in [(m[r], x[r], v[r]) for r in range(12, 16)] + list(zip(m1, x1, v1)):
+        assert mm[0] == 1.0 and 0 < mm[1] <= 1 and np.all(mm[2:] == 0)
+        sim = rebound.Simulation()
+        for k in range(2):
+            sim.add(m=mm[k], x=xx[k, 0], y=xx[k, 1], z=xx[k, 2], vx=vv[k, 0], vy=vv[k, 1], vz=vv[k, 2])
+        f = abs(math.remainder(sim.particles[1].orbit().f, 2 * math.pi))
+        assert min(f, abs(f - math.pi)) < 1e-6, f
+        apses.append(f < 1)
+    assert 0.2 < np.mean(apses) < 0.8  # pericentre and apocentre both (20 draws)
+    # off: passage_gradient's rollouts and gradient are those of the plain config, bit for bit
+    plain = Config.from_dict({**factor_cfg().to_dict(), "train": {"passage": True, "passage_steps": 40,
+                                                                   "passage_batch": 3}})
+    zero = Config.from_dict(plain.to_dict(), ["train.passage_apsis=0"])
+    samples = _kepler_samples([0.5, 0.8, 0.95])
+    g1, _ = passage_gradient(perturbed_model(plain), samples, Stepper(plain, NormScales()), plain,
+                             np.random.default_rng(0))
+    g0, _ = passage_gradient(perturbed_model(zero), samples, Stepper(zero, NormScales()), zero,
+                             np.random.default_rng(0))
+    for name in g1:
+        torch.testing.assert_close(g0[name], g1[name], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="train.passage_apsis"):
+        Config.from_dict({}, ["system.ic=kepler", "train.passage_apsis=0.5"])

@@ -3,6 +3,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from aits import Config, NormScales, build_model, build_payload, save_checkpoint
@@ -26,6 +27,29 @@ def test_validation_set_is_fixed_and_apart_from_training_draws():
     train = Systems.for_collector(CFG, 0, 6)
     assert not np.array_equal(a[1], train.x)
     assert (a[0] > 0).sum(1).min() >= 2  # every system has at least two massive bodies (padding massless)
+
+
+def test_a_run_trained_with_apsis_starts_is_judged_with_them():
+    """train.passage_apsis s: the last round(s * n) validation systems are drawn from the same streams with
+    every Kepler orbit at an apsis (a binary: the same energy and |L|, at an apsis); the others are the plain set's."""
+    n = 16
+    plain = V.validation_states(CFG, n)
+    half = V.validation_states(Config.from_dict(CFG.to_dict(), ["train.passage_apsis=0.5"]), n)
+    assert all(np.array_equal(p[:8], q[:8]) for p, q in zip(plain, half))
+    # the same families and first pairs (a triple's or planetary system's later orbits draw from a stream
+    # the apsis start has used differently)
+    assert np.array_equal((plain[0] > 0).sum(1), (half[0] > 0).sum(1)) and np.array_equal(plain[0][:, :2], half[0][:, :2])
+    binaries = [i for i in range(8, n) if (half[0][i] > 0).sum() == 2]
+    assert binaries, "the set's last half holds a binary"
+    for i in binaries:
+        def orbit(states):  # the pair's specific energy, angular momentum and r . v
+            m, x, v = states[0][i], states[1][i], states[2][i]
+            r, u = x[1] - x[0], v[1] - v[0]
+            return 0.5 * u @ u - (m[0] + m[1]) / np.linalg.norm(r), np.cross(r, u), r @ u / np.linalg.norm(r)
+        e0, l0, rv0 = orbit(plain)
+        e1, l1, rv1 = orbit(half)
+        assert e1 == pytest.approx(e0, rel=1e-9) and np.linalg.norm(l1) == pytest.approx(np.linalg.norm(l0), rel=1e-9)
+        assert abs(rv1) < 1e-9 * np.linalg.norm(half[2][i][1] - half[2][i][0]) and abs(rv0) > 1e-6
 
 
 def test_picks_the_lowest_loss_and_never_a_blown_up_rule(tmp_path, capsys):
