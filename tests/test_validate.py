@@ -121,6 +121,39 @@ def test_blend_config_is_the_generalist_with_its_documented_changes():
     assert blend["train"]["compile_rollout"] is True
 
 
+def test_apsis_config_is_the_blend_config_with_apsis_rollouts():
+    """configs/generalist_apsis.yaml is generalist_blend.yaml with every passage rollout from an apsis draw."""
+    from aits import Config
+
+    blend = Config.load("configs/generalist_blend.yaml").to_dict()
+    apsis = Config.load("configs/generalist_apsis.yaml").to_dict()
+    changed = {(sec, k) for sec in blend for k in blend[sec] if blend[sec][k] != apsis[sec][k]}
+    assert changed == {("run", "name"), ("train", "passage_apsis")} and apsis["train"]["passage_apsis"] == 1.0
+
+
+def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path):
+    """train.passage_apsis 1 in a short run of the recommended shape: every epoch's passage step is applied
+    with a finite loss from the apsis draws, and validation judges the run on its own (apsis) set."""
+    from driver.train import main
+    from helpers import rows
+
+    sets = ["train.compile_rollout=false", "model.hidden_dims=[8, 8]", "train.passage_steps=20",
+            "train.passage_batch=4", "train.passage_apsis=1", "train.epochs=2", "train.steps_per_epoch=2",
+            "ray.inprocess=true", "ray.systems_per_collector=8", "wandb.mode=disabled", "run.checkpoint_interval=1",
+            f"run.output_dir={tmp_path}", "run.name=apsis"]
+    assert main(["--config", "configs/generalist_apsis.yaml"] + [a for s in sets for a in ("--set", s)]) == 0
+    run = tmp_path / "apsis"
+    assert all(r["passage/applied"] == 1.0 and math.isfinite(r["passage/loss"]) for r in rows(run))
+    assert V.main([str(run), "--systems", "8", "--steps", "20"]) == 0
+    best = load_checkpoint(run / "model" / "model_best.pt")
+    doc = json.loads((run / "selection.json").read_text())
+    states = V.validation_states(Config.from_dict(best["config"]), 8)
+    again, _ = V.validation_loss(best, Config.from_dict(best["config"]), states, 20)
+    assert again == doc["epochs"][str(doc["best_epoch"])]["loss"]
+    plain, _ = V.validation_loss(best, Config.from_dict(best["config"]), V.validation_states(CFG, 8), 20)
+    assert plain != again
+
+
 def test_a_softened_mixture_trains_and_validates_with_each_systems_own_softening(tmp_path):
     """soft_few_body in the mixture: a short run (collect, generalize, passage) ends with finite weights, and
     validation rolls every system out with its own softening, so the range box spans the softening feature
