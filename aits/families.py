@@ -327,6 +327,11 @@ def draw(rng: np.random.Generator, s) -> tuple[int, Drawn]:
     return FAMILIES.index(name), FAMILY_FUNCTIONS[name](rng, s)
 
 
+def softening(d: Drawn, s) -> float:
+    """The Plummer softening a drawn system runs with: its family's own, else the run's ``s.softening``."""
+    return s.softening if d.eps is None else d.eps
+
+
 def pad(d: Drawn, n: int):
     """The system with n - len(d.m) massless bodies at rest, the k-th (from 0) at (k + 1) PAD_DISTANCE
     sizes from the centre of mass along x: distinct, and far from every orbit (size: ``d.size`` or the

@@ -133,17 +133,18 @@ def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config,
     drawn), padded to the batch's bodies. An accepted state almost never sits at an apsis of a near-radial
     orbit, while published initial conditions mostly do; from there the objective's max |E_k - E_0| is the
     largest error a user starting at the apsis sees."""
-    m, x, v = (np.array(a) for a in start)
-    k = int(round(cfg.train.passage_apsis * len(m)))
+    B = len(start[0])
+    k = int(round(cfg.train.passage_apsis * B))
     if k == 0:
-        return (m, x, v), eps
+        return start, eps
+    m, x, v = (np.array(a) for a in start)  # the caller's arrays (views of the samples) stay as they are
     at_apsis = dataclasses.replace(cfg.system, apsis_starts=1.0)
-    n_bodies, own = m.shape[1], None if eps is None else np.array(eps)
-    for row in range(len(m) - k, len(m)):
+    own = None if eps is None else np.array(eps)
+    for row in range(B - k, B):
         _, d = families.draw(rng, at_apsis)
-        m[row], x[row], v[row] = families.pad(d, n_bodies)
+        m[row], x[row], v[row] = families.pad(d, m.shape[1])
         if own is not None:
-            own[row] = cfg.system.softening if d.eps is None else d.eps
+            own[row] = families.softening(d, cfg.system)
     return (m, x, v), own
 
 

@@ -102,7 +102,7 @@ class Systems:
                 family, drawn = families.draw(rng, s)
                 m, x, v = families.pad(drawn, self.N)
                 period, e, a = drawn.period, drawn.e, drawn.a
-                eps = s.softening if drawn.eps is None else drawn.eps
+                eps = families.softening(drawn, s)
             elif s.ic == "kepler":
                 e = rng.uniform(s.e_min, s.e_max)
                 a = rng.uniform(s.a_min, s.a_max)
