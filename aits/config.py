@@ -168,6 +168,11 @@ class TrainConfig:
                                     "mixture with every Kepler orbit at an apsis (pericentre or apocentre), where "
                                     "published initial conditions start, instead of an accepted state (0: off)",
                                ge=0, le=1)
+    passage_apsis_families: list[str] = opt([], "the families whose rollouts passage_apsis moves: a share of "
+                                                "the rollouts from accepted states of these families each start "
+                                                "from a fresh draw of its own family at an apsis; the others "
+                                                "start from accepted states ([]: every family, fresh mixture "
+                                                "draws)")
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 
@@ -318,6 +323,7 @@ class Config:
         if t.passage_apsis and s.ic != "mixture":
             p.append(f"train.passage_apsis: apsis starts are drawn from the training mixture; system.ic is '{s.ic}', "
                      "set it to mixture or passage_apsis to 0")
+        p.extend(_apsis_family_problems(t))
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")
@@ -330,6 +336,14 @@ class Config:
                      "a rejected step could have zero loss and retrain for ever")
         if p:
             raise ConfigError(p)
+
+
+def _apsis_family_problems(t: "TrainConfig") -> list[str]:
+    """One line per unknown family in ``train.passage_apsis_families``."""
+    from .families import FAMILIES
+
+    return [f"train.passage_apsis_families: unknown family '{k}'{_hint(k, FAMILIES)}; families: {', '.join(FAMILIES)}"
+            for k in t.passage_apsis_families if k not in FAMILIES]
 
 
 def _mixture_problems(s: "SystemConfig") -> list[str]:

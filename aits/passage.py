@@ -125,23 +125,39 @@ def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.
     return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
 
 
-def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config,
-                      rng: np.random.Generator) -> tuple[tuple, np.ndarray | None]:
-    """The passage rollouts' start states (m, x, v) (B,N[,D]) and softenings (B,) or None with the last
-    round(``train.passage_apsis`` * B) replaced by fresh draws of the mixture (``rng``) whose Kepler orbits all
-    start at an apsis, pericentre or apocentre equally (``system.apsis_starts`` 1; few-body draws are as
-    drawn), padded to the batch's bodies. An accepted state almost never sits at an apsis of a near-radial
-    orbit, while published initial conditions mostly do; from there the objective's max |E_k - E_0| is the
-    largest error a user starting at the apsis sees."""
+def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config, rng: np.random.Generator,
+                      family: np.ndarray | None = None) -> tuple[tuple, np.ndarray | None]:
+    """The passage rollouts' start states (m, x, v) (B,N[,D]) and softenings (B,) or None with a share
+    s = ``train.passage_apsis`` of them replaced by fresh draws (``rng``) whose Kepler orbits all start at an
+    apsis, pericentre or apocentre equally (``system.apsis_starts`` 1; few-body draws are as drawn), padded to
+    the batch's bodies. An accepted state almost never sits at an apsis of a near-radial orbit, while
+    published initial conditions mostly do; from there the objective's max |E_k - E_0| is the largest error a
+    user starting at the apsis sees.
+
+    ``train.passage_apsis_families`` empty: the last round(s B) rows, each a draw of the whole mixture.
+    Else, of the rows whose state's ``family`` (B,) (codes of ``FAMILIES``) is one of those families, the last
+    round(s n) of them, each a draw of its own family; the other rows keep their accepted states (the
+    few-body families' rollouts go on starting from the close encounters their systems run into)."""
     B = len(start[0])
-    k = int(round(cfg.train.passage_apsis * B))
+    names = cfg.train.passage_apsis_families
+    if not names:
+        rows = np.arange(B)
+    elif family is None:
+        raise ValueError("train.passage_apsis_families: the start states carry no family (samples kept from a "
+                         "checkpoint from before Samples.family)")
+    else:
+        rows = np.flatnonzero(np.isin(family, [families.FAMILIES.index(f) for f in names]))
+    k = int(round(cfg.train.passage_apsis * len(rows)))
     if k == 0:
         return start, eps
     m, x, v = (np.array(a) for a in start)  # the caller's arrays (views of the samples) stay as they are
     at_apsis = dataclasses.replace(cfg.system, apsis_starts=1.0)
     own = None if eps is None else np.array(eps)
-    for row in range(B - k, B):
-        _, d = families.draw(rng, at_apsis)
+    for row in rows[len(rows) - k:]:
+        if names:
+            d = families.FAMILY_FUNCTIONS[families.FAMILIES[family[row]]](rng, at_apsis)
+        else:
+            _, d = families.draw(rng, at_apsis)
         m[row], x[row], v[row] = families.pad(d, m.shape[1])
         if own is not None:
             own[row] = families.softening(d, cfg.system)
@@ -167,7 +183,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     start = (samples.m[idx], samples.x[idx], samples.v[idx])
     eps = None if samples.eps is None else samples.eps[idx]
     if t.passage_apsis:
-        start, eps = with_apsis_starts(start, eps, cfg, rng)
+        family = None if samples.family is None else samples.family[idx]
+        start, eps = with_apsis_starts(start, eps, cfg, rng, family)
     errs, T, tau0, level, rows, keep, index = finite_rollouts(model, stepper, *start, t.passage_steps, eps)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-INT_FIELDS = ("orbit_id", "step", "retrains")
+from .families import NO_FAMILY
+
+INT_FIELDS = ("orbit_id", "step", "retrains", "family")
 
 
 class Rows:
@@ -57,13 +59,16 @@ STATE_FIELDS = tuple(f.name for f in fields(StateBatch))
 class Samples(StateBatch):
     """Accepted pre-step states with their own histories (a :class:`StateBatch` of n states) and their
     step's metadata, as compact numpy arrays: orbit_id, step (n,) int; accepted_dt, rel_dE (n,);
-    retrains (n,) int."""
+    retrains, family (n,) int."""
 
     orbit_id: np.ndarray
     step: np.ndarray
     accepted_dt: np.ndarray
     rel_dE: np.ndarray
     retrains: np.ndarray
+    # (n,) each state's family (index in aits.families.FAMILIES; NO_FAMILY outside a mixture); None in
+    # samples kept in a checkpoint from before it
+    family: np.ndarray | None = field(default=None, kw_only=True)
     # The collector's passage-objective gradient for the learner (aits/passage.py), riding with the
     # samples it was computed from; not a per-sample array: take/concat/to_dict leave it out.
     passage: dict | None = field(default=None, compare=False, repr=False)
@@ -75,9 +80,11 @@ class Samples(StateBatch):
     def empty(cls, K: int, N: int, D: int, capacity: int = 0) -> "Samples":
         """``capacity`` zero rows (float64, ints for the metadata); ``take`` trims a filled prefix."""
         shapes = {"m": (N,), "x": (N, D), "v": (N, D), "hist_x": (K, N, D), "hist_v": (K, N, D), "hist_dt": (K,)}
-        return cls(**{f.name: np.zeros((capacity, *shapes.get(f.name, ())),
-                                       dtype=np.int64 if f.name in INT_FIELDS else np.float64)
-                      for f in fields(cls) if f.compare})
+        out = cls(**{f.name: np.zeros((capacity, *shapes.get(f.name, ())),
+                                      dtype=np.int64 if f.name in INT_FIELDS else np.float64)
+                     for f in fields(cls) if f.compare})
+        out.family[:] = NO_FAMILY  # 0 would be a family's code
+        return out
 
     @classmethod
     def concat(cls, parts: list["Samples"]) -> "Samples":

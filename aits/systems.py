@@ -178,7 +178,7 @@ class Systems:
         ``start..`` of the preallocated ``out``. Returns the next free row."""
         end = start + len(idx)
         rows = slice(start, end)
-        for name in (*STATE_FIELDS, "steps", "ids"):
+        for name in (*STATE_FIELDS, "steps", "ids", "family"):
             getattr(out, {"steps": "step", "ids": "orbit_id"}.get(name, name))[rows] = getattr(self, name)[idx]
         out.accepted_dt[rows], out.rel_dE[rows], out.retrains[rows] = accepted_dt, rel_dE, retrains
         return end

@@ -40,6 +40,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
+from aits.families import FAMILIES
 from aits.passage import classical_rows, objective_rows, rollout
 from aits.ranges import measure_ranges
 from aits.systems import Systems
@@ -60,15 +61,20 @@ def drawn_systems(cfg: Config, n: int, seed: int = VALIDATION_SEED) -> Systems:
 
 def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
     """(m, x, v, eps) of :func:`drawn_systems` (eps: each system's own softening). A run trained with
-    ``train.passage_apsis`` s is judged as it trained: the last round(s * n) systems are drawn from the same
-    streams with every Kepler orbit at an apsis (``system.apsis_starts`` 1)."""
+    ``train.passage_apsis`` s is judged as it trained: the last round(s * n) systems (with
+    ``train.passage_apsis_families``: the last round(s * n_f) of the n_f systems of those families) are drawn
+    from the same streams with every Kepler orbit at an apsis (``system.apsis_starts`` 1; the same family)."""
     systems = drawn_systems(cfg, n, seed)
     m, x, v, eps = systems.m.copy(), systems.x.copy(), systems.v.copy(), systems.eps.copy()
-    k = int(round(cfg.train.passage_apsis * n))
+    names = cfg.train.passage_apsis_families
+    rows = (np.flatnonzero(np.isin(systems.family, [FAMILIES.index(f) for f in names])) if names
+            else np.arange(n))
+    k = int(round(cfg.train.passage_apsis * len(rows)))
     if k:
+        late = rows[len(rows) - k:]
         at_apsis = Config.from_dict(cfg.to_dict(), ["system.apsis_starts=1"])
-        late = Systems(at_apsis, np.arange(n - k, n), [np.random.default_rng(seed + i) for i in range(n - k, n)])
-        m[n - k:], x[n - k:], v[n - k:], eps[n - k:] = late.m, late.x, late.v, late.eps
+        redrawn = Systems(at_apsis, late, [np.random.default_rng(seed + int(i)) for i in late])
+        m[late], x[late], v[late], eps[late] = redrawn.m, redrawn.x, redrawn.v, redrawn.eps
     return m, x, v, eps
 
 

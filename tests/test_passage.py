@@ -341,3 +341,36 @@ def test_apsis_share_of_rollouts_starts_from_fresh_draws_at_an_apsis():
         torch.testing.assert_close(g0[name], g1[name], rtol=0, atol=0)
     with pytest.raises(ConfigError, match="train.passage_apsis"):
         Config.from_dict({}, ["system.ic=kepler", "train.passage_apsis=0.5"])
+
+
+def test_family_aware_apsis_starts_move_only_the_named_families():
+    """train.passage_apsis_families: of the rows whose accepted state belongs to a named family, the last
+    round(s n) each start from a fresh draw of its own family at an apsis; the other families' rows keep
+    their accepted states (the few-body rollouts still start from their close encounters); without each
+    state's family it is refused in one line."""
+    from aits.families import FAMILIES
+    from aits.passage import with_apsis_starts
+    cfg = Config.from_dict({}, ["system.ic=mixture", "system.num_particles=4", "system.dim=3",
+                                "system.mixture={binary: 0.5, triple: 0.3, few_body: 0.2}", "train.passage_apsis=1",
+                                "train.passage_apsis_families=[binary, triple]"])
+    codes = {f: FAMILIES.index(f) for f in ("binary", "triple", "few_body")}
+    family = np.array([codes["few_body"], codes["binary"], codes["triple"], codes["few_body"], codes["binary"],
+                       codes["binary"]])
+    B = len(family)
+    start = (np.full((B, 4), 7.0), np.full((B, 4, 3), 2.0), np.full((B, 4, 3), -1.0))
+    (m, x, v), _ = with_apsis_starts(start, None, cfg, np.random.default_rng(5), family)
+    few = family == codes["few_body"]
+    assert np.array_equal(m[few], start[0][few]) and np.array_equal(x[few], start[1][few])
+    # each moved row is a fresh system of its own family: a padded binary, a triple of three massive bodies
+    assert [(mm > 0).sum() for mm in m[~few]] == [2, 3, 2, 2] and not np.any(m[~few] == 7.0)
+    for r in np.flatnonzero(family == codes["binary"]):
+        rel_x, rel_v = x[r, 1] - x[r, 0], v[r, 1] - v[r, 0]
+        assert abs(rel_x @ rel_v) < 1e-9 * np.linalg.norm(rel_x) * np.linalg.norm(rel_v)  # at an apsis
+    # share 0.5 of the 4 named rows: the last 2 of them (rows 4 and 5); rows 1 and 2 are kept
+    half = Config.from_dict(cfg.to_dict(), ["train.passage_apsis=0.5"])
+    (m2, _, _), _ = with_apsis_starts(start, None, half, np.random.default_rng(5), family)
+    assert np.array_equal(m2[:4], start[0][:4]) and not np.any(m2[4:] == 7.0)
+    with pytest.raises(ValueError, match="train.passage_apsis_families"):
+        with_apsis_starts(start, None, cfg, np.random.default_rng(5), None)
+    with pytest.raises(ConfigError, match="train.passage_apsis_families: unknown family 'binry'"):
+        Config.from_dict({}, ["train.passage_apsis_families=[binry]"])

@@ -131,9 +131,11 @@ def test_apsis_config_is_the_blend_config_with_apsis_rollouts():
     assert changed == {("run", "name"), ("train", "passage_apsis")} and apsis["train"]["passage_apsis"] == 1.0
 
 
-def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path):
-    """train.passage_apsis 1 in a short run of the recommended shape: every epoch's passage step is applied
-    with a finite loss from the apsis draws, and validation judges the run on its own (apsis) set."""
+@pytest.mark.parametrize("name", ["generalist_apsis", "generalist_apsis_orbits"])
+def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path, name):
+    """train.passage_apsis 1 in a short run of the recommended shape (every family's rollouts from apsis draws,
+    or the orbit families' only, found by the collected samples' families): every epoch's passage step is
+    applied with a finite loss, and validation judges the run on its own (apsis) set."""
     from driver.train import main
     from helpers import rows
 
@@ -141,7 +143,7 @@ def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path):
             "train.passage_batch=4", "train.passage_apsis=1", "train.epochs=2", "train.steps_per_epoch=2",
             "ray.inprocess=true", "ray.systems_per_collector=8", "wandb.mode=disabled", "run.checkpoint_interval=1",
             f"run.output_dir={tmp_path}", "run.name=apsis"]
-    assert main(["--config", "configs/generalist_apsis.yaml"] + [a for s in sets for a in ("--set", s)]) == 0
+    assert main(["--config", f"configs/{name}.yaml"] + [a for s in sets for a in ("--set", s)]) == 0
     run = tmp_path / "apsis"
     assert all(r["passage/applied"] == 1.0 and math.isfinite(r["passage/loss"]) for r in rows(run))
     assert V.main([str(run), "--systems", "8", "--steps", "20"]) == 0
@@ -197,3 +199,36 @@ def test_a_hinge_run_is_judged_with_its_hinge():
         plain, _ = V.validation_loss(ckpt, CFG, states, steps)
         with_hinge, _ = V.validation_loss(ckpt, hinged, states, steps)
         assert (with_hinge > plain + 1e-3) if excess else (with_hinge == plain)
+
+
+def test_apsis_orbits_config_is_the_apsis_config_for_the_orbit_families():
+    """configs/generalist_apsis_orbits.yaml is generalist_apsis.yaml with the apsis starts for the orbit
+    families only: the few-body family's rollouts start from accepted states."""
+    from aits import Config
+
+    apsis = Config.load("configs/generalist_apsis.yaml").to_dict()
+    orbits = Config.load("configs/generalist_apsis_orbits.yaml").to_dict()
+    changed = {(sec, k) for sec in apsis for k in apsis[sec] if apsis[sec][k] != orbits[sec][k]}
+    assert changed == {("run", "name"), ("train", "passage_apsis_families")}
+    assert orbits["train"]["passage_apsis_families"] == ["binary", "triple", "planets"]
+
+
+def test_family_aware_validation_moves_only_the_named_families():
+    """train.passage_apsis_families: only the validation systems of those families are redrawn at an apsis
+    (from their own streams: the same family and first pair); the few-body systems are the plain set's."""
+    from aits.families import FAMILIES
+
+    n = 24
+    plain_cfg = Config.from_dict(CFG.to_dict(), ["system.mixture={binary: 1, few_body: 1}"])
+    plain = V.validation_states(plain_cfg, n)
+    moved = V.validation_states(Config.from_dict(plain_cfg.to_dict(), [
+        "train.passage_apsis=1", "train.passage_apsis_families=[binary]"]), n)
+    family = V.drawn_systems(plain_cfg, n).family
+    few, binary = family == FAMILIES.index("few_body"), family == FAMILIES.index("binary")
+    assert few.any() and binary.any()
+    assert all(np.array_equal(p[few], q[few]) for p, q in zip(plain, moved))
+    assert np.array_equal(plain[0][binary], moved[0][binary])  # same masses: the same draws, at another phase
+    rel_x = moved[1][binary, 1] - moved[1][binary, 0]
+    rel_v = moved[2][binary, 1] - moved[2][binary, 0]
+    rv = np.einsum("bd,bd->b", rel_x, rel_v) / (np.linalg.norm(rel_x, axis=1) * np.linalg.norm(rel_v, axis=1))
+    assert np.abs(rv).max() < 1e-9 and not np.array_equal(plain[1][binary], moved[1][binary])
