@@ -353,3 +353,19 @@ def test_two_epoch_mixture_run_on_the_ray_config(tmp_path, capsys):
     # the run resumes from its checkpoint: the collector states load back under the config
     assert main(args + ["--set", "train.epochs=3", "--resume", "auto"]) == 0
     assert "Training complete: 3 epochs" in capsys.readouterr().out
+
+
+def test_samples_carry_each_states_family():
+    """write_samples records each state's family (what train.passage_apsis_families selects by); an unwritten
+    row is NO_FAMILY, not family 0; samples kept from before the field concatenate to none."""
+    from aits.samples import Samples
+
+    s = systems(mixture_cfg("system.mixture={binary: 1, triple: 1, few_body: 1}"), 12)
+    out = Samples.empty(0, s.N, s.D, capacity=14)
+    end = s.write_samples(out, 0, np.arange(12), np.ones(12), np.zeros(12), np.zeros(12, dtype=np.int64))
+    assert np.array_equal(out.family[:end], s.family) and len(set(s.family.tolist())) == 3
+    assert np.all(out.family[end:] == NO_FAMILY)
+    old = out.take(slice(0, 2))
+    old.family = None
+    assert Samples.concat([out, old]).family is None
+    assert np.array_equal(Samples.concat([out, out]).family[14:26], s.family)
