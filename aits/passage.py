@@ -125,6 +125,16 @@ def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.
     return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
 
 
+def apsis_rows(cfg: Config, n: int, family: np.ndarray | None) -> np.ndarray:
+    """The rows of n start states (each of ``family``, codes of ``FAMILIES``) that ``train.passage_apsis`` s
+    moves to an apsis: the last round(s n) rows, or with ``train.passage_apsis_families`` the last
+    round(s n_f) of the n_f rows of those families."""
+    names = cfg.train.passage_apsis_families
+    rows = np.flatnonzero(np.isin(family, [families.FAMILIES.index(f) for f in names])) if names else np.arange(n)
+    k = int(round(cfg.train.passage_apsis * len(rows)))
+    return rows[len(rows) - k:]
+
+
 def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config, rng: np.random.Generator,
                       family: np.ndarray | None = None) -> tuple[tuple, np.ndarray | None]:
     """The passage rollouts' start states (m, x, v) (B,N[,D]) and softenings (B,) or None with a share
@@ -138,22 +148,17 @@ def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config, rng: np
     Else, of the rows whose state's ``family`` (B,) (codes of ``FAMILIES``) is one of those families, the last
     round(s n) of them, each a draw of its own family; the other rows keep their accepted states (the
     few-body families' rollouts go on starting from the close encounters their systems run into)."""
-    B = len(start[0])
     names = cfg.train.passage_apsis_families
-    if not names:
-        rows = np.arange(B)
-    elif family is None:
+    if names and family is None:
         raise ValueError("train.passage_apsis_families: the start states carry no family (samples kept from a "
                          "checkpoint from before Samples.family)")
-    else:
-        rows = np.flatnonzero(np.isin(family, [families.FAMILIES.index(f) for f in names]))
-    k = int(round(cfg.train.passage_apsis * len(rows)))
-    if k == 0:
+    moved = apsis_rows(cfg, len(start[0]), family)
+    if len(moved) == 0:
         return start, eps
     m, x, v = (np.array(a) for a in start)  # the caller's arrays (views of the samples) stay as they are
     at_apsis = dataclasses.replace(cfg.system, apsis_starts=1.0)
     own = None if eps is None else np.array(eps)
-    for row in rows[len(rows) - k:]:
+    for row in moved:
         if names:
             d = families.FAMILY_FUNCTIONS[families.FAMILIES[family[row]]](rng, at_apsis)
         else:

@@ -40,8 +40,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
-from aits.families import FAMILIES
-from aits.passage import classical_rows, objective_rows, rollout
+from aits.passage import apsis_rows, classical_rows, objective_rows, rollout
 from aits.ranges import measure_ranges
 from aits.systems import Systems
 
@@ -66,12 +65,8 @@ def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
     from the same streams with every Kepler orbit at an apsis (``system.apsis_starts`` 1; the same family)."""
     systems = drawn_systems(cfg, n, seed)
     m, x, v, eps = systems.m.copy(), systems.x.copy(), systems.v.copy(), systems.eps.copy()
-    names = cfg.train.passage_apsis_families
-    rows = (np.flatnonzero(np.isin(systems.family, [FAMILIES.index(f) for f in names])) if names
-            else np.arange(n))
-    k = int(round(cfg.train.passage_apsis * len(rows)))
-    if k:
-        late = rows[len(rows) - k:]
+    late = apsis_rows(cfg, n, systems.family)
+    if len(late):
         at_apsis = Config.from_dict(cfg.to_dict(), ["system.apsis_starts=1"])
         redrawn = Systems(at_apsis, late, [np.random.default_rng(seed + int(i)) for i in late])
         m[late], x[late], v[late], eps[late] = redrawn.m, redrawn.x, redrawn.v, redrawn.eps
