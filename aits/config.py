@@ -173,6 +173,9 @@ class TrainConfig:
                                                 "from a fresh draw of its own family at an apsis; the others "
                                                 "start from accepted states ([]: every family, fresh mixture "
                                                 "draws)")
+    passage_family_weights: dict[str, float] = opt({}, "each family's weight in the passage objective's mean over "
+                                                       "the rollouts, by the family of its start state (a family "
+                                                       "not named: 1; {}: the plain mean)", ge=0)
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 
@@ -323,7 +326,7 @@ class Config:
         if t.passage_apsis and s.ic != "mixture":
             p.append(f"train.passage_apsis: apsis starts are drawn from the training mixture; system.ic is '{s.ic}', "
                      "set it to mixture or passage_apsis to 0")
-        p.extend(_apsis_family_problems(t))
+        p.extend(_apsis_family_problems(t, s))
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")
@@ -338,12 +341,19 @@ class Config:
             raise ConfigError(p)
 
 
-def _apsis_family_problems(t: "TrainConfig") -> list[str]:
-    """One line per unknown family in ``train.passage_apsis_families``."""
+def _apsis_family_problems(t: "TrainConfig", s: "SystemConfig") -> list[str]:
+    """One line per unknown family in ``train.passage_apsis_families`` and ``train.passage_family_weights``, and
+    for weights that leave no family the mixture draws a positive weight."""
     from .families import FAMILIES
 
-    return [f"train.passage_apsis_families: unknown family '{k}'{_hint(k, FAMILIES)}; families: {', '.join(FAMILIES)}"
-            for k in t.passage_apsis_families if k not in FAMILIES]
+    out = [f"train.{key}: unknown family '{k}'{_hint(k, FAMILIES)}; families: {', '.join(FAMILIES)}"
+           for key in ("passage_apsis_families", "passage_family_weights") for k in getattr(t, key)
+           if k not in FAMILIES]
+    drawn = [k for k, w in s.mixture.items() if w > 0] if s.ic == "mixture" else []
+    if t.passage_family_weights and drawn and not any(t.passage_family_weights.get(k, 1.0) > 0 for k in drawn):
+        out.append(f"train.passage_family_weights: every family the mixture draws has weight 0, got "
+                   f"{t.passage_family_weights!r}")
+    return out
 
 
 def _mixture_problems(s: "SystemConfig") -> list[str]:

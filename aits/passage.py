@@ -135,8 +135,18 @@ def apsis_rows(cfg: Config, n: int, family: np.ndarray | None) -> np.ndarray:
     return rows[len(rows) - k:]
 
 
+def family_weights(weights: dict[str, float], family: np.ndarray | None) -> np.ndarray:
+    """Each row's weight in the passage objective's mean (``train.passage_family_weights``: a family's weight,
+    1 for a family not named) from the rows' ``family`` codes (B,); ValueError when the rows carry no family."""
+    if family is None or np.any(np.asarray(family) < 0):
+        raise ValueError("train.passage_family_weights: the start states carry no family (samples kept from a "
+                         "checkpoint from before Samples.family)")
+    table = np.array([weights.get(f, 1.0) for f in families.FAMILIES], dtype=np.float64)
+    return table[np.asarray(family)]
+
+
 def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config, rng: np.random.Generator,
-                      family: np.ndarray | None = None) -> tuple[tuple, np.ndarray | None]:
+                      family: np.ndarray | None = None) -> tuple[tuple, np.ndarray | None, np.ndarray | None]:
     """The passage rollouts' start states (m, x, v) (B,N[,D]) and softenings (B,) or None with a share
     s = ``train.passage_apsis`` of them replaced by fresh draws (``rng``) whose Kepler orbits all start at an
     apsis, pericentre or apocentre equally (``system.apsis_starts`` 1; few-body draws are as drawn), padded to
@@ -147,26 +157,32 @@ def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config, rng: np
     ``train.passage_apsis_families`` empty: the last round(s B) rows, each a draw of the whole mixture.
     Else, of the rows whose state's ``family`` (B,) (codes of ``FAMILIES``) is one of those families, the last
     round(s n) of them, each a draw of its own family; the other rows keep their accepted states (the
-    few-body families' rollouts go on starting from the close encounters their systems run into)."""
+    few-body families' rollouts go on starting from the close encounters their systems run into).
+
+    Returns ((m, x, v), softenings, the rows' families): ``family`` with the codes of the fresh draws, a copy
+    (None stays None)."""
     names = cfg.train.passage_apsis_families
     if names and family is None:
         raise ValueError("train.passage_apsis_families: the start states carry no family (samples kept from a "
                          "checkpoint from before Samples.family)")
     moved = apsis_rows(cfg, len(start[0]), family)
     if len(moved) == 0:
-        return start, eps
+        return start, eps, family
     m, x, v = (np.array(a) for a in start)  # the caller's arrays (views of the samples) stay as they are
     at_apsis = dataclasses.replace(cfg.system, apsis_starts=1.0)
     own = None if eps is None else np.array(eps)
+    codes = None if family is None else np.array(family)
     for row in moved:
         if names:
             d = families.FAMILY_FUNCTIONS[families.FAMILIES[family[row]]](rng, at_apsis)
         else:
-            _, d = families.draw(rng, at_apsis)
+            code, d = families.draw(rng, at_apsis)
+            if codes is not None:
+                codes[row] = code
         m[row], x[row], v[row] = families.pad(d, m.shape[1])
         if own is not None:
             own[row] = families.softening(d, cfg.system)
-    return (m, x, v), own
+    return (m, x, v), own, codes
 
 
 def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
@@ -187,14 +203,21 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     idx = rng.choice(n, size=min(t.passage_batch, n), replace=False)
     start = (samples.m[idx], samples.x[idx], samples.v[idx])
     eps = None if samples.eps is None else samples.eps[idx]
+    family = None if samples.family is None else samples.family[idx]
     if t.passage_apsis:
-        family = None if samples.family is None else samples.family[idx]
-        start, eps = with_apsis_starts(start, eps, cfg, rng, family)
+        start, eps, family = with_apsis_starts(start, eps, cfg, rng, family)
     errs, T, tau0, level, rows, keep, index = finite_rollouts(model, stepper, *start, t.passage_steps, eps)
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
-    loss = rows.mean()
+    if t.passage_family_weights:
+        w = torch.as_tensor(family_weights(t.passage_family_weights, family)[index]).to(rows)
+        if not bool(w.sum() > 0):  # only weight-0 families' rollouts were finite: nothing to learn from
+            metrics["passage/skipped"] = 1
+            return None, metrics
+        loss = (w * rows).sum() / w.sum()
+    else:
+        loss = rows.mean()
     metrics["passage/loss"] = float(loss.detach())
     if t.passage_hinge:  # each system's excess over its own classical rule counts (1 + hinge) times
         excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps)[index].to(rows)

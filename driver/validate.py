@@ -40,7 +40,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
-from aits.passage import apsis_rows, classical_rows, objective_rows, rollout
+from aits.passage import apsis_rows, classical_rows, family_weights, objective_rows, rollout
 from aits.ranges import measure_ranges
 from aits.systems import Systems
 
@@ -74,11 +74,12 @@ def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
 
 
 def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
-                    classical: torch.Tensor | None = None) -> tuple[float, int]:
+                    classical: torch.Tensor | None = None, family: np.ndarray | None = None) -> tuple[float, int]:
     """(mean passage objective over the finite rollouts, rollouts that blew up) of a checkpoint's rule; with
     ``train.passage_hinge`` plus, as in training, hinge x the mean excess over the classical rule it contains.
     ``classical``: that rule's objective on ``states`` (:func:`aits.passage.classical_rows`; the same for every
-    checkpoint of a run), computed here when not given."""
+    checkpoint of a run), computed here when not given. With ``train.passage_family_weights`` the mean is
+    weighted as in training, by the states' ``family`` (codes of ``FAMILIES``)."""
     model = fit_weights(build_model(cfg), ckpt).eval()
     stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
     m, x, v, eps = states
@@ -88,7 +89,11 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
     blown = int((~ok).sum())
     if not bool(ok.any()):
         return math.inf, blown
-    loss = float(rows.mean())
+    if cfg.train.passage_family_weights:
+        w = torch.as_tensor(family_weights(cfg.train.passage_family_weights, family)).to(rows)[ok]
+        loss = float((w * rows).sum() / w.sum()) if bool(w.sum() > 0) else math.inf
+    else:
+        loss = float(rows.mean())
     if cfg.train.passage_hinge:
         if classical is None:
             classical = classical_rows(model, stepper, m, x, v, steps, eps)
@@ -120,10 +125,11 @@ def main(argv=None) -> int:
         # the classical rule a hinge run is judged against does not change with the weights: rolled out once
         classical = (classical_rows(build_model(cfg), Stepper(cfg, NormScales()), *states[:3], steps, states[3])
                      if cfg.train.passage_hinge else None)
+        family = drawn_systems(cfg, a.systems, a.seed).family  # apsis redraws keep each system's family
         table = {}
         for path in paths:
             ckpt = load_checkpoint(path)
-            loss, blown = validation_loss(ckpt, Config.from_dict(ckpt["config"]), states, steps, classical)
+            loss, blown = validation_loss(ckpt, Config.from_dict(ckpt["config"]), states, steps, classical, family)
             table[int(ckpt["epoch"])] = {"loss": loss, "blown_up": blown, "path": path.name}
             print(f"epoch {int(ckpt['epoch']):5d}  validation loss {loss:9.4f}  blown up {blown}", flush=True)
     except CheckpointError as exc:

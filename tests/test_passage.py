@@ -311,12 +311,13 @@ def test_apsis_share_of_rollouts_starts_from_fresh_draws_at_an_apsis():
                                 "system.mixture={binary: 1}", "train.passage_apsis=0.25"])
     B, rng = 16, np.random.default_rng(3)
     start = (np.full((B, 4), 7.0), np.full((B, 4, 3), 2.0), np.full((B, 4, 3), -1.0))
-    (m, x, v), eps = with_apsis_starts(start, None, cfg, rng)
+    (m, x, v), eps, fam = with_apsis_starts(start, None, cfg, rng)
+    assert fam is None  # no families in, none out
     assert eps is None and np.array_equal(m[:12], start[0][:12]) and np.array_equal(x[:12], start[1][:12])
     assert np.array_equal(start[0], np.full((B, 4), 7.0))  # the caller's arrays are not written
     # a whole batch at share 1, with softenings carried: the run's own where a family has none
     soft = Config.from_dict(cfg.to_dict(), ["train.passage_apsis=1", "system.softening=0.01"])
-    (m1, x1, v1), eps1 = with_apsis_starts(start, np.full(B, 0.5), soft, np.random.default_rng(4))
+    (m1, x1, v1), eps1, _ = with_apsis_starts(start, np.full(B, 0.5), soft, np.random.default_rng(4))
     assert np.array_equal(eps1, np.full(B, 0.01))
     apses = []
     for mm, xx, vv in [(m[r], x[r], v[r]) for r in range(12, 16)] + list(zip(m1, x1, v1)):
@@ -358,7 +359,8 @@ def test_family_aware_apsis_starts_move_only_the_named_families():
                        codes["binary"]])
     B = len(family)
     start = (np.full((B, 4), 7.0), np.full((B, 4, 3), 2.0), np.full((B, 4, 3), -1.0))
-    (m, x, v), _ = with_apsis_starts(start, None, cfg, np.random.default_rng(5), family)
+    (m, x, v), _, fam = with_apsis_starts(start, None, cfg, np.random.default_rng(5), family)
+    assert np.array_equal(fam, family)  # each moved row is a draw of its own family
     few = family == codes["few_body"]
     assert np.array_equal(m[few], start[0][few]) and np.array_equal(x[few], start[1][few])
     # each moved row is a fresh system of its own family: a padded binary, a triple of three massive bodies
@@ -368,9 +370,49 @@ def test_family_aware_apsis_starts_move_only_the_named_families():
         assert abs(rel_x @ rel_v) < 1e-9 * np.linalg.norm(rel_x) * np.linalg.norm(rel_v)  # at an apsis
     # share 0.5 of the 4 named rows: the last 2 of them (rows 4 and 5); rows 1 and 2 are kept
     half = Config.from_dict(cfg.to_dict(), ["train.passage_apsis=0.5"])
-    (m2, _, _), _ = with_apsis_starts(start, None, half, np.random.default_rng(5), family)
+    (m2, _, _), _, _ = with_apsis_starts(start, None, half, np.random.default_rng(5), family)
     assert np.array_equal(m2[:4], start[0][:4]) and not np.any(m2[4:] == 7.0)
     with pytest.raises(ValueError, match="train.passage_apsis_families"):
         with_apsis_starts(start, None, cfg, np.random.default_rng(5), None)
     with pytest.raises(ConfigError, match="train.passage_apsis_families: unknown family 'binry'"):
         Config.from_dict({}, ["train.passage_apsis_families=[binry]"])
+
+
+def test_family_weights_weigh_each_rollout_by_its_family():
+    """train.passage_family_weights: the objective is the weighted mean of the rollouts' objectives, each
+    weighted by its start state's family (1 for a family not named): its gradient is that weighted mean of
+    the single rollouts' gradients; weight 0 drops a family; states without a family are refused in one line."""
+    from aits.families import FAMILIES
+    base = Config.from_dict({**factor_cfg().to_dict(), "train": {"passage": True, "passage_steps": 40,
+                                                                  "passage_batch": 3}})
+    es, fams = [0.5, 0.8, 0.95], ["binary", "binary", "few_body"]
+
+    def samples(rows):
+        s = _kepler_samples([es[r] for r in rows])
+        s.family[:] = [FAMILIES.index(fams[r]) for r in rows]
+        return s
+
+    def grad(cfg, rows):
+        g, _ = passage_gradient(perturbed_model(cfg), samples(rows), Stepper(cfg, NormScales()), cfg,
+                                np.random.default_rng(0))
+        return g
+
+    one = [grad(base, [r]) for r in range(3)]
+    weighted = Config.from_dict(base.to_dict(), ["train.passage_family_weights={few_body: 3}"])
+    g = grad(weighted, [0, 1, 2])
+    for name in g:
+        want = (one[0][name] + one[1][name] + 3 * one[2][name]) / 5
+        torch.testing.assert_close(g[name], want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
+        # the plain mean differs: the weights act
+        assert not torch.allclose(g[name], (one[0][name] + one[1][name] + one[2][name]) / 3, rtol=1e-3, atol=0)
+    dropped = grad(Config.from_dict(base.to_dict(), ["train.passage_family_weights={binary: 0}"]), [0, 1, 2])
+    for name in dropped:
+        torch.testing.assert_close(dropped[name], one[2][name], rtol=1e-9, atol=1e-12 * float(one[2][name].abs().max()))
+    with pytest.raises(ValueError, match="train.passage_family_weights: the start states carry no family"):
+        passage_gradient(perturbed_model(weighted), _kepler_samples(es), Stepper(weighted, NormScales()), weighted,
+                         np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="train.passage_family_weights: unknown family 'few_bdy'"):
+        Config.from_dict({}, ["train.passage_family_weights={few_bdy: 2}"])
+    with pytest.raises(ConfigError, match="every family the mixture draws has weight 0"):
+        Config.from_dict({}, ["system.ic=mixture", "system.mixture={binary: 1}",
+                              "train.passage_family_weights={binary: 0}"])

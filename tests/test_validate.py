@@ -232,3 +232,29 @@ def test_family_aware_validation_moves_only_the_named_families():
     rel_v = moved[2][binary, 1] - moved[2][binary, 0]
     rv = np.einsum("bd,bd->b", rel_x, rel_v) / (np.linalg.norm(rel_x, axis=1) * np.linalg.norm(rel_v, axis=1))
     assert np.abs(rv).max() < 1e-9 and not np.array_equal(plain[1][binary], moved[1][binary])
+
+
+def test_a_family_weighted_run_is_judged_with_its_weights():
+    """train.passage_family_weights: the validation loss is the weighted mean, as in training: weight 0 on
+    every family but few_body gives the plain loss of the few-body systems alone; without the systems'
+    families it is refused in one line."""
+    from aits.families import FAMILIES
+
+    n, steps = 12, 60
+    cfg = Config.from_dict(CFG.to_dict(), ["system.mixture={binary: 1, few_body: 1}"])
+    states, family = V.validation_states(cfg, n), V.drawn_systems(cfg, n).family
+    few = family == FAMILIES.index("few_body")
+    assert 0 < few.sum() < n
+    torch.manual_seed(2)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ckpt = build_payload(10, model.state_dict(), None, cfg, NormScales().to_dict())
+    only_few = Config.from_dict(cfg.to_dict(), ["train.passage_family_weights={binary: 0}"])
+    weighted, _ = V.validation_loss(ckpt, only_few, states, steps, family=family)
+    alone, _ = V.validation_loss(ckpt, cfg, tuple(a[few] for a in states), steps)
+    everything, _ = V.validation_loss(ckpt, cfg, states, steps)
+    assert weighted == pytest.approx(alone, rel=1e-9) and abs(weighted - everything) > 1e-3
+    with pytest.raises(ValueError, match="train.passage_family_weights: the start states carry no family"):
+        V.validation_loss(ckpt, only_few, states, steps)
