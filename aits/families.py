@@ -17,10 +17,13 @@ import numpy as np
 from .physics import _as_masses, crossing_time, kepler_period, random_ic
 
 # the family code of a system is its index here (new families go at the end: codes are stored in states)
-FAMILIES = ("binary", "triple", "planets", "few_body", "soft_few_body")
-FAMILY_BODIES = {"binary": 2, "triple": 3, "planets": 4, "few_body": 3, "soft_few_body": 3}  # the most a draw needs
-CROSSING_TIME_FAMILIES = ("few_body", "soft_few_body")  # restart after system.restart_after crossing times
+FAMILIES = ("binary", "triple", "planets", "few_body", "soft_few_body", "cold_few_body")
+FAMILY_BODIES = {"binary": 2, "triple": 3, "planets": 4, "few_body": 3, "soft_few_body": 3,
+                 "cold_few_body": 3}  # the most a draw needs
+# restart after system.restart_after crossing times
+CROSSING_TIME_FAMILIES = ("few_body", "soft_few_body", "cold_few_body")
 SOFT_EPS_RANGE = (0.02, 0.5)  # soft_few_body: eps / (mean pair distance), loguniform in this range
+COLD_MASS_RANGE = (0.2, 1.0)  # cold_few_body: each mass loguniform in this range (ratios up to 5)
 PAD_DISTANCE = 1e4  # massless bodies sit this many system sizes from the centre of mass
 NO_FAMILY = -1  # the family code of systems not drawn from a mixture (kepler, random, file ICs)
 
@@ -306,8 +309,36 @@ def soft_few_body(rng: np.random.Generator, s) -> Drawn:
     return d
 
 
+def cold_few_body(rng: np.random.Generator, s) -> Drawn:
+    """A random few-body system of unequal masses started cold: its bodies fall together into close,
+    near-radial encounters, deeper than a :func:`few_body` system's, where the pair that sets the step forms
+    and breaks in one passage (the Pythagorean problem, masses 3, 4, 5 released at rest, is one such system).
+    n uniform in 3 .. num_particles; each mass loguniform in ``COLD_MASS_RANGE``; positions Gaussian
+    (``pos_scale``); velocities :func:`few_body`'s (``vel_scale``) times q uniform in [0, 1] (q = 0: at rest).
+    ``period``: its crossing time.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The system's own stream.
+    s : SystemConfig
+        ``dim`` (2 or 3), ``num_particles``, ``pos_scale``, ``vel_scale``.
+
+    Returns
+    -------
+    Drawn
+        The massive bodies, centre of mass at rest at the origin.
+    """
+    n = int(rng.integers(3, s.num_particles + 1))
+    m = np.array([loguniform(rng, *COLD_MASS_RANGE) for _ in range(n)])
+    _, x, v = random_ic(n, s.dim, m, s.pos_scale, s.vel_scale, rng)
+    d = _finish(m, x, v * rng.uniform(0.0, 1.0), s.dim, crossing_time(m, x), math.nan, math.nan, 0.0)
+    d.size = float(np.linalg.norm(d.x, axis=1).max())
+    return d
+
+
 FAMILY_FUNCTIONS = {"binary": binary, "triple": triple, "planets": planets, "few_body": few_body,
-                    "soft_few_body": soft_few_body}
+                    "soft_few_body": soft_few_body, "cold_few_body": cold_few_body}
 
 
 # ---------------------------------------------------------------- the mixture

@@ -50,7 +50,7 @@ def normal(orbit) -> np.ndarray:
 
 def test_mixture_draws_each_family_with_its_weight_on_restarts():
     for weights in ({"binary": 0.4, "triple": 0.3, "planets": 0.2, "few_body": 0.1}, {"binary": 1, "planets": 3},
-                    {"binary": 2, "few_body": 1, "soft_few_body": 1}):
+                    {"binary": 2, "few_body": 1, "soft_few_body": 1}, {"triple": 1, "cold_few_body": 1}):
         cfg = mixture_cfg("system.mixture={" + ", ".join(f"{k}: {w}" for k, w in weights.items()) + "}",
                           "features.feature_type=scale_free")
         st = systems(cfg, 8)
@@ -65,13 +65,15 @@ def test_mixture_draws_each_family_with_its_weight_on_restarts():
             assert abs(counts[code] / 4000 - w) <= 3 * math.sqrt(w * (1 - w) / 4000), (weights, name, counts)
 
 
-ALL_FAMILIES = "system.mixture={binary: 0.4, triple: 0.3, planets: 0.2, few_body: 0.1, soft_few_body: 0.1}"
+ALL_FAMILIES = ("system.mixture={binary: 0.4, triple: 0.3, planets: 0.2, few_body: 0.1, soft_few_body: 0.1, "
+                "cold_few_body: 0.1}")
 
 
 def test_padding_bodies_are_massless_far_distinct_and_change_nothing():
     st = systems(mixture_cfg(ALL_FAMILIES, "features.feature_type=scale_free", n=6), 400)
     n_massive = (st.m > 0).sum(1)
-    ranges = {"binary": {2}, "triple": {3}, "planets": {3, 4}, "few_body": {3, 4, 5, 6}, "soft_few_body": {3, 4, 5, 6}}
+    ranges = {"binary": {2}, "triple": {3}, "planets": {3, 4}, "few_body": {3, 4, 5, 6}, "soft_few_body": {3, 4, 5, 6},
+              "cold_few_body": {3, 4, 5, 6}}
     for name, code in CODE.items():
         assert set(n_massive[st.family == code]) == ranges[name], name
     for i in range(len(st)):
@@ -369,3 +371,47 @@ def test_samples_carry_each_states_family():
     old.family = None
     assert Samples.concat([out, old]).family is None
     assert np.array_equal(Samples.concat([out, out]).family[14:26], s.family)
+
+
+def test_cold_few_body_systems_start_cold_with_unequal_masses():
+    """cold_few_body: masses loguniform in COLD_MASS_RANGE, velocities few_body's times q uniform in [0, 1] (so
+    the virial ratio 2T/|W| spreads down to 0: cold collapses), restarts after restart_after crossing times;
+    from rest the bodies fall into deeper close encounters than few_body's (REBOUND IAS15 as the reference)."""
+    from aits.families import COLD_MASS_RANGE
+    cfg = mixture_cfg("system.mixture={few_body: 1, cold_few_body: 1}", "features.feature_type=scale_free", n=3)
+    st = systems(cfg, 600)
+    cold, warm = st.family == CODE["cold_few_body"], st.family == CODE["few_body"]
+    assert 200 < cold.sum() < 400
+    assert (st.m[cold] >= COLD_MASS_RANGE[0]).all() and (st.m[cold] <= COLD_MASS_RANGE[1]).all()
+    assert np.median(st.m[cold].max(1) / st.m[cold].min(1)) > 1.5 and (st.m[warm] == 1.0).all()
+
+    def virial(i):
+        m, x, v = massive(st, i)
+        kinetic = 0.5 * (m * (v * v).sum(1)).sum()
+        r = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(len(m), 1)]
+        mm = (m[:, None] * m[None])[np.triu_indices(len(m), 1)]
+        return 2 * kinetic / (mm / r).sum()
+
+    q_cold = np.array([virial(i) for i in np.flatnonzero(cold)])
+    q_warm = np.array([virial(i) for i in np.flatnonzero(warm)])
+    assert np.median(q_cold) < 0.5 * np.median(q_warm) and (q_cold < 0.01 * np.median(q_warm)).mean() > 0.03
+    idx = np.flatnonzero(cold)
+    assert (st.horizon(idx) == cfg.system.restart_after).all()  # crossing-time restarts, as few_body
+    assert all(st.period[i] == pytest.approx(crossing_time(*massive(st, i)[:2]), rel=1e-12) for i in idx)
+    # the closest approach over two crossing times, relative to the start's mean distance (REBOUND, IAS15)
+
+    def closest(i):
+        m, x, v = massive(st, i)
+        sim = sim_of(m, x, v)
+        sim.integrator = "ias15"
+        r0 = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(len(m), 1)].mean()
+        best = math.inf
+        for t in np.linspace(0, 2 * st.period[i], 200)[1:]:
+            sim.integrate(t)
+            p = np.array([[q.x, q.y, q.z] for q in sim.particles])
+            best = min(best, np.linalg.norm(p[:, None] - p[None], axis=-1)[np.triu_indices(len(m), 1)].min())
+        return best / r0
+
+    depth_cold = np.median([closest(i) for i in np.flatnonzero(cold)[:20]])
+    depth_warm = np.median([closest(i) for i in np.flatnonzero(warm)[:20]])
+    assert depth_cold < 0.7 * depth_warm, (depth_cold, depth_warm)
