@@ -157,6 +157,11 @@ class TrainConfig:
                              le=1_000_000)
     passage_anchor: float = opt(0.0, "weight of (mean log(dt / tau) - log init_factor)^2 in the passage objective: "
                                      "holds the overall step size at the classical eta (0: off)", ge=0)
+    passage_anchor_rows: bool = opt(False, "the anchor holds each rollout's own mean log(dt / tau) at log "
+                                           "init_factor, not only the batch's: the rule may reshape its steps "
+                                           "within a system but not spend more or fewer of them on one family "
+                                           "than the classical rule does (the objective's -2 log T credits a "
+                                           "smaller level as if the error fell as dt^2)")
     passage_hinge: float = opt(0.0, "weight of the mean over the rollouts of max(0, objective - the classical "
                                      "rule's objective from the same start): presses hardest where the rule does "
                                      "worse than the classical one it contains (0: off; a forward rollout more)",
@@ -318,6 +323,9 @@ class Config:
         if t.passage_hinge and (m.output != "factor" or m.max_modulation is None):
             p.append("train.passage_hinge: the classical rule it compares with is the bounded factor's eta0; "
                      "set model.output factor and model.max_modulation")
+        if t.passage_anchor_rows and not t.passage_anchor:
+            p.append("train.passage_anchor_rows: holds each rollout's level with the anchor's weight; set "
+                     "train.passage_anchor > 0")
         if t.passage_anchor and m.init_factor is None:
             p.append("train.passage_anchor: the anchor holds the step level at model.init_factor; set it")
         if s.ic == "mixture" and s.mixture.get("soft_few_body", 0) > 0 and f.feature_type != "scale_free":

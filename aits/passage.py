@@ -225,7 +225,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/worse_than_classical"] = float((excess.detach() > 0).double().mean())
     metrics["passage/level"] = float(level[keep].detach().mean())
     if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
-        loss = loss + t.passage_anchor * (level[keep].mean() - math.log(cfg.model.init_factor)) ** 2
+        off = level[keep] - math.log(cfg.model.init_factor)
+        loss = loss + t.passage_anchor * ((off ** 2).mean() if t.passage_anchor_rows else off.mean() ** 2)
     metrics["passage/max_rel_dE"] = float(errs.max(-1).values[keep].detach().median())
     metrics["passage/steps_per_tau"] = float((t.passage_steps * tau0[keep] / T[keep].detach()).mean())
     model.zero_grad(set_to_none=True)

@@ -206,6 +206,31 @@ def test_anchor_holds_the_level_at_the_classical_eta():
     assert abs(moved[0.0][-1] - target) > 0.8 * abs(moved[0.0][0] - target), moved
 
 
+def test_row_anchor_holds_each_rollouts_level():
+    """train.passage_anchor_rows: the anchor term is weight x the mean over rollouts of (level - log eta0)^2, not
+    weight x (mean level - log eta0)^2: the two gradients differ by weight x the gradient of the levels'
+    variance across rollouts (computed here from the rollouts' own levels); it needs the anchor on."""
+    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
+    samples = _kepler_samples([0.5, 0.95])
+    grads = {}
+    for rows in (False, True):
+        cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 60, "passage_batch": 2,
+                                                  "passage_anchor": 5.0, "passage_anchor_rows": rows}})
+        grads[rows], _ = passage_gradient(perturbed_model(cfg), samples, Stepper(cfg, NormScales()), cfg,
+                                          np.random.default_rng(0))
+    model = perturbed_model(cfg)
+    idx = np.random.default_rng(0).choice(2, size=2, replace=False)  # passage_gradient's draw of the states
+    _, _, _, level = rollout(model, Stepper(cfg, NormScales()), samples.m[idx], samples.x[idx], samples.v[idx], 60,
+                             with_level=True)
+    assert abs(float((level[0] - level[1]).detach())) > 1e-3  # the perturbed rule's levels differ from orbit to orbit
+    (5.0 * level.var(unbiased=False)).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[True][name] - grads[False][name], p.grad, rtol=1e-7,
+                                   atol=1e-9 * float(p.grad.abs().max()))
+    with pytest.raises(ConfigError, match="train.passage_anchor_rows"):
+        Config.from_dict({**base, "train": {"passage_anchor_rows": True}})
+
+
 def test_anchor_needs_init_factor():
     with pytest.raises(ConfigError, match="train.passage_anchor"):
         Config.from_dict({**factor_cfg().to_dict(), "model": {"output": "factor", "init_factor": None},
