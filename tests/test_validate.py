@@ -131,7 +131,7 @@ def test_apsis_config_is_the_blend_config_with_apsis_rollouts():
     assert changed == {("run", "name"), ("train", "passage_apsis")} and apsis["train"]["passage_apsis"] == 1.0
 
 
-@pytest.mark.parametrize("name", ["generalist_apsis", "generalist_apsis_orbits"])
+@pytest.mark.parametrize("name", ["generalist_apsis", "generalist_apsis_orbits", "generalist_anchored"])
 def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path, name):
     """train.passage_apsis 1 in a short run of the recommended shape (every family's rollouts from apsis draws,
     or the orbit families' only, found by the collected samples' families): every epoch's passage step is
@@ -258,3 +258,13 @@ def test_a_family_weighted_run_is_judged_with_its_weights():
     assert weighted == pytest.approx(alone, rel=1e-9) and abs(weighted - everything) > 1e-3
     with pytest.raises(ValueError, match="train.passage_family_weights: the start states carry no family"):
         V.validation_loss(ckpt, only_few, states, steps)
+
+
+def test_anchored_config_is_the_apsis_orbits_config_with_each_rollouts_level_anchored():
+    from aits import Config
+
+    orbits = Config.load("configs/generalist_apsis_orbits.yaml").to_dict()
+    anchored = Config.load("configs/generalist_anchored.yaml").to_dict()
+    changed = {(sec, k) for sec in orbits for k in orbits[sec] if orbits[sec][k] != anchored[sec][k]}
+    assert changed == {("run", "name"), ("train", "passage_anchor_rows")}
+    assert anchored["train"]["passage_anchor_rows"] is True and anchored["train"]["passage_anchor"] > 0

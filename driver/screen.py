@@ -1,0 +1,109 @@
+"""A quick screen of checkpoints before the boards: on a few systems that tell training variants apart, the
+learned rule's max |dE/E| over the strongest of the classical rules that win there, at equal force evaluations.
+
+    python driver/screen.py CKPT [CKPT ...] [--systems pythagorean,kepler_e0.9_a1_10P] [--workers 2] [--json FILE]
+
+Minutes where driver/evaluate.py's boards take an hour: no IAS15 reference, no wall-time match, and per system
+only the classical families that are the strongest there on the boards (docs/RESULTS.md), so a ratio here can
+only be lower than the board's learned / strongest. Use it to choose what to put on the boards, not as a result.
+Systems: the Pythagorean problem, the unsoftened N = 8 cluster and HD 80606 b (the practitioner suite), Kepler
+orbits e = 0.9 and 0.98 over 10 periods, and four random N = 3 systems of the standard suite (seeds 0, 3, 4, 7:
+the hardest for the learned rules so far).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aits import CheckpointError, load_checkpoint  # noqa: E402
+from aits import scoreboard as SB  # noqa: E402
+from aits.policy import learned_methods  # noqa: E402
+from driver.backends import map_tasks  # noqa: E402
+
+FEW_BODY = ("adaptive_prs", "recursive_prs", "recursive_prs_clip", "recursive_blend_clip")
+
+
+def screen_systems() -> dict[str, tuple[SB.System, tuple[str, ...]]]:
+    """name -> (system, the classical families it is judged against)."""
+    practitioner = {s.name: s for s in SB.practitioner_systems()}
+    out = {"pythagorean": (practitioner["pythagorean"], ("adaptive_prs", "recursive_blend_clip")),
+           "cluster_N8_unsoftened": (practitioner["cluster_N8_unsoftened"], ("adaptive_prs", "recursive_blend_clip")),
+           "planet_hd80606b": (practitioner["planet_hd80606b"], ("recursive_clip",))}
+    for e in (0.9, 0.98):
+        s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
+        out[s.name] = (s, ("recursive_adaptive",))
+    for seed in (0, 3, 4, 7):
+        s = SB.random_system(3, 3, seed, 10, 0.0)
+        out[s.name] = (s, FEW_BODY)
+    return out
+
+
+def screen_one(path: str, name: str) -> dict:
+    """One checkpoint on one screen system: {family: learned / family} at equal evaluations, and the status."""
+    import torch
+
+    torch.set_num_threads(1)
+    system, families = screen_systems()[name]
+    learned = learned_methods(load_checkpoint(path), eps=system.eps)["learned"]
+    run = SB.run_method(learned, system, 1, 2_000_000)
+    ratios = {}
+    for family in families:
+        classical, _ = SB.match_evals(family, system, run.metrics["force_evals"], 1)
+        ratios[family] = SB.ratio(run.metrics["max_rel_dE"], classical.metrics["max_rel_dE"])
+    return {"status": run.metrics["status"], "force_evals": run.metrics["force_evals"], "ratios": ratios}
+
+
+def _num(v) -> str:
+    return "  n/a" if v is None else f"{v:5.2f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("--systems", default=None, help="comma-separated names (default: every screen system)")
+    p.add_argument("--workers", type=int, default=2, help="parallel Ray tasks (1: in this process)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
+    a = p.parse_args(argv)
+    known = screen_systems()
+    names = list(known) if a.systems is None else [s.strip() for s in a.systems.split(",") if s.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        p.error(f"--systems: unknown {', '.join(unknown) or '(none given)'}; systems: {', '.join(known)}")
+    if a.workers < 1:
+        p.error("--workers must be >= 1")
+    try:
+        for path in a.checkpoints:
+            load_checkpoint(path)
+    except CheckpointError as exc:
+        print(f"screen: error: {exc}", file=sys.stderr)
+        return 2
+    calls = [(c, n) for c in a.checkpoints for n in names]
+    results = map_tasks(screen_one, calls, a.workers)
+    table: dict[str, dict] = {}
+    for (c, n), r in zip(calls, results):
+        known_ratios = [v for v in r["ratios"].values() if v is not None]  # None: a run with no finite error
+        r["learned_over_strongest"] = max(known_ratios) if known_ratios else None
+        table.setdefault(c, {})[n] = r
+    width = max(len(n) for n in names)
+    for c, rows in table.items():
+        print(c)
+        for n in names:
+            r = rows[n]
+            print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} "
+                  + "  ".join(f"{f} {_num(v)}" for f, v in r["ratios"].items()))
+        few = [rows[n]["learned_over_strongest"] for n in names if n.startswith("random_N3")]
+        few = [v for v in few if v is not None]
+        if few:
+            print(f"  {'random N = 3, median':<{width}}  {statistics.median(few):5.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(table, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""driver/screen.py: the quick screen's ratios are equal-evaluation ratios against the named classical rules."""
+import json
+
+import pytest
+import torch
+
+from aits import Config, NormScales, build_model, build_payload, save_checkpoint
+from driver import screen as S
+
+
+def _classical_checkpoint(path):
+    """The recommended shape with its last layer zeroed: exactly its classical rule, recursive_blend_clip."""
+    cfg = Config.load("configs/generalist_anchored.yaml")
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.net[-1].weight.zero_()
+        model.net[-1].bias.zero_()
+    save_checkpoint(path, build_payload(1, model.state_dict(), None, cfg, NormScales().to_dict()))
+    return str(path)
+
+
+def test_the_classical_rule_screens_at_one_against_itself(tmp_path, capsys):
+    ckpt = _classical_checkpoint(tmp_path / "model_epoch_0001.pt")
+    out = tmp_path / "screen.json"
+    assert S.main([ckpt, "--systems", "random_N3_s0", "--workers", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())[ckpt]["random_N3_s0"]
+    assert row["status"] == "ok"
+    # the same rule at (within 2 %) the same evaluations: the same error, up to the step count's difference
+    assert row["ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.08)
+    assert row["learned_over_strongest"] == max(row["ratios"].values())
+    assert "random N = 3, median" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        S.main([ckpt, "--systems", "pythagoras"])
+    assert S.main([str(tmp_path / "missing.pt"), "--systems", "random_N3_s0", "--workers", "1"]) == 2
