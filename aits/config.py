@@ -357,6 +357,9 @@ def _apsis_family_problems(t: "TrainConfig", s: "SystemConfig") -> list[str]:
     out = [f"train.{key}: unknown family '{k}'{_hint(k, FAMILIES)}; families: {', '.join(FAMILIES)}"
            for key in ("passage_apsis_families", "passage_family_weights") for k in getattr(t, key)
            if k not in FAMILIES]
+    if t.passage_family_weights and s.ic != "mixture":
+        out.append(f"train.passage_family_weights: weighs the families of system.ic mixture; system.ic is "
+                   f"'{s.ic}', set it to mixture or the weights to {{}}")
     drawn = [k for k, w in s.mixture.items() if w > 0] if s.ic == "mixture" else []
     if t.passage_family_weights and drawn and not any(t.passage_family_weights.get(k, 1.0) > 0 for k in drawn):
         out.append(f"train.passage_family_weights: every family the mixture draws has weight 0, got "

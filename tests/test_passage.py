@@ -409,8 +409,9 @@ def test_family_weights_weigh_each_rollout_by_its_family():
     the single rollouts' gradients; weight 0 drops a family; states without a family are refused in one line."""
     from aits.families import FAMILIES
     base = Config.from_dict({**factor_cfg().to_dict(), "train": {"passage": True, "passage_steps": 40,
-                                                                  "passage_batch": 3}})
-    es, fams = [0.5, 0.8, 0.95], ["binary", "binary", "few_body"]
+                                                                  "passage_batch": 3}},
+                            ["system.ic=mixture", "system.mixture={binary: 1, few_body: 1}", "system.num_particles=3"])
+    es, fams = [0.5, 0.8, 0.95], ["binary", "binary", "few_body"]  # two-body states, labelled with families
 
     def samples(rows):
         s = _kepler_samples([es[r] for r in rows])
@@ -438,6 +439,8 @@ def test_family_weights_weigh_each_rollout_by_its_family():
                          np.random.default_rng(0))
     with pytest.raises(ConfigError, match="train.passage_family_weights: unknown family 'few_bdy'"):
         Config.from_dict({}, ["train.passage_family_weights={few_bdy: 2}"])
+    with pytest.raises(ConfigError, match="train.passage_family_weights: weighs the families of system.ic mixture"):
+        Config.from_dict({}, ["system.ic=kepler", "train.passage_family_weights={binary: 2}"])
     with pytest.raises(ConfigError, match="every family the mixture draws has weight 0"):
         Config.from_dict({}, ["system.ic=mixture", "system.mixture={binary: 1}",
                               "train.passage_family_weights={binary: 0}"])
