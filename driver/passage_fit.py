@@ -49,17 +49,28 @@ def drawn(cfg: Config, n: int, seed: int):
     return s.m.copy(), s.x.copy(), s.v.copy(), s.family.copy()
 
 
-def objectives(model, stepper: Stepper, states, steps: int) -> np.ndarray:
-    """The passage objective of each system's rollout (B,), NaN where a rollout blew up."""
+def objectives(model, stepper: Stepper, states, steps: int, with_time: bool = False):
+    """The passage objective of each system's rollout (B,), NaN where a rollout blew up; with ``with_time`` also
+    the time each rollout covered (B,), NaN likewise."""
     with torch.no_grad():
-        rows, keep = objective_rows(*rollout(model, stepper, *states, steps))
+        errs, T, tau0 = rollout(model, stepper, *states, steps)
+        rows, keep = objective_rows(errs, T, tau0)
+    kept = keep.cpu().numpy()
     out = np.full(len(keep), math.nan)
-    out[keep.cpu().numpy()] = rows.double().cpu().numpy()
-    return out
+    out[kept] = rows.double().cpu().numpy()
+    if not with_time:
+        return out
+    covered = np.full(len(keep), math.nan)
+    covered[kept] = T[keep].double().cpu().numpy()
+    return out, covered
 
 
-def family_table(rows: np.ndarray, base: np.ndarray, family: np.ndarray) -> dict:
-    """{family or 'all': {'gain': mean(rows - base) over systems finite in both, 'systems', 'blown'}}."""
+def family_table(rows: np.ndarray, base: np.ndarray, family: np.ndarray, covered: np.ndarray | None = None,
+                 base_covered: np.ndarray | None = None) -> dict:
+    """{family or 'all': {'gain': mean(rows - base) over systems finite in both, 'systems', 'blown'}}; with the
+    times the rollouts covered, also 'time': the median over those systems of the rule's time over the
+    classical rule's (< 1: the rule took smaller steps there, which the objective credits as if the error fell
+    as dt^2)."""
     out = {}
     for name, mask in [("all", np.ones(len(rows), bool))] + [(f, family == i) for i, f in enumerate(FAMILIES)]:
         if not mask.any():
@@ -67,6 +78,8 @@ def family_table(rows: np.ndarray, base: np.ndarray, family: np.ndarray) -> dict
         ok = mask & np.isfinite(rows) & np.isfinite(base)
         out[name] = {"gain": float(np.mean(rows[ok] - base[ok])) if ok.any() else None,
                      "systems": int(mask.sum()), "blown": int((mask & ~np.isfinite(rows)).sum())}
+        if covered is not None:
+            out[name]["time"] = float(np.median(covered[ok] / base_covered[ok])) if ok.any() else None
     return out
 
 
@@ -100,14 +113,16 @@ def fit(cfg: Config, a, log=print):
 
 
 def fmt_gain(cell: dict) -> str:
-    g = cell["gain"]
-    return ("n/a" if g is None else f"{g:+.3f}") + (f" ({cell['blown']} blown)" if cell["blown"] else "")
+    g, t = cell["gain"], cell.get("time")
+    return (("n/a" if g is None else f"{g:+.3f}") + ("" if t is None else f", T {t:.2f}")
+            + (f" ({cell['blown']} blown)" if cell["blown"] else ""))
 
 
 def markdown(doc: dict) -> str:
     fams = [f for f in ["all", *FAMILIES] if f in doc["classical"]["counts"]]
     lines = [f"Passage objective per family, rule minus the classical rule (< 0: a gain), on {doc['systems']} "
-             f"held-out systems of `{doc['config']}`'s distribution; windows of {doc['window']} and {doc['judge']} steps.",
+             f"held-out systems of `{doc['config']}`'s distribution; windows of {doc['window']} and {doc['judge']} steps; "
+             "T: the median time a rollout covered over the classical rule's (< 1: smaller steps).",
              "", "| rule | window | " + " | ".join(f"{f} ({doc['classical']['counts'][f]})" for f in fams) + " |",
              "|---|---|" + "---|" * len(fams)]
     for name, r in doc["rules"].items():
@@ -164,15 +179,18 @@ def main(argv=None) -> int:
     cfg0 = next(iter(rules.values()))[2]
     *val, family = drawn(cfg0, a.systems, VALIDATION_SEED)
     classical = build_model(cfg0).eval()  # the untrained model is the classical rule it contains
-    base = {w: objectives(classical, Stepper(cfg0, NormScales()), val, getattr(a, w)) for w in ("window", "judge")}
+    base = {w: objectives(classical, Stepper(cfg0, NormScales()), val, getattr(a, w), with_time=True)
+            for w in ("window", "judge")}
     doc = {"config": a.config or a.score[0], "systems": a.systems, "window": a.window, "judge": a.judge,
-           "classical": {"counts": {k: v["systems"] for k, v in family_table(base["window"], base["window"],
+           "classical": {"counts": {k: v["systems"] for k, v in family_table(base["window"][0], base["window"][0],
                                                                               family).items()},
-                         "window": float(np.nanmean(base["window"])), "judge": float(np.nanmean(base["judge"]))},
+                         "window": float(np.nanmean(base["window"][0])), "judge": float(np.nanmean(base["judge"][0]))},
            "rules": {}, "history": history}
     for name, (model, stepper, _) in rules.items():
-        doc["rules"][name] = {w: family_table(objectives(model, stepper, val, getattr(a, w)), base[w], family)
-                              for w in ("window", "judge")}
+        doc["rules"][name] = {}
+        for w in ("window", "judge"):
+            rows, covered = objectives(model, stepper, val, getattr(a, w), with_time=True)
+            doc["rules"][name][w] = family_table(rows, base[w][0], family, covered, base[w][1])
     doc["seconds"] = round(time.time() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "passage_fit.json").write_text(json.dumps(doc, indent=1))

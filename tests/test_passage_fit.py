@@ -1,5 +1,6 @@
 """driver/passage_fit.py: the family fitted offline on its training distribution, judged per family at two windows."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -50,6 +51,12 @@ def test_the_classical_rule_scores_zero_and_its_objective_is_the_rollouts():
     with torch.no_grad():  # a constant factor 1.8x the classical one: other rollouts, other rows
         model.net[-1].bias.fill_(0.6)
     assert not np.allclose(PF.objectives(model, Stepper(cfg, NormScales()), val, 20), rows)
+    # the times covered: every step 3^tanh(0.6) = 1.80x the classical one at the same state, so about 1.8x the
+    # time in as many steps (the states along the way differ: 1.76 here)
+    faster, covered = PF.objectives(model, Stepper(cfg, NormScales()), val, 20, with_time=True)
+    base, base_covered = PF.objectives(build_model(cfg), Stepper(cfg, NormScales()), val, 20, with_time=True)
+    t = PF.family_table(faster, base, fam, covered, base_covered)
+    assert t["all"]["time"] == pytest.approx(3 ** math.tanh(0.6), rel=0.05)
 
 
 def test_bad_input_is_one_error_line(tmp_path, capsys):
