@@ -145,6 +145,18 @@ def family_weights(weights: dict[str, float], family: np.ndarray | None) -> np.n
     return table[np.asarray(family)]
 
 
+def family_mean(rows: torch.Tensor, weights: dict[str, float], family: np.ndarray | None,
+                index: np.ndarray | None = None) -> torch.Tensor | None:
+    """The passage objective's mean over ``rows`` (the rollouts at positions ``index`` of the start states whose
+    families are ``family``; all of them when None): plain without ``weights``, else weighted by
+    :func:`family_weights`; None when every row's weight is 0."""
+    if not weights:
+        return rows.mean()
+    w = family_weights(weights, family)
+    w = torch.as_tensor(w if index is None else w[index]).to(rows)
+    return (w * rows).sum() / w.sum() if bool(w.sum() > 0) else None
+
+
 def with_apsis_starts(start: tuple, eps: np.ndarray | None, cfg: Config, rng: np.random.Generator,
                       family: np.ndarray | None = None) -> tuple[tuple, np.ndarray | None, np.ndarray | None]:
     """The passage rollouts' start states (m, x, v) (B,N[,D]) and softenings (B,) or None with a share
@@ -210,14 +222,10 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
-    if t.passage_family_weights:
-        w = torch.as_tensor(family_weights(t.passage_family_weights, family)[index]).to(rows)
-        if not bool(w.sum() > 0):  # only weight-0 families' rollouts were finite: nothing to learn from
-            metrics["passage/skipped"] = 1
-            return None, metrics
-        loss = (w * rows).sum() / w.sum()
-    else:
-        loss = rows.mean()
+    loss = family_mean(rows, t.passage_family_weights, family, index)
+    if loss is None:  # only weight-0 families' rollouts were finite: nothing to learn from
+        metrics["passage/skipped"] = 1
+        return None, metrics
     metrics["passage/loss"] = float(loss.detach())
     if t.passage_hinge:  # each system's excess over its own classical rule counts (1 + hinge) times
         excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps)[index].to(rows)

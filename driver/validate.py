@@ -40,7 +40,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
-from aits.passage import apsis_rows, classical_rows, family_weights, objective_rows, rollout
+from aits.passage import apsis_rows, classical_rows, family_mean, objective_rows, rollout
 from aits.ranges import measure_ranges
 from aits.systems import Systems
 
@@ -89,11 +89,8 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
     blown = int((~ok).sum())
     if not bool(ok.any()):
         return math.inf, blown
-    if cfg.train.passage_family_weights:
-        w = torch.as_tensor(family_weights(cfg.train.passage_family_weights, family)).to(rows)[ok]
-        loss = float((w * rows).sum() / w.sum()) if bool(w.sum() > 0) else math.inf
-    else:
-        loss = float(rows.mean())
+    mean = family_mean(rows, cfg.train.passage_family_weights, family, ok.cpu().numpy())
+    loss = math.inf if mean is None else float(mean)
     if cfg.train.passage_hinge:
         if classical is None:
             classical = classical_rows(model, stepper, m, x, v, steps, eps)
@@ -125,7 +122,8 @@ def main(argv=None) -> int:
         # the classical rule a hinge run is judged against does not change with the weights: rolled out once
         classical = (classical_rows(build_model(cfg), Stepper(cfg, NormScales()), *states[:3], steps, states[3])
                      if cfg.train.passage_hinge else None)
-        family = drawn_systems(cfg, a.systems, a.seed).family  # apsis redraws keep each system's family
+        # the weights' families (apsis redraws keep each system's family); drawn only for a weighted run
+        family = drawn_systems(cfg, a.systems, a.seed).family if cfg.train.passage_family_weights else None
         table = {}
         for path in paths:
             ckpt = load_checkpoint(path)
