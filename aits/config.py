@@ -334,7 +334,7 @@ class Config:
         if t.passage_apsis and s.ic != "mixture":
             p.append(f"train.passage_apsis: apsis starts are drawn from the training mixture; system.ic is '{s.ic}', "
                      "set it to mixture or passage_apsis to 0")
-        p.extend(_apsis_family_problems(t, s))
+        p.extend(_family_key_problems(t, s))
         if t.passage and f.feature_type != "scale_free":
             p.append("train.passage: the passage rollout needs features.feature_type scale_free "
                      f"(features of the current state only), got {f.feature_type}")
@@ -349,7 +349,7 @@ class Config:
             raise ConfigError(p)
 
 
-def _apsis_family_problems(t: "TrainConfig", s: "SystemConfig") -> list[str]:
+def _family_key_problems(t: "TrainConfig", s: "SystemConfig") -> list[str]:
     """One line per unknown family in ``train.passage_apsis_families`` and ``train.passage_family_weights``, and
     for weights that leave no family the mixture draws a positive weight."""
     from .families import FAMILIES
