@@ -7,8 +7,8 @@ Minutes where driver/evaluate.py's boards take an hour: no IAS15 reference, no w
 only the classical families that are the strongest there on the boards (docs/RESULTS.md), so a ratio here can
 only be lower than the board's learned / strongest. Use it to choose what to put on the boards, not as a result.
 Systems: the Pythagorean problem, the unsoftened N = 8 cluster and HD 80606 b (the practitioner suite), Kepler
-orbits e = 0.9 and 0.98 over 10 periods, and four random N = 3 systems of the standard suite (seeds 0, 3, 4, 7:
-the hardest for the learned rules so far).
+orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the standard suite (seeds 0, 3, 4, 7) and
+three random N = 4 systems (seeds 3, 5, 8): the hardest for the learned rules so far.
 """
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def screen_systems() -> dict[str, tuple[SB.System, tuple[str, ...]]]:
     for e in (0.9, 0.98):
         s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
         out[s.name] = (s, ("recursive_adaptive",))
-    for seed in (0, 3, 4, 7):
-        s = SB.random_system(3, 3, seed, 10, 0.0)
-        out[s.name] = (s, FEW_BODY)
+    for n, seeds in ((3, (0, 3, 4, 7)), (4, (3, 5, 8))):
+        for seed in seeds:
+            s = SB.random_system(n, 3, seed, 10, 0.0)
+            out[s.name] = (s, FEW_BODY)
     return out
 
 
@@ -96,10 +97,11 @@ def main(argv=None) -> int:
             r = rows[n]
             print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} "
                   + "  ".join(f"{f} {_num(v)}" for f, v in r["ratios"].items()))
-        few = [rows[n]["learned_over_strongest"] for n in names if n.startswith("random_N3")]
-        few = [v for v in few if v is not None]
-        if few:
-            print(f"  {'random N = 3, median':<{width}}  {statistics.median(few):5.2f}")
+        for n_bodies in (3, 4):
+            few = [rows[n]["learned_over_strongest"] for n in names if n.startswith(f"random_N{n_bodies}_")]
+            few = [v for v in few if v is not None]
+            if few:
+                print(f"  {f'random N = {n_bodies}, median':<{width}}  {statistics.median(few):5.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(table, indent=1))
     return 0

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from aits import Config, NormScales, build_model, build_payload, save_checkpoint
+from aits import scoreboard as SB
 from driver import screen as S
 
 
@@ -29,6 +30,10 @@ def test_the_classical_rule_screens_at_one_against_itself(tmp_path, capsys):
     assert row["ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.08)
     assert row["learned_over_strongest"] == max(row["ratios"].values())
     assert "random N = 3, median" in capsys.readouterr().out
+    # the N = 4 systems are the standard suite's own (the same draw as driver/evaluate.py --bodies 4)
+    s8 = S.screen_systems()["random_N4_s8"][0]
+    board = {s.name: s for s in SB.suite_systems("standard", 4, 3, 0.0)}["random_N4_s8"]
+    assert s8.x.shape == (4, 3) and (s8.x == board.x).all() and s8.duration == board.duration
     with pytest.raises(SystemExit):
         S.main([ckpt, "--systems", "pythagoras"])
     assert S.main([str(tmp_path / "missing.pt"), "--systems", "random_N3_s0", "--workers", "1"]) == 2
