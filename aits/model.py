@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ranges import RangeTally
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
 # Softplus returns z itself above this (torch's default): the numpy forward and the export use it too.
 SOFTPLUS_THRESHOLD = 20.0
@@ -107,6 +109,7 @@ class NumpyMLP:
         if ranges is not None and self.max_modulation is None:
             raise ValueError("a range check needs a bounded factor model (model.max_modulation)")
         self.ranges = ranges  # aits.ranges.FeatureRanges: the modulation is pulled back outside it
+        self.tally = None if ranges is None else RangeTally(len(ranges.lo))  # what the range check did (reset per run)
         self.layers = [(mod.weight.detach().double().numpy().T.copy(), mod.bias.detach().double().numpy().copy())
                        for mod in model.net if isinstance(mod, torch.nn.Linear)]
         proj = getattr(model, "fourier_proj", None)
@@ -123,7 +126,7 @@ class NumpyMLP:
         w, b = self.layers[-1]
         z = float(h @ w[:, 0] + b[0])
         if self.max_modulation is not None:  # the bounded factor, as DtModel
-            s = math.tanh(z) if self.ranges is None else math.tanh(z) * self.ranges.weight(f)
+            s = math.tanh(z) if self.ranges is None else math.tanh(z) * self.tally.add(self.ranges.excess(f))
             return self.eta0 * self.max_modulation ** s
         return (z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
 

@@ -98,6 +98,7 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
         return {"learned": I.RecursivePolicy(h, "learned", mc.step_clip),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}
     explicit = I.PolicyStep(lambda s: h(s.x, s.v, s.a, s.m), "learned")
+    explicit.h = h  # as the other forms carry it (aits.ranges.range_tally reads its network's tally)
     k = mc.symmetric_iterations
     symmetric = I.SymmetricPolicy(h, k or 2, "learned")
     if k:

@@ -47,9 +47,14 @@ class FeatureRanges:
             raise ValueError(f"feature_ranges: margin must be > 0, got {self.margin}")
         self.delta = self.margin * (self.hi - self.lo) + DELTA_FLOOR
 
+    def excess(self, f: np.ndarray) -> np.ndarray:
+        """d_k / delta_k of one feature vector (n_features,): how far outside the box each feature lies, in
+        margins (0 inside)."""
+        return (np.maximum(self.lo - f, 0.0) + np.maximum(f - self.hi, 0.0)) / self.delta
+
     def weight(self, f: np.ndarray) -> float:
         """w(f) in (0, 1] of one feature vector: 1 inside the box."""
-        d = (np.maximum(self.lo - f, 0.0) + np.maximum(f - self.hi, 0.0)) / self.delta
+        d = self.excess(f)
         return math.exp(-float(d @ d))
 
     def weight_torch(self, f):
@@ -86,6 +91,64 @@ class FeatureRanges:
         if len(feats) == 0:
             raise ValueError("feature_ranges: no finite feature rows to measure the box on")
         return cls(feats.min(0), feats.max(0), margin, len(feats))
+
+
+HELD_WEIGHT = 0.5  # a step whose w is below this is counted as held at the classical rule
+
+
+class RangeTally:
+    """What the range check did over a run: how many of the rule's calls found their features outside the
+    training box (w < 1), how many it held mostly at the classical rule (w < ``HELD_WEIGHT``, the learned
+    modulation less than half its own), the mean w, and per feature how often it was the one furthest
+    outside. Counted by :class:`aits.model.NumpyMLP` on every call; a run on systems the rule was never
+    trained on shows here as a large held share, instead of passing silently as the classical rule.
+    :meth:`aits.Rule.range_report` and the scoreboard's learned runs (``range_check``) report it."""
+
+    def __init__(self, n_features: int):
+        self.by_feature = np.zeros(n_features, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls = self.outside = self.held = 0
+        self.weight_sum = 0.0
+        self.by_feature[:] = 0
+
+    def add(self, d: np.ndarray) -> float:
+        """Count one call with excess ``d`` (:meth:`FeatureRanges.excess`); returns its w."""
+        q = float(d @ d)
+        w = math.exp(-q)
+        self.calls += 1
+        self.weight_sum += w
+        if q > 0.0:
+            self.outside += 1
+            self.by_feature[int(d.argmax())] += 1
+            if w < HELD_WEIGHT:
+                self.held += 1
+        return w
+
+    def report(self, names=None) -> dict:
+        """{calls, outside_share, held_share, mean_weight, features: {name: share of the outside calls where it
+        was furthest outside}} (shares of ``calls``; the features most often first, those never first left out)."""
+        n = max(self.calls, 1)
+        names = list(names) if names is not None else [f"f{k}" for k in range(len(self.by_feature))]
+        order = np.argsort(-self.by_feature, kind="stable")
+        out = max(self.outside, 1)
+        return {"calls": int(self.calls), "outside_share": self.outside / n, "held_share": self.held / n,
+                "mean_weight": self.weight_sum / n if self.calls else 1.0,
+                "features": {names[k]: float(self.by_feature[k] / out) for k in order if self.by_feature[k]}}
+
+
+def range_tally(method) -> RangeTally | None:
+    """The :class:`RangeTally` of a learned step method (its step function's network), or None for a method
+    without a range check (a classical rule, a seed-mode model, a checkpoint without ``feature_ranges``)."""
+    return getattr(getattr(getattr(method, "h", None), "mlp", None), "tally", None)
+
+
+def range_report(tally: RangeTally) -> dict:
+    """:meth:`RangeTally.report` with the scale-free features' names."""
+    from .features import SCALE_FREE_NAMES
+
+    return tally.report(SCALE_FREE_NAMES[:len(tally.by_feature)])
 
 
 def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN) -> FeatureRanges:

@@ -30,6 +30,7 @@ from .config import Config
 from .features import NormScales
 from .model import build_model
 from .policy import FactorStep, learned_methods
+from .ranges import range_report, range_tally
 
 Trial = Callable[[float], tuple]
 
@@ -199,6 +200,9 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         x, v, m = _check(x, v, m)
         self._state = I.State(m, x, v, np.zeros_like(x), eps=self.eps, n_steps=self.substeps)
         self._learned.start(self._state)  # the seed's history buffer, sized for (N, D)
+        tally = range_tally(self._learned)
+        if tally is not None:
+            tally.reset()  # range_report counts from here
         self._prev: tuple | None = None
         self.dt_prev = 0.0
         self.steps = 0
@@ -259,6 +263,24 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         return dt
 
     # ------------------------------------------------------------ about the rule
+    def range_report(self) -> dict | None:
+        """What the range check did since :meth:`start` (every call of the step function counts: the symmetric
+        form's trial states too). None for a rule without a range check (``range_check=False``, a checkpoint
+        without ``feature_ranges``, the seed's mode).
+
+        Returns
+        -------
+        dict
+            ``calls``; ``outside_share``, the share of calls whose features lay outside the training box;
+            ``held_share``, the share the check held mostly at the classical rule (the learned modulation
+            less than half its own: w < 0.5); ``mean_weight``, the mean of w (1: the rule as trained
+            throughout); ``features``, per feature name the share of the outside calls where it was the
+            furthest outside. A held share near 1 says your systems lie outside what the rule was trained
+            on: it has been stepping as its classical rule, eta0 * tau.
+        """
+        tally = range_tally(self._learned)
+        return None if tally is None else range_report(tally)
+
     def describe(self) -> str:
         """One paragraph: the form, its constants, the model and where it came from."""
         m, f = self.cfg.model, self.cfg.features

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import integrators as I
 from .physics import crossing_time, kepler_ic, random_ic, rel_energy_error
+from .ranges import range_report, range_tally
 from .steprules import RECURSION_CLIP
 
 # Classical step rules on the same KDK loop: every form (explicit, time-symmetric, reversible recursion)
@@ -529,8 +530,13 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
 
     primary = None
     for name, method in learned.items():
+        tally = range_tally(method)
+        if tally is not None:
+            tally.reset()
         run = run_method(method, sys, n_steps, max_steps)
         entry["methods"][name] = finish(run)
+        if tally is not None:  # what the range check did on this run (outside / held shares, the features)
+            entry["methods"][name]["range_check"] = range_report(tally)
         plot["series"][name] = downsample(run, m=sys.m)
         plot["cost"][name] = [(run.metrics["force_evals"], run.metrics.get("max_rel_dE", math.inf))]
         if primary is None:

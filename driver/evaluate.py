@@ -238,6 +238,23 @@ def _headline_line(h: dict) -> str:
             f"({', '.join(f'{k} {v}' for k, v in sorted(h['learned_status'].items()))})")
 
 
+def range_check_lines(sysd: dict) -> list[str]:
+    """The range-check table of one checkpoint's systems (markdown lines; none when its learned runs had no
+    range check): per system the shares of the learned run's steps outside the training box and held at the
+    classical rule, the mean w and the feature most often furthest outside (aits.ranges.RangeTally)."""
+    checked = {name: e["methods"]["learned"]["range_check"] for name, e in sysd.items()
+               if e["methods"]["learned"].get("range_check")}
+    if not checked:
+        return []
+    lines = ["Range check of the learned run: the share of its steps whose features lay outside the training box, "
+             "the share it held at the classical rule (w < 0.5), the mean w, and the feature most often furthest "
+             "outside:", "", "| system | outside | held | mean w | furthest outside |", "|---|---|---|---|---|"]
+    for name, rc in checked.items():
+        lines.append(f"| {name} | {rc['outside_share']:.2f} | {rc['held_share']:.2f} | {rc['mean_weight']:.2f} | "
+                     f"{next(iter(rc['features']), '–')} |")
+    return lines + [""]
+
+
 def markdown(board: dict) -> str:
     lines = [f"# Scoreboard: suite `{board['suite']}`", "",
              f"{len(board['checkpoints'])} checkpoint(s); wall time {board['wall_time_s']:.0f} s. Ratios are "
@@ -274,6 +291,7 @@ def markdown(board: dict) -> str:
                 + (f"{fmt(e['ratios_band']['equal_force_evals'].get('strongest'))} ({e.get('strongest_band') or '–'})"
                    if "ratios_band" in e else "–") + " |")
         lines.append("")
+        lines += range_check_lines(sysd)
         lines += ["Learned / each baseline, max |ΔE/E| at equal force evaluations (equal wall time):", "",
                   "| system | " + " | ".join(BASELINES) + " |", "|---|" + "---|" * len(BASELINES)]
         for name, e in sysd.items():

@@ -6,9 +6,11 @@ learned rule's max |dE/E| over the strongest of the classical rules that win the
 Minutes where driver/evaluate.py's boards take an hour: no IAS15 reference, no wall-time match, and per system
 only the classical families that are the strongest there on the boards (docs/RESULTS.md), so a ratio here can
 only be lower than the board's learned / strongest. Use it to choose what to put on the boards, not as a result.
-Systems: the Pythagorean problem, the unsoftened N = 8 cluster and HD 80606 b (the practitioner suite), Kepler
-orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the standard suite (seeds 0, 3, 4, 7) and
-three random N = 4 systems (seeds 3, 5, 8): the hardest for the learned rules so far.
+Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b and the softened Plummer N = 16 sphere
+(the practitioner suite), Kepler orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the
+standard suite (seeds 0, 3, 4, 7) and three random N = 4 systems (seeds 3, 5, 8): the hardest for the learned
+rules so far. ``held``: the share of the learned run's steps that the range check held at the classical rule
+(w < 0.5, aits.ranges.RangeTally); 1.00 says the system lies outside what the rule was trained on.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aits import CheckpointError, load_checkpoint  # noqa: E402
 from aits import scoreboard as SB  # noqa: E402
 from aits.policy import learned_methods  # noqa: E402
+from aits.ranges import range_report, range_tally  # noqa: E402
 from driver.backends import map_tasks  # noqa: E402
 
 FEW_BODY = ("adaptive_prs", "recursive_prs", "recursive_prs_clip", "recursive_blend_clip")
@@ -33,7 +36,8 @@ def screen_systems() -> dict[str, tuple[SB.System, tuple[str, ...]]]:
     practitioner = {s.name: s for s in SB.practitioner_systems()}
     out = {"pythagorean": (practitioner["pythagorean"], ("adaptive_prs", "recursive_blend_clip")),
            "cluster_N8_unsoftened": (practitioner["cluster_N8_unsoftened"], ("adaptive_prs", "recursive_blend_clip")),
-           "planet_hd80606b": (practitioner["planet_hd80606b"], ("recursive_clip",))}
+           "planet_hd80606b": (practitioner["planet_hd80606b"], ("recursive_clip",)),
+           "plummer_N16_eps0.05": (practitioner["plummer_N16_eps0.05"], ("recursive_adaptive", "recursive_clip"))}
     for e in (0.9, 0.98):
         s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
         out[s.name] = (s, ("recursive_adaptive",))
@@ -52,11 +56,13 @@ def screen_one(path: str, name: str) -> dict:
     system, families = screen_systems()[name]
     learned = learned_methods(load_checkpoint(path), eps=system.eps)["learned"]
     run = SB.run_method(learned, system, 1, 2_000_000)
+    tally = range_tally(learned)
     ratios = {}
     for family in families:
         classical, _ = SB.match_evals(family, system, run.metrics["force_evals"], 1)
         ratios[family] = SB.ratio(run.metrics["max_rel_dE"], classical.metrics["max_rel_dE"])
-    return {"status": run.metrics["status"], "force_evals": run.metrics["force_evals"], "ratios": ratios}
+    return {"status": run.metrics["status"], "force_evals": run.metrics["force_evals"], "ratios": ratios,
+            "range_check": None if tally is None else range_report(tally)}
 
 
 def _num(v) -> str:
@@ -95,7 +101,8 @@ def main(argv=None) -> int:
         print(c)
         for n in names:
             r = rows[n]
-            print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} "
+            held = "" if r["range_check"] is None else f"held {r['range_check']['held_share']:4.2f}  "
+            print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} {held}"
                   + "  ".join(f"{f} {_num(v)}" for f, v in r["ratios"].items()))
         for n_bodies in (3, 4):
             few = [rows[n]["learned_over_strongest"] for n in names if n.startswith(f"random_N{n_bodies}_")]

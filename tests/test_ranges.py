@@ -183,3 +183,53 @@ def test_evaluation_scores_a_range_checked_checkpoint_both_ways(tmp_path):
     assert checked["status"] == unchecked["status"] == "ok"
     assert checked["force_evals"] != unchecked["force_evals"]  # the box acted on this orbit
     assert entry["strongest"] is not None
+    # ... and the board says how much: the e = 0.9 orbit lies outside the e = 0.5-0.7 box (its cos^2(r, u) between
+    # the apsides, its u^2 r / mu at them), held at the classical rule on part of it only
+    rc = checked["range_check"]
+    assert rc["calls"] == checked["steps"] and rc["outside_share"] > 0.5 and 0.0 < rc["held_share"] < 1.0
+    assert set(rc["features"]) <= {"cos2(r, u)", "u2 r/mu"} and 0.0 < rc["mean_weight"] < 1.0
+    assert "range_check" not in unchecked
+    from driver.evaluate import range_check_lines
+
+    table = range_check_lines({"k": entry})
+    assert table[-2].startswith(f"| k | {rc['outside_share']:.2f} | {rc['held_share']:.2f} |")
+    assert range_check_lines({"k": {"methods": {"learned": unchecked}}}) == []
+
+
+def test_the_tally_counts_what_the_check_did(tmp_path):
+    """Rule.range_report against a recount from the box itself: every call of the step function counted with
+    its own w, on states inside the box, just outside it and far outside (an N = 16 cluster)."""
+    from aits.features import SCALE_FREE_NAMES
+
+    cfg = bounded_cfg()
+    box = kepler_box(cfg)
+    path = save_checkpoint(tmp_path / "r" / "model" / "model_best.pt", checkpoint_with_box(cfg, wild_model(cfg, 1.0), box))
+    rule = load_rule(str(path))
+    states = []
+    for e in (0.6, 0.8):  # inside the e = 0.5-0.7 box, then partly outside it
+        m, x, v, period = kepler_ic(e, 1.0)
+        run = I.integrate(I.RecursiveAdaptive(0.05), m, x, v, period)
+        states += [(xx, vv, m) for xx, vv in zip(run.trajectory["x"][::7], run.trajectory["v"][::7])]
+    m, x, v = P.plummer(16, 0)
+    states += [(x, v, m)] * 5
+    rule.start(*states[0][:2], states[0][2])
+    w = []
+    for x, v, m in states:
+        a = I.accel(x, m)
+        rule.h(x, v, a, m)
+        w.append(box.weight(scale_free_numpy(x, v, a, m, 0.0)[0]))
+    w = np.array(w)
+    rep = rule.range_report()
+    assert rep["calls"] == len(states)
+    assert rep["outside_share"] == pytest.approx(np.mean(w < 1.0), abs=1e-12)
+    assert rep["held_share"] == pytest.approx(np.mean(w < 0.5), abs=1e-12)
+    assert rep["mean_weight"] == pytest.approx(w.mean(), rel=1e-12)
+    assert 0.0 < rep["outside_share"] < 1.0 and rep["held_share"] >= 5 / len(states)
+    assert set(rep["features"]) <= set(SCALE_FREE_NAMES) and sum(rep["features"].values()) == pytest.approx(1.0)
+    # start() begins a new count; inside the box nothing is counted outside
+    m, x, v, _ = kepler_ic(0.6, 1.0)
+    rule.start(x, v, m)
+    rule.h(x, v, I.accel(x, m), m)
+    assert rule.range_report() == {"calls": 1, "outside_share": 0.0, "held_share": 0.0, "mean_weight": 1.0,
+                                   "features": {}}
+    assert load_rule(str(path), range_check=False).range_report() is None
