@@ -6,8 +6,8 @@ learned rule's max |dE/E| over the strongest of the classical rules that win the
 Minutes where driver/evaluate.py's boards take an hour: no IAS15 reference, no wall-time match, and per system
 only the classical families that are the strongest there on the boards (docs/RESULTS.md), so a ratio here can
 only be lower than the board's learned / strongest. Use it to choose what to put on the boards, not as a result.
-Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b and the softened Plummer N = 16 sphere
-(the practitioner suite), Kepler orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the
+Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b and the softened Plummer spheres
+(N = 16, 64; the practitioner suite), Kepler orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the
 standard suite (seeds 0, 3, 4, 7) and three random N = 4 systems (seeds 3, 5, 8): the hardest for the learned
 rules so far. ``held``: the share of the learned run's steps that the range check held at the classical rule
 (w < 0.5, aits.ranges.RangeTally); 1.00 says the system lies outside what the rule was trained on.
@@ -37,7 +37,8 @@ def screen_systems() -> dict[str, tuple[SB.System, tuple[str, ...]]]:
     out = {"pythagorean": (practitioner["pythagorean"], ("adaptive_prs", "recursive_blend_clip")),
            "cluster_N8_unsoftened": (practitioner["cluster_N8_unsoftened"], ("adaptive_prs", "recursive_blend_clip")),
            "planet_hd80606b": (practitioner["planet_hd80606b"], ("recursive_clip",)),
-           "plummer_N16_eps0.05": (practitioner["plummer_N16_eps0.05"], ("recursive_adaptive", "recursive_clip"))}
+           "plummer_N16_eps0.05": (practitioner["plummer_N16_eps0.05"], ("recursive_adaptive", "recursive_clip")),
+           "plummer_N64_eps0.05": (practitioner["plummer_N64_eps0.05"], ("recursive_clip", "recursive_adaptive"))}
     for e in (0.9, 0.98):
         s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
         out[s.name] = (s, ("recursive_adaptive",))
