@@ -24,7 +24,7 @@ import torch
 
 from . import integrators as I
 from . import oracle as O
-from .families import FAMILIES, draw
+from .families import FAMILIES, draw, softening
 from .ranges import FeatureRanges
 
 
@@ -69,7 +69,7 @@ def mixture_systems(system_cfg, seed: int, count: int, periods: float) -> list:
     for k in range(count):
         code, d = draw(rng, system_cfg)
         fam = FAMILIES[code]
-        eps = 0.0 if d.eps is None else float(d.eps)
+        eps = float(softening(d, system_cfg))  # the family's own (soft_few_body), else system.softening, as in training
         out.append(System(f"{fam}_{seed}_{k}", "random", fam, {"e": float(d.e)}, d.m, d.x, d.v,
                           periods * d.period, eps))
     return out

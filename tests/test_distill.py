@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,6 +69,12 @@ def test_mixture_systems_follow_the_weights_and_the_seed():
     r, u = kepler.x[1] - kepler.x[0], kepler.v[1] - kepler.v[0]
     a_axis = 1.0 / (2.0 / np.linalg.norm(r) - u @ u / mu)
     assert kepler.duration == pytest.approx(3.0 * 2 * math.pi * math.sqrt(a_axis ** 3 / mu), rel=1e-9)
+    # each system runs with the softening training gives it: the family's own, else system.softening
+    soft = replace(s, softening=0.01, mixture={"binary": 1.0, "soft_few_body": 1.0})
+    drawn = D.mixture_systems(soft, 4, 12, 1.0)
+    assert {x.eps for x in drawn if x.family == "binary"} == {0.01}
+    own = [x for x in drawn if x.family == "soft_few_body"]
+    assert own and all(x.eps != 0.01 and x.eps > 0 for x in own)
 
 
 def test_a_fitted_system_is_never_worse_than_the_classical_rule_and_its_field_is_the_oracles():
