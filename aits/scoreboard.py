@@ -763,7 +763,8 @@ HEADLINE_KEYS = ("energy_equal_evals", "energy_equal_wall", "trajectory_equal_ev
 def headline(systems: dict[str, dict]) -> dict:
     """One checkpoint's summary over its systems: the median (and worst) learned / strongest max |dE/E|
     at equal evaluations and at equal wall time, the median learned / strongest position error (ranked
-    systems only), the learned runs' statuses counted, and which classical family was strongest how often."""
+    systems only), the learned runs' statuses counted, which classical family was strongest how often, and
+    (range-checked checkpoints) the systems the range check held at the classical rule on most steps."""
     def med(key, comp):
         vals = [e[key][comp].get("strongest") for e in systems.values()]
         vals = [v for v in vals if v is not None]
@@ -787,6 +788,12 @@ def headline(systems: dict[str, dict]) -> dict:
     out["learned_status"] = statuses
     out["not_ok"] = sum(n for st, n in statuses.items() if st != "ok")
     out["strongest_family_counts"] = strongest_counts
+    # systems whose learned run the range check held at the classical rule on most steps (boards of checkpoints
+    # with a training box only): there the learned rule was not what ran
+    checked = {n: e["methods"]["learned"]["range_check"] for n, e in systems.items()
+               if e["methods"]["learned"].get("range_check")}
+    if checked:
+        out["held_systems"] = sorted(n for n, rc in checked.items() if rc["held_share"] > 0.5)
     return out
 
 

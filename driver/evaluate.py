@@ -235,7 +235,10 @@ def _headline_line(h: dict) -> str:
             f"{fmt(h['trajectory_equal_wall'])} (wall); "
             + (f"energy band: {fmt(h['energy_band_equal_evals'])} (evals); " if h.get('energy_band_equal_evals') is not None else "")
             + f"learned runs not ok: {h['not_ok']} "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(h['learned_status'].items()))})")
+            f"({', '.join(f'{k} {v}' for k, v in sorted(h['learned_status'].items()))})"
+            + ("" if "held_systems" not in h else
+               f"; held at the classical rule by the range check on most steps: {len(h['held_systems'])}"
+               + (f" ({', '.join(h['held_systems'])})" if h["held_systems"] else "")))
 
 
 def range_check_lines(sysd: dict) -> list[str]:

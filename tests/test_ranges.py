@@ -194,6 +194,15 @@ def test_evaluation_scores_a_range_checked_checkpoint_both_ways(tmp_path):
     table = range_check_lines({"k": entry})
     assert table[-2].startswith(f"| k | {rc['outside_share']:.2f} | {rc['held_share']:.2f} |")
     assert range_check_lines({"k": {"methods": {"learned": unchecked}}}) == []
+    # the headline names the systems held on most steps (here 52 % of them)
+    from driver.evaluate import _headline_line
+
+    from aits.scoreboard import headline
+
+    assert rc["held_share"] > 0.5 and headline({"k": entry})["held_systems"] == ["k"]
+    assert "held at the classical rule by the range check on most steps: 1 (k)" in _headline_line(headline({"k": entry}))
+    plain = {**entry, "methods": {**entry["methods"], "learned": unchecked}}
+    assert "held_systems" not in headline({"k": plain}) and "held at" not in _headline_line(headline({"k": plain}))
 
 
 def test_the_tally_counts_what_the_check_did(tmp_path):
