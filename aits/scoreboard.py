@@ -475,6 +475,15 @@ def position_at(traj: dict, t: float) -> np.ndarray:
             + (-2 * s ** 3 + 3 * s ** 2) * x1 + (s ** 3 - s ** 2) * h * v1)
 
 
+def position_error(run: I.Run, ref: dict) -> float | None:
+    """The largest body's distance |x - x_IAS15| at the reference's horizon (absolute; None for a run that did
+    not end ok or kept no trajectory)."""
+    if not run.trajectory or run.metrics["status"] != "ok":
+        return None
+    x_ref = ref["x"][max(ref["horizon_index"], 0)]
+    return float(np.linalg.norm(position_at(run.trajectory, ref["horizon"]) - x_ref, axis=-1).max())
+
+
 def judged_status(status: str, max_rel_dE, pos_err_rel) -> str:
     """The integrator's status, then the physics: ``energy_error`` when max |dE/E| exceeds
     ``ENERGY_FAIL``, ``destroyed`` when the bodies end more than ``DESTROYED`` sizes from the
@@ -513,15 +522,12 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     if ref is not None:
         entry["trajectory"] = {"horizon": ref["horizon"], "chaotic": ref["chaotic"], "ranked": ranked,
                                "amplification": ref["amplification"], "size": sys.size, "size_name": sys.size_name}
-        x_ref = ref["x"][max(ref["horizon_index"], 0)]
     judge_position = ranked and ref["amplification"] <= AMPLIFY_MAX
 
     def finish(run: I.Run) -> dict:
         met = {k: run.metrics[k] for k in ("force_evals", "steps", "wall_time_s", "param", "param_name")}
         met.update({k: run.metrics.get(k) for k in ("max_rel_dE", "final_rel_dE", "drift_slope", "band_rel_dE")})
-        err = None
-        if ranked and run.trajectory and run.metrics["status"] == "ok":
-            err = float(np.linalg.norm(position_at(run.trajectory, ref["horizon"]) - x_ref, axis=-1).max())
+        err = position_error(run, ref) if ranked else None
         met["final_position_error"] = err
         met["position_error_rel"] = None if err is None else err / sys.size
         met["status"] = judged_status(run.metrics["status"], met["max_rel_dE"],

@@ -9,7 +9,10 @@ only be lower than the board's learned / strongest. Use it to choose what to put
 Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b and the softened Plummer spheres
 (N = 16, 64; the practitioner suite), Kepler orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the
 standard suite (seeds 0, 3, 4, 7) and three random N = 4 systems (seeds 3, 5, 8): the hardest for the learned
-rules so far. ``held``: the share of the learned run's steps that the range check held at the classical rule
+rules so far. ``position``: the learned run's position error against IAS15 at the reference's horizon (as on
+the boards) over the smallest of the screened families' at equal evaluations (blank where the reference's
+horizon is too short to rank), the drift that decides chaotic
+systems (docs/RESULTS.md, "Is it the rule or the trajectory?"). ``held``: the share of the learned run's steps that the range check held at the classical rule
 (w < 0.5, aits.ranges.RangeTally); 1.00 says the system lies outside what the rule was trained on.
 """
 from __future__ import annotations
@@ -58,12 +61,16 @@ def screen_one(path: str, name: str) -> dict:
     learned = learned_methods(load_checkpoint(path), eps=system.eps)["learned"]
     run = SB.run_method(learned, system, 1, 2_000_000)
     tally = range_tally(learned)
-    ratios = {}
+    ref = SB.ias15(system)  # the position reference, as on the boards (None where REBOUND cannot run it)
+    ranked = ref is not None and ref["horizon"] >= SB.MIN_HORIZON * system.duration
+    ratios, positions = {}, {}
     for family in families:
         classical, _ = SB.match_evals(family, system, run.metrics["force_evals"], 1)
         ratios[family] = SB.ratio(run.metrics["max_rel_dE"], classical.metrics["max_rel_dE"])
+        if ranked:
+            positions[family] = SB.ratio(SB.position_error(run, ref), SB.position_error(classical, ref))
     return {"status": run.metrics["status"], "force_evals": run.metrics["force_evals"], "ratios": ratios,
-            "range_check": None if tally is None else range_report(tally)}
+            "position_ratios": positions, "range_check": None if tally is None else range_report(tally)}
 
 
 def _num(v) -> str:
@@ -103,7 +110,9 @@ def main(argv=None) -> int:
         for n in names:
             r = rows[n]
             held = "" if r["range_check"] is None else f"held {r['range_check']['held_share']:4.2f}  "
+            pos = [v for v in r["position_ratios"].values() if v is not None]
             print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} {held}"
+                  f"position {_num(max(pos) if pos else None)}  "
                   + "  ".join(f"{f} {_num(v)}" for f, v in r["ratios"].items()))
         for n_bodies in (3, 4):
             few = [rows[n]["learned_over_strongest"] for n in names if n.startswith(f"random_N{n_bodies}_")]

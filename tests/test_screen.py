@@ -37,3 +37,17 @@ def test_the_classical_rule_screens_at_one_against_itself(tmp_path, capsys):
     with pytest.raises(SystemExit):
         S.main([ckpt, "--systems", "pythagoras"])
     assert S.main([str(tmp_path / "missing.pt"), "--systems", "random_N3_s0", "--workers", "1"]) == 2
+
+
+def test_the_position_ratio_is_the_drift_against_ias15(tmp_path, monkeypatch):
+    """On a Kepler orbit (not chaotic: the phase error grows as dt^2 t) the classical rule drifts as far as itself at
+    equal evaluations, and three times as far at a step 1.7x as large (sqrt 3: twice the evaluations' ratio)."""
+    ckpt = _classical_checkpoint(tmp_path / "model_epoch_0001.pt")
+    orbit = SB.kepler_system(0.9, 1.0, 10, "kepler_scale", 3)
+    monkeypatch.setattr(S, "screen_systems", lambda: {"k": (orbit, ("recursive_blend_clip",))})
+    row = S.screen_one(ckpt, "k")
+    assert row["position_ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.1)
+    ref = SB.ias15(orbit)
+    fine, _ = SB.match_evals("recursive_blend_clip", orbit, int(row["force_evals"] * 3 ** 0.5), 1)
+    learned = SB.run_method(S.learned_methods(S.load_checkpoint(ckpt))["learned"], orbit, 1, 2_000_000)
+    assert SB.position_error(learned, ref) / SB.position_error(fine, ref) == pytest.approx(3.0, rel=0.2)
