@@ -19,7 +19,7 @@ STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
 SCALE_FREE_DIM = 8
 # short names of the scale-free features (the list below :func:`scale_free_torch`'s header), the blend's 9th last
-SCALE_FREE_NAMES = ("u2 r/mu", "cos2(r, u)", "|a| r2/m_j", "log tau_others/tau", "mu/M", "m_min/m_max",
+SCALE_FREE_NAMES = ("u2 r/mu", "cos2(r, u)", "a_i r2/m_j", "log tau_others/tau", "mu/M", "m_min/m_max",
                     "eps/(r+eps)", "log r/L", "log tau_prs/tau")
 FEATURE_TYPES = ("basic", "rich", "delta_mag", "scale_free")
 
