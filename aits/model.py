@@ -126,7 +126,12 @@ class NumpyMLP:
         w, b = self.layers[-1]
         z = float(h @ w[:, 0] + b[0])
         if self.max_modulation is not None:  # the bounded factor, as DtModel
-            s = math.tanh(z) if self.ranges is None else math.tanh(z) * self.tally.add(self.ranges.excess(f))
+            s = math.tanh(z)
+            if self.ranges is not None:  # pulled back outside the training box, and counted
+                d = self.ranges.excess(f)
+                w = self.ranges.weight_of(d)
+                self.tally.add(d, w)
+                s *= w
             return self.eta0 * self.max_modulation ** s
         return (z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
 

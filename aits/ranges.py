@@ -52,10 +52,14 @@ class FeatureRanges:
         margins (0 inside)."""
         return (np.maximum(self.lo - f, 0.0) + np.maximum(f - self.hi, 0.0)) / self.delta
 
+    @staticmethod
+    def weight_of(d: np.ndarray) -> float:
+        """w = exp(-|d|^2) of an excess ``d`` (:meth:`excess`)."""
+        return math.exp(-float(d @ d))
+
     def weight(self, f: np.ndarray) -> float:
         """w(f) in (0, 1] of one feature vector: 1 inside the box."""
-        d = self.excess(f)
-        return math.exp(-float(d @ d))
+        return self.weight_of(self.excess(f))
 
     def weight_torch(self, f):
         """w of feature rows f (B, n_features), torch, differentiable."""
@@ -113,18 +117,15 @@ class RangeTally:
         self.weight_sum = 0.0
         self.by_feature[:] = 0
 
-    def add(self, d: np.ndarray) -> float:
-        """Count one call with excess ``d`` (:meth:`FeatureRanges.excess`); returns its w."""
-        q = float(d @ d)
-        w = math.exp(-q)
+    def add(self, d: np.ndarray, w: float) -> None:
+        """Count one call with excess ``d`` (:meth:`FeatureRanges.excess`) and its weight ``w``."""
         self.calls += 1
         self.weight_sum += w
-        if q > 0.0:
+        if d.any():
             self.outside += 1
             self.by_feature[int(d.argmax())] += 1
             if w < HELD_WEIGHT:
                 self.held += 1
-        return w
 
     def report(self, names=None) -> dict:
         """{calls, outside_share, held_share, mean_weight, features: {name: share of the outside calls where it

@@ -475,6 +475,12 @@ def position_at(traj: dict, t: float) -> np.ndarray:
             + (-2 * s ** 3 + 3 * s ** 2) * x1 + (s ** 3 - s ** 2) * h * v1)
 
 
+def is_ranked(ref: dict | None, sys: System) -> bool:
+    """Whether an IAS15 reference (:func:`ias15`) holds long enough (``MIN_HORIZON`` of the run) to rank runs by
+    their position error at its horizon."""
+    return ref is not None and ref["horizon"] >= MIN_HORIZON * sys.duration
+
+
 def position_error(run: I.Run, ref: dict) -> float | None:
     """The largest body's distance |x - x_IAS15| at the reference's horizon (absolute; None for a run that did
     not end ok or kept no trajectory)."""
@@ -518,7 +524,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
              "ratios_band": {"equal_force_evals": {}}}
     plot = {"series": {}, "cost": {}, "m": sys.m.tolist()}  # masses: the movies' momenta
     ref = ias15(sys) if reference else None
-    ranked = ref is not None and ref["horizon"] >= MIN_HORIZON * sys.duration
+    ranked = is_ranked(ref, sys)
     if ref is not None:
         entry["trajectory"] = {"horizon": ref["horizon"], "chaotic": ref["chaotic"], "ranked": ranked,
                                "amplification": ref["amplification"], "size": sys.size, "size_name": sys.size_name}
@@ -766,6 +772,12 @@ HEADLINE_KEYS = ("energy_equal_evals", "energy_equal_wall", "trajectory_equal_ev
                  "energy_worst_equal_evals", "energy_band_equal_evals")
 
 
+def range_checks(systems: dict[str, dict]) -> dict[str, dict]:
+    """{system: its learned run's ``range_check`` report} of one checkpoint's board entries that have one."""
+    return {n: e["methods"]["learned"]["range_check"] for n, e in systems.items()
+            if e["methods"]["learned"].get("range_check")}
+
+
 def headline(systems: dict[str, dict]) -> dict:
     """One checkpoint's summary over its systems: the median (and worst) learned / strongest max |dE/E|
     at equal evaluations and at equal wall time, the median learned / strongest position error (ranked
@@ -796,8 +808,7 @@ def headline(systems: dict[str, dict]) -> dict:
     out["strongest_family_counts"] = strongest_counts
     # systems whose learned run the range check held at the classical rule on most steps (boards of checkpoints
     # with a training box only): there the learned rule was not what ran
-    checked = {n: e["methods"]["learned"]["range_check"] for n, e in systems.items()
-               if e["methods"]["learned"].get("range_check")}
+    checked = range_checks(systems)
     if checked:
         out["held_systems"] = sorted(n for n, rc in checked.items() if rc["held_share"] > 0.5)
     return out

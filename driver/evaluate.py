@@ -28,7 +28,8 @@ import numpy as np
 
 from aits import CheckpointError, ConfigError, build_model, config_from_checkpoint, load_checkpoint
 from aits.checkpoint import fit_weights
-from aits.scoreboard import BASELINES, CLASSICAL, SUITES, file_system, score_system, suite_systems, summarize
+from aits.scoreboard import (BASELINES, CLASSICAL, SUITES, file_system, range_checks, score_system, suite_systems,
+                             summarize)
 from driver.backends import map_tasks
 from driver.movie import evaluation_movies, movie_format, movie_systems
 from driver.report import write_report
@@ -245,8 +246,7 @@ def range_check_lines(sysd: dict) -> list[str]:
     """The range-check table of one checkpoint's systems (markdown lines; none when its learned runs had no
     range check): per system the shares of the learned run's steps outside the training box and held at the
     classical rule, the mean w and the feature most often furthest outside (aits.ranges.RangeTally)."""
-    checked = {name: e["methods"]["learned"]["range_check"] for name, e in sysd.items()
-               if e["methods"]["learned"].get("range_check")}
+    checked = range_checks(sysd)
     if not checked:
         return []
     lines = ["Range check of the learned run: the share of its steps whose features lay outside the training box, "

@@ -62,7 +62,7 @@ def screen_one(path: str, name: str) -> dict:
     run = SB.run_method(learned, system, 1, 2_000_000)
     tally = range_tally(learned)
     ref = SB.ias15(system)  # the position reference, as on the boards (None where REBOUND cannot run it)
-    ranked = ref is not None and ref["horizon"] >= SB.MIN_HORIZON * system.duration
+    ranked = SB.is_ranked(ref, system)
     ratios, positions = {}, {}
     for family in families:
         classical, _ = SB.match_evals(family, system, run.metrics["force_evals"], 1)
