@@ -181,6 +181,14 @@ class TrainConfig:
     passage_family_weights: dict[str, float] = opt({}, "each family's weight in the passage objective's mean over "
                                                        "the rollouts, by the family of its start state (a family "
                                                        "not named: 1; {}: the plain mean)", ge=0)
+    passage_phase: float = opt(0.0, "weight of the phase term in the passage objective: log of the rollout's "
+                                    "position error at its end time against a finer reference from the same "
+                                    "start (each body's error over its nearest neighbour's distance) - 3 log T; "
+                                    "the energy error does not see a step rule that runs ahead or behind on "
+                                    "its orbit (0: off; a reference rollout more, without grad)", ge=0)
+    passage_phase_refine: float = opt(4.0, "the phase term's reference takes steps of model.init_factor / this "
+                                           "times the timescale: its error is ~this^2 below the classical rule's",
+                                      ge=1)
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 
@@ -326,6 +334,9 @@ class Config:
         if t.passage_anchor_rows and not t.passage_anchor:
             p.append("train.passage_anchor_rows: holds each rollout's level with the anchor's weight; set "
                      "train.passage_anchor > 0")
+        if t.passage_phase and (m.output != "factor" or m.init_factor is None):
+            p.append("train.passage_phase: the reference steps at model.init_factor / train.passage_phase_refine "
+                     "times the timescale; set model.output factor and model.init_factor")
         if t.passage_anchor and m.init_factor is None:
             p.append("train.passage_anchor: the anchor holds the step level at model.init_factor; set it")
         if s.ic == "mixture" and s.mixture.get("soft_few_body", 0) > 0 and f.feature_type != "scale_free":

@@ -33,23 +33,26 @@ import torch
 from . import families
 from .config import Config
 from .metrics import declare
+from .physics import leapfrog
 from .samples import Samples, StateBatch
-from .stepper import Stepper, optimizer_step
+from .stepper import CompiledOrEager, Stepper, optimizer_step
 
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
          "passage/worse_than_classical": "mean",
-         "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean"})
+         "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean",
+         "passage/phase": "mean", "passage/phase_error": "mean"})
 
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-            with_level: bool = False, eps: np.ndarray | None = None):
+            with_level: bool = False, eps: np.ndarray | None = None, with_end: bool = False):
     """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (errors (B, steps):
     |dE/E| against the start's energy, or with the stepper's ``passage_measure`` ``band`` the band so far (see
     :func:`_measure`), T (B,) time covered, tau0 (B,) the start's classical timescale).
     Each rollout is a fresh start: the step recursion's first step is h, then dt_k = h_k^2 / dt_{k-1}
     with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free).
     ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph.
-    ``eps`` (B,): the systems' own softenings (``StateBatch.eps``; used where the stepper reads them)."""
+    ``eps`` (B,): the systems' own softenings (``StateBatch.eps``; used where the stepper reads them).
+    ``with_end``: also the positions reached (B,N,D), in the graph (after the level where both are asked for)."""
     prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
     m, e0, tau0, errs, T, levels, own = prep.m, prep.e0, prep.tau, [], 0.0, [], prep.eps
     # one step function either way: the eager step, or the same step fused by torch.compile
@@ -61,10 +64,10 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
         if with_level:
             levels.append(torch.log(dt / tau))
         T = T + dt * stepper.substeps
-    errs = _measure(torch.stack(errs, -1), stepper.passage_measure)
+    out = (_measure(torch.stack(errs, -1), stepper.passage_measure), T, tau0)
     if with_level:
-        return errs, T, tau0, torch.stack(levels, -1).mean(-1)
-    return errs, T, tau0
+        out += (torch.stack(levels, -1).mean(-1),)
+    return out + (x,) if with_end else out
 
 
 def _measure(signed: torch.Tensor, measure: str) -> torch.Tensor:
@@ -90,22 +93,23 @@ def _objective(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> torch
 
 
 def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-                    eps: np.ndarray | None = None):
+                    eps: np.ndarray | None = None, with_end: bool = False):
     """:func:`rollout` (with the level) and :func:`objective_rows` from the start states (m, x, v); when some
     rollouts blew up, the finite ones are rolled out again, alone (a rollout that blew up poisons the batched
     graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep,
     index) of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew;
-    ``index`` the positions in (m, x, v) of the start states of ``rows``."""
-    errs, T, tau0, level = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps)
-    rows, keep = objective_rows(errs, T, tau0)
+    ``index`` the positions in (m, x, v) of the start states of ``rows``. ``with_end``: the positions each
+    rollout reached (B',N,D), in the graph, follow as an eighth item."""
+    out = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps, with_end=with_end)
+    rows, keep = objective_rows(*out[:3])
     index = np.arange(len(m))
     if bool(keep.any()) and not bool(keep.all()):
         sel = keep.cpu().numpy()
         index = index[sel]
-        errs, T, tau0, level = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True,
-                                       eps=None if eps is None else eps[sel])
-        rows, keep = objective_rows(errs, T, tau0)
-    return errs, T, tau0, level, rows, keep, index[keep.cpu().numpy()]
+        out = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True,
+                      eps=None if eps is None else eps[sel], with_end=with_end)
+        rows, keep = objective_rows(*out[:3])
+    return out[:4] + (rows, keep, index[keep.cpu().numpy()]) + out[4:]
 
 
 def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
@@ -123,6 +127,71 @@ def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.
     with torch.no_grad():
         rows = _objective(*rollout(twin, stepper, m, x, v, steps, eps=eps))
     return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
+
+
+def reference_ends(stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, T: torch.Tensor, eta: float,
+                   max_steps: int, eps: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and velocities (B,N,D) of the start states (m, x, v) at the times T (B,), without grad: the
+    reference a rollout's end is held against (``train.passage_phase``). Kick-drift-kick steps of eta * tau (tau
+    the stepper's timescale at the step's start), each row's last step cut to land on its T. Rows that have not
+    reached their T after ``max_steps`` steps are NaN. eta * tau is small, so tau is the plain pairwise one,
+    :func:`pair_timescale`, cheaper than the stepper's."""
+    with torch.no_grad():
+        prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
+        soft = stepper.eps if prep.eps is None else prep.eps
+        x, v, a, T = prep.x, prep.v, prep.acc0, T.detach().to(prep.x)
+        t = torch.zeros_like(T)
+        step = _reference_step
+        if stepper.compile_rollout:
+            if stepper.compiled_reference is None:
+                stepper.compiled_reference = CompiledOrEager(_reference_step, "phase references")
+            step = stepper.compiled_reference
+        for _ in range(max_steps):
+            if not bool((t < T).any()):
+                break
+            x, v, a, t = step(x, v, a, prep.m, soft, T, t, eta)
+        short = (t < T).reshape(-1, 1, 1)
+        nan = torch.full_like(x, math.nan)
+        return torch.where(short, nan, x), torch.where(short, nan, v)
+
+
+def _reference_step(x, v, a, m, soft, T, t, eta: float):
+    """One step of :func:`reference_ends`: eta * :func:`pair_timescale`, or what is left to T where that is less."""
+    left = T - t
+    want = eta * pair_timescale(x, v, m, soft)
+    last = want >= left
+    x, v, a = leapfrog(x, v, m, torch.where(last, left, want).clamp(min=0.0), soft, 1, acc0=a)
+    return x, v, a, torch.where(last, T, t + want)
+
+
+def pair_timescale(x: torch.Tensor, v: torch.Tensor, m: torch.Tensor, eps) -> torch.Tensor:
+    """min over the pairs of massive bodies of min(sqrt(r^3 / (m_i + m_j)), r / |v_i - v_j|), r the softened
+    separation (B,): the free-fall time of the tightest pair, or its crossing time at a fast fly-by."""
+    soft = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    r = torch.sqrt(torch.cdist(x, x) ** 2 + soft ** 2)
+    w = torch.cdist(v, v)
+    mass = m.unsqueeze(-1) + m.unsqueeze(-2)
+    pair = (m.unsqueeze(-1) > 0) & (m.unsqueeze(-2) > 0) & ~torch.eye(m.shape[-1], dtype=torch.bool, device=m.device)
+    tau = torch.minimum(torch.sqrt(r ** 3 / torch.where(pair, mass, torch.ones_like(mass))), r / (w + 1e-300))
+    return torch.where(pair, tau, torch.full_like(tau, math.inf)).flatten(1).min(-1).values
+
+
+def phase_rows(x_end: torch.Tensor, x_ref: torch.Tensor, v_ref: torch.Tensor, m: torch.Tensor, x0: torch.Tensor,
+               T: torch.Tensor, tau0: torch.Tensor) -> torch.Tensor:
+    """The phase term of each rollout (B,): log of the mean over the massive bodies of |x_i(T) - x_ref,i(T)| / d_i
+    minus 3 log(T / tau0). x_end (B,N,D): where the rollout ended, at T (B,), both in the graph; x_ref, v_ref: the
+    reference there (:func:`reference_ends`), moved along v_ref by T's change so that ending earlier or later on the
+    same path counts as the error it is; d_i body i's distance to its nearest massive body at the start x0 (the
+    error as an angle, so a planet's phase counts beside its star's). A leapfrog path's phase error after n steps
+    grows as n dt^3, so the term does not change when every step is scaled by one factor."""
+    target = x_ref + v_ref * (T - T.detach()).reshape(-1, 1, 1)
+    massive = m > 0
+    d = torch.cdist(x0, x0)
+    pair = massive.unsqueeze(-1) & massive.unsqueeze(-2) & ~torch.eye(m.shape[-1], dtype=torch.bool, device=m.device)
+    d = torch.where(pair, d, torch.full_like(d, math.inf)).min(-1).values
+    rel = torch.linalg.vector_norm(x_end - target, dim=-1) / torch.where(massive, d, torch.ones_like(d))
+    mean = (rel * massive).sum(-1) / massive.sum(-1)
+    return torch.log(mean + 1e-16) - 3.0 * torch.log(T / tau0)
 
 
 def apsis_rows(cfg: Config, n: int, family: np.ndarray | None) -> np.ndarray:
@@ -208,6 +277,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
                "passage/level": 0.0}
     if t.passage_hinge:
         metrics["passage/worse_than_classical"] = 0.0
+    if t.passage_phase:
+        metrics.update({"passage/phase": 0.0, "passage/phase_error": 0.0})
     n = len(samples)
     if n == 0:
         metrics["passage/skipped"] = 1
@@ -218,7 +289,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     family = None if samples.family is None else samples.family[idx]
     if t.passage_apsis:
         start, eps, family = with_apsis_starts(start, eps, cfg, rng, family)
-    errs, T, tau0, level, rows, keep, index = finite_rollouts(model, stepper, *start, t.passage_steps, eps)
+    errs, T, tau0, level, rows, keep, index, *end = finite_rollouts(model, stepper, *start, t.passage_steps, eps,
+                                                                    with_end=bool(t.passage_phase))
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
@@ -231,6 +303,9 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps)[index].to(rows)
         loss = loss + t.passage_hinge * torch.relu(excess).mean()
         metrics["passage/worse_than_classical"] = float((excess.detach() > 0).double().mean())
+    if t.passage_phase:  # where the rollout ended against where the system is at that time
+        loss = loss + t.passage_phase * phase_term(end[0][keep], T[keep], tau0[keep], start, eps, index, family,
+                                                   stepper, cfg, t.passage_steps, metrics)
     metrics["passage/level"] = float(level[keep].detach().mean())
     if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
         off = level[keep] - math.log(cfg.model.init_factor)
@@ -245,6 +320,34 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/skipped"] = 1
         return None, metrics
     return grads, metrics
+
+
+def phase_term(x_end: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor, start: tuple, eps: np.ndarray | None,
+               index: np.ndarray, family: np.ndarray | None, stepper: Stepper, cfg: Config, steps: int,
+               metrics: dict) -> torch.Tensor | float:
+    """``train.passage_phase``'s term (before its weight): the family-weighted mean of :func:`phase_rows` over the
+    kept rollouts of ``steps`` steps (ends x_end at times T, start states ``start``[index]) against
+    :func:`reference_ends` at init_factor / passage_phase_refine times the timescale, each allowed 1.5 x refine x
+    max_modulation as many steps; 0 when no reference reached its time. Sets
+    ``passage/phase`` and ``passage/phase_error`` (the median relative position error) in ``metrics``."""
+    t, model_cfg = cfg.train, cfg.model
+    m, x0, v0 = (s[index] for s in start)
+    own = None if eps is None else eps[index]
+    cap = int(math.ceil(steps * t.passage_phase_refine * (model_cfg.max_modulation or 1.0) * 1.5))
+    x_ref, v_ref = reference_ends(stepper, m, x0, v0, T, model_cfg.init_factor / t.passage_phase_refine, cap, own)
+    mt, xt = (torch.as_tensor(a, dtype=x_end.dtype, device=x_end.device) for a in (m, x0))
+    rows = phase_rows(x_end, x_ref, v_ref, mt, xt, T, tau0)
+    ok = torch.isfinite(rows)
+    if not bool(ok.any()):
+        return 0.0
+    sel = ok.cpu().numpy()
+    term = family_mean(rows[ok], t.passage_family_weights, family, index[sel])
+    if term is None:
+        return 0.0
+    metrics["passage/phase"] = float(term.detach())
+    metrics["passage/phase_error"] = float(torch.exp(rows[ok].detach() + 3.0 * torch.log(T[ok] / tau0[ok]).detach())
+                                           .median())
+    return term
 
 
 def apply_passage(model, optimizer, gradients: list[dict]) -> bool:

@@ -46,6 +46,29 @@ class Attempt:
         return torch.isfinite(r) & (r < threshold)
 
 
+class CompiledOrEager:
+    """``fn`` through ``torch.compile`` with one compile thread (an actor owns one core). Where compiling fails
+    (no C++ compiler, a platform inductor does not support) it falls back to the eager ``fn`` for good, with one
+    warning naming the error and ``what`` runs eager: the same steps, slower."""
+
+    def __init__(self, fn, what: str):
+        import torch._inductor.config as inductor_config
+        inductor_config.compile_threads = 1
+        self.fn, self.what, self.compiled, self.failed = fn, what, torch.compile(fn), False
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.fn(*args)
+        try:
+            return self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - any compile failure: the eager step takes over
+            self.failed = True
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            warnings.warn(f"train.compile_rollout: torch.compile failed ({type(exc).__name__}: {first}); "
+                          f"{self.what} run eager", stacklevel=2)
+            return self.fn(*args)
+
+
 class Stepper:
     """Builds features and takes model-chosen leapfrog steps for batches of states."""
 
@@ -70,7 +93,8 @@ class Stepper:
         # leapfrog substeps of dt per step: time-symmetric and recursive steps are one substep
         self.substeps = 1 if (self.symmetric or self.recursive) else self.n_steps
         self.compile_rollout = cfg.train.compile_rollout  # passage rollouts step through torch.compile
-        self._compiled, self._compile_failed = None, False
+        self._compiled = None
+        self.compiled_reference = None  # aits.passage.reference_ends' step, compiled on first use
         self.classical_twin = None  # the bounded factor at eta0 (aits.passage.classical_rows), made on first use
 
     def prepare(self, states: StateBatch) -> Prepared:
@@ -105,25 +129,9 @@ class Stepper:
 
     def compiled_rollout_step(self):
         """:meth:`rollout_step` through ``torch.compile`` (made once per Stepper; the first call of each
-        batch size and grad mode compiles, ~40 s on one core). One compile thread: an actor owns one core.
-        Where compiling fails (no C++ compiler, a platform inductor does not support) the step falls back
-        to the eager :meth:`rollout_step` for good, with one warning naming the error: the same steps, slower."""
+        batch size and grad mode compiles, ~40 s on one core), see :class:`CompiledOrEager`."""
         if self._compiled is None:
-            import torch._inductor.config as inductor_config
-            inductor_config.compile_threads = 1
-            compiled = torch.compile(self.rollout_step)
-
-            def step(*args):
-                if self._compile_failed:
-                    return self.rollout_step(*args)
-                try:
-                    return compiled(*args)
-                except Exception as exc:  # noqa: BLE001 - any compile failure: the eager step takes over
-                    self._compile_failed = True
-                    warnings.warn(f"train.compile_rollout: torch.compile failed ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); rollouts run eager", stacklevel=2)
-                    return self.rollout_step(*args)
-            self._compiled = step
+            self._compiled = CompiledOrEager(self.rollout_step, "rollouts")
         return self._compiled
 
     def step_size(self, model, feats: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

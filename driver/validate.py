@@ -40,7 +40,7 @@ import torch
 
 from aits import Config, NormScales, Stepper, build_model
 from aits.checkpoint import CheckpointError, fit_weights, load_checkpoint, norm_scales_of, save_checkpoint
-from aits.passage import apsis_rows, classical_rows, family_mean, objective_rows, rollout
+from aits.passage import apsis_rows, classical_rows, family_mean, objective_rows, phase_term, rollout
 from aits.ranges import measure_ranges
 from aits.systems import Systems
 
@@ -76,7 +76,8 @@ def validation_states(cfg: Config, n: int, seed: int = VALIDATION_SEED):
 def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
                     classical: torch.Tensor | None = None, family: np.ndarray | None = None) -> tuple[float, int]:
     """(mean passage objective over the finite rollouts, rollouts that blew up) of a checkpoint's rule; with
-    ``train.passage_hinge`` plus, as in training, hinge x the mean excess over the classical rule it contains.
+    ``train.passage_hinge`` plus, as in training, hinge x the mean excess over the classical rule it contains; with
+    ``train.passage_phase`` plus its weight x the phase term (:func:`aits.passage.phase_term`).
     ``classical``: that rule's objective on ``states`` (:func:`aits.passage.classical_rows`; the same for every
     checkpoint of a run), computed here when not given. With ``train.passage_family_weights`` the mean is
     weighted as in training, by the states' ``family`` (codes of ``FAMILIES``)."""
@@ -84,7 +85,7 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
     stepper = Stepper(cfg, norm_scales_of(ckpt, cfg) or NormScales())
     m, x, v, eps = states
     with torch.no_grad():
-        errs, T, tau0 = rollout(model, stepper, m, x, v, steps, eps=eps)
+        errs, T, tau0, *end = rollout(model, stepper, m, x, v, steps, eps=eps, with_end=bool(cfg.train.passage_phase))
     rows, ok = objective_rows(errs, T, tau0)
     blown = int((~ok).sum())
     if not bool(ok.any()):
@@ -95,6 +96,11 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
         if classical is None:
             classical = classical_rows(model, stepper, m, x, v, steps, eps)
         loss += cfg.train.passage_hinge * float(torch.relu(rows - classical[ok]).mean())
+    if cfg.train.passage_phase:
+        with torch.no_grad():
+            loss += cfg.train.passage_phase * float(phase_term(end[0][ok], T[ok], tau0[ok], (m, x, v), eps,
+                                                                np.flatnonzero(ok.cpu().numpy()), family, stepper,
+                                                                cfg, steps, {}))
     return loss, blown
 
 

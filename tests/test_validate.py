@@ -201,6 +201,30 @@ def test_a_hinge_run_is_judged_with_its_hinge():
         assert (with_hinge > plain + 1e-3) if excess else (with_hinge == plain)
 
 
+def test_a_phase_run_is_judged_with_its_phase_term():
+    """A run trained with train.passage_phase is validated with it: the plain loss plus the weight x the mean over
+    the finite rollouts of the phase rows, here recomputed from the rollouts' own ends and references."""
+    from aits.passage import phase_rows, reference_ends, rollout
+    phased = Config.from_dict(CFG.to_dict(), ["train.passage_phase=0.5"])
+    states, steps = V.validation_states(CFG, 6), 200
+    torch.manual_seed(1)
+    model = build_model(CFG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ckpt = build_payload(10, model.state_dict(), None, CFG, NormScales().to_dict())
+    plain, _ = V.validation_loss(ckpt, CFG, states, steps)
+    with_phase, _ = V.validation_loss(ckpt, phased, states, steps)
+    m, x, v, eps = states
+    stepper = V.Stepper(phased, NormScales())
+    with torch.no_grad():
+        _, T, tau0, x_end = rollout(model, stepper, m, x, v, steps, eps=eps, with_end=True)
+        ref = reference_ends(stepper, m, x, v, T, phased.model.init_factor / 4, 100_000, eps)
+        rows = phase_rows(x_end, *ref, torch.as_tensor(m), torch.as_tensor(x), T, tau0)
+    assert bool(torch.isfinite(rows).all())
+    assert with_phase - plain == pytest.approx(0.5 * float(rows.mean()), rel=1e-9)
+
+
 def test_apsis_orbits_config_is_the_apsis_config_for_the_orbit_families():
     """configs/generalist_apsis_orbits.yaml is generalist_apsis.yaml with the apsis starts for the orbit
     families only: the few-body family's rollouts start from accepted states."""
