@@ -189,6 +189,10 @@ class TrainConfig:
     passage_phase_refine: float = opt(4.0, "the phase term's reference takes steps of model.init_factor / this "
                                            "times the timescale: its error is ~this^2 below the classical rule's",
                                       ge=1)
+    passage_phase_hinge: bool = opt(False, "the phase term counts only what a rollout's term exceeds the classical "
+                                           "rule's from the same start (that rule rolled out and referenced "
+                                           "too, without grad): the rule may not drift further than the "
+                                           "classical rule it contains, and is not pushed to drift less")
     compile_rollout: bool = opt(False, "run each passage rollout step through torch.compile: ~6x faster on a CPU "
                                        "after a ~40 s compile per process; rounding-level differences from eager")
 
@@ -337,6 +341,9 @@ class Config:
         if t.passage_phase and (m.output != "factor" or m.init_factor is None):
             p.append("train.passage_phase: the reference steps at model.init_factor / train.passage_phase_refine "
                      "times the timescale; set model.output factor and model.init_factor")
+        if t.passage_phase_hinge and not (t.passage_phase and m.max_modulation is not None):
+            p.append("train.passage_phase_hinge: compares the phase term with the bounded factor's eta0; set "
+                     "train.passage_phase > 0 and model.max_modulation")
         if t.passage_anchor and m.init_factor is None:
             p.append("train.passage_anchor: the anchor holds the step level at model.init_factor; set it")
         if s.ic == "mixture" and s.mixture.get("soft_few_body", 0) > 0 and f.feature_type != "scale_free":

@@ -40,7 +40,7 @@ from .stepper import CompiledOrEager, Stepper, optimizer_step
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
          "passage/worse_than_classical": "mean",
          "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean",
-         "passage/phase": "mean", "passage/phase_error": "mean"})
+         "passage/phase": "mean", "passage/phase_error": "mean", "passage/phase_worse": "mean"})
 
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
@@ -115,18 +115,23 @@ def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np
 def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
                    eps: np.ndarray | None = None) -> torch.Tensor:
     """The passage objective (B,) of the classical rule the bounded factor contains (the model with its last
-    layer zeroed: g = eta0 everywhere) from the same start states, without grad; +inf where it blew up.
-    The zeroed twin is made once per stepper and kept (a compiled step is compiled for it once)."""
-    twin = stepper.classical_twin
-    if twin is None:
+    layer zeroed: g = eta0 everywhere: :func:`classical_twin`) from the same start states, without grad; +inf where
+    it blew up."""
+    with torch.no_grad():
+        rows = _objective(*rollout(classical_twin(model, stepper), stepper, m, x, v, steps, eps=eps))
+    return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
+
+
+def classical_twin(model, stepper: Stepper):
+    """The classical rule the bounded factor contains: the model with its last layer zeroed (g = eta0 everywhere),
+    without grad, made once per stepper and kept (a compiled step is compiled for it once)."""
+    if stepper.classical_twin is None:
         twin = copy.deepcopy(model).requires_grad_(False)
         with torch.no_grad():
             twin.net[-1].weight.zero_()
             twin.net[-1].bias.zero_()
         stepper.classical_twin = twin
-    with torch.no_grad():
-        rows = _objective(*rollout(twin, stepper, m, x, v, steps, eps=eps))
-    return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
+    return stepper.classical_twin
 
 
 def reference_ends(stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, T: torch.Tensor, eta: float,
@@ -279,6 +284,8 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/worse_than_classical"] = 0.0
     if t.passage_phase:
         metrics.update({"passage/phase": 0.0, "passage/phase_error": 0.0})
+        if t.passage_phase_hinge:
+            metrics["passage/phase_worse"] = 0.0
     n = len(samples)
     if n == 0:
         metrics["passage/skipped"] = 1
@@ -305,7 +312,7 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/worse_than_classical"] = float((excess.detach() > 0).double().mean())
     if t.passage_phase:  # where the rollout ended against where the system is at that time
         loss = loss + t.passage_phase * phase_term(end[0][keep], T[keep], tau0[keep], start, eps, index, family,
-                                                   stepper, cfg, t.passage_steps, metrics)
+                                                   stepper, cfg, t.passage_steps, metrics, model)
     metrics["passage/level"] = float(level[keep].detach().mean())
     if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
         off = level[keep] - math.log(cfg.model.init_factor)
@@ -324,30 +331,51 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
 
 def phase_term(x_end: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor, start: tuple, eps: np.ndarray | None,
                index: np.ndarray, family: np.ndarray | None, stepper: Stepper, cfg: Config, steps: int,
-               metrics: dict) -> torch.Tensor | float:
+               metrics: dict, model=None) -> torch.Tensor | float:
     """``train.passage_phase``'s term (before its weight): the family-weighted mean of :func:`phase_rows` over the
     kept rollouts of ``steps`` steps (ends x_end at times T, start states ``start``[index]) against
     :func:`reference_ends` at init_factor / passage_phase_refine times the timescale, each allowed 1.5 x refine x
-    max_modulation as many steps; 0 when no reference reached its time. Sets
-    ``passage/phase`` and ``passage/phase_error`` (the median relative position error) in ``metrics``."""
-    t, model_cfg = cfg.train, cfg.model
+    max_modulation as many steps; 0 when no reference reached its time. With ``train.passage_phase_hinge`` each
+    row is max(0, row - the classical rule's row from the same start) (``model``: the rule, whose twin rolls out).
+    Sets ``passage/phase`` and ``passage/phase_error`` (the median relative position error) in ``metrics``."""
+    t = cfg.train
     m, x0, v0 = (s[index] for s in start)
     own = None if eps is None else eps[index]
-    cap = int(math.ceil(steps * t.passage_phase_refine * (model_cfg.max_modulation or 1.0) * 1.5))
-    x_ref, v_ref = reference_ends(stepper, m, x0, v0, T, model_cfg.init_factor / t.passage_phase_refine, cap, own)
-    mt, xt = (torch.as_tensor(a, dtype=x_end.dtype, device=x_end.device) for a in (m, x0))
-    rows = phase_rows(x_end, x_ref, v_ref, mt, xt, T, tau0)
+    rows = _phase_rows_from(x_end, T, tau0, (m, x0, v0), own, stepper, cfg, steps)
     ok = torch.isfinite(rows)
     if not bool(ok.any()):
         return 0.0
     sel = ok.cpu().numpy()
-    term = family_mean(rows[ok], t.passage_family_weights, family, index[sel])
+    metrics["passage/phase_error"] = float(torch.exp(rows[ok].detach() + 3.0 * torch.log(T[ok] / tau0[ok]).detach())
+                                           .median())
+    if t.passage_phase_hinge:  # only what the rule's phase error exceeds its classical rule's counts
+        with torch.no_grad():
+            _, Tc, tau0c, xc = rollout(classical_twin(model, stepper), stepper, m, x0, v0, steps, eps=own,
+                                       with_end=True)
+            classical = _phase_rows_from(xc, Tc, tau0c, (m, x0, v0), own, stepper, cfg, steps)
+        classical = torch.where(torch.isfinite(classical), classical, torch.full_like(classical, math.inf))
+        excess = rows[ok] - classical[ok].to(rows)
+        metrics["passage/phase_worse"] = float((excess.detach() > 0).double().mean())
+        rows = torch.relu(excess)
+    else:
+        rows = rows[ok]
+    term = family_mean(rows, t.passage_family_weights, family, index[sel])
     if term is None:
         return 0.0
     metrics["passage/phase"] = float(term.detach())
-    metrics["passage/phase_error"] = float(torch.exp(rows[ok].detach() + 3.0 * torch.log(T[ok] / tau0[ok]).detach())
-                                           .median())
     return term
+
+
+def _phase_rows_from(x_end: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor, start: tuple, eps: np.ndarray | None,
+                     stepper: Stepper, cfg: Config, steps: int) -> torch.Tensor:
+    """:func:`phase_rows` of rollouts of ``steps`` steps from ``start`` (m, x, v) that ended at x_end at times T,
+    against :func:`reference_ends` at init_factor / passage_phase_refine (NaN where it did not reach T)."""
+    t, model_cfg = cfg.train, cfg.model
+    m, x0, v0 = start
+    cap = int(math.ceil(steps * t.passage_phase_refine * (model_cfg.max_modulation or 1.0) * 1.5))
+    x_ref, v_ref = reference_ends(stepper, m, x0, v0, T, model_cfg.init_factor / t.passage_phase_refine, cap, eps)
+    mt, xt = (torch.as_tensor(a, dtype=x_end.dtype, device=x_end.device) for a in (m, x0))
+    return phase_rows(x_end, x_ref, v_ref, mt, xt, T, tau0)
 
 
 def apply_passage(model, optimizer, gradients: list[dict]) -> bool:

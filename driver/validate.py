@@ -100,7 +100,7 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
         with torch.no_grad():
             loss += cfg.train.passage_phase * float(phase_term(end[0][ok], T[ok], tau0[ok], (m, x, v), eps,
                                                                 np.flatnonzero(ok.cpu().numpy()), family, stepper,
-                                                                cfg, steps, {}))
+                                                                cfg, steps, {}, model))
     return loss, blown
 
 
