@@ -131,7 +131,8 @@ def test_apsis_config_is_the_blend_config_with_apsis_rollouts():
     assert changed == {("run", "name"), ("train", "passage_apsis")} and apsis["train"]["passage_apsis"] == 1.0
 
 
-@pytest.mark.parametrize("name", ["generalist_apsis", "generalist_apsis_orbits", "generalist_anchored"])
+@pytest.mark.parametrize("name", ["generalist_apsis", "generalist_apsis_orbits", "generalist_anchored",
+                                  "generalist_phase"])
 def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path, name):
     """train.passage_apsis 1 in a short run of the recommended shape (every family's rollouts from apsis draws,
     or the orbit families' only, found by the collected samples' families): every epoch's passage step is
@@ -146,6 +147,8 @@ def test_a_run_with_apsis_rollouts_trains_and_validates(tmp_path, name):
     assert main(["--config", f"configs/{name}.yaml"] + [a for s in sets for a in ("--set", s)]) == 0
     run = tmp_path / "apsis"
     assert all(r["passage/applied"] == 1.0 and math.isfinite(r["passage/loss"]) for r in rows(run))
+    if name == "generalist_phase":  # the phase term was computed every epoch: a position error, not a default 0
+        assert all(0 < r["passage/phase_error"] < 1 and math.isfinite(r["passage/phase"]) for r in rows(run))
     assert V.main([str(run), "--systems", "8", "--steps", "20"]) == 0
     best = load_checkpoint(run / "model" / "model_best.pt")
     doc = json.loads((run / "selection.json").read_text())
@@ -292,3 +295,12 @@ def test_anchored_config_is_the_apsis_orbits_config_with_each_rollouts_level_anc
     changed = {(sec, k) for sec in orbits for k in orbits[sec] if orbits[sec][k] != anchored[sec][k]}
     assert changed == {("run", "name"), ("train", "passage_anchor_rows")}
     assert anchored["train"]["passage_anchor_rows"] is True and anchored["train"]["passage_anchor"] > 0
+
+
+def test_phase_config_is_the_anchored_config_with_the_phase_term():
+    from aits import Config
+
+    anchored = Config.load("configs/generalist_anchored.yaml").to_dict()
+    phase = Config.load("configs/generalist_phase.yaml").to_dict()
+    changed = {(sec, k) for sec in phase for k in phase[sec] if phase[sec][k] != anchored[sec][k]}
+    assert changed == {("run", "name"), ("train", "passage_phase")} and phase["train"]["passage_phase"] == 1.0
