@@ -137,10 +137,10 @@ def classical_twin(model, stepper: Stepper):
 def reference_ends(stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, T: torch.Tensor, eta: float,
                    max_steps: int, eps: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions and velocities (B,N,D) of the start states (m, x, v) at the times T (B,), without grad: the
-    reference a rollout's end is held against (``train.passage_phase``). Kick-drift-kick steps of eta * tau (tau
-    the stepper's timescale at the step's start), each row's last step cut to land on its T. Rows that have not
-    reached their T after ``max_steps`` steps are NaN. eta * tau is small, so tau is the plain pairwise one,
-    :func:`pair_timescale`, cheaper than the stepper's."""
+    reference a rollout's end is held against (``train.passage_phase``). Kick-drift-kick steps of eta * tau, tau
+    the plain pairwise :func:`pair_timescale` at the step's start (eta is small: no need for the stepper's costlier
+    one), each row's last step cut to land on its T (compiled with the stepper's ``compile_rollout``). Rows that
+    have not reached their T after ``max_steps`` steps are NaN."""
     with torch.no_grad():
         prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
         soft = stepper.eps if prep.eps is None else prep.eps
@@ -188,7 +188,7 @@ def phase_rows(x_end: torch.Tensor, x_ref: torch.Tensor, v_ref: torch.Tensor, m:
     reference there (:func:`reference_ends`), moved along v_ref by T's change so that ending earlier or later on the
     same path counts as the error it is; d_i body i's distance to its nearest massive body at the start x0 (the
     error as an angle, so a planet's phase counts beside its star's). A leapfrog path's phase error after n steps
-    grows as n dt^3, so the term does not change when every step is scaled by one factor."""
+    grows as n dt^3, so to leading order the term does not change when every step is scaled by one factor."""
     target = x_ref + v_ref * (T - T.detach()).reshape(-1, 1, 1)
     massive = m > 0
     d = torch.cdist(x0, x0)

@@ -10,7 +10,7 @@ from aits import Config, NormScales, build_model, build_payload, save_checkpoint
 from aits.checkpoint import checkpoint_path, load_checkpoint
 from aits.systems import Systems
 from driver import validate as V
-from helpers import mixture_factor_cfg
+from helpers import mixture_factor_cfg, perturbed_model
 
 CFG = mixture_factor_cfg()
 
@@ -210,11 +210,7 @@ def test_a_phase_run_is_judged_with_its_phase_term():
     from aits.passage import phase_rows, reference_ends, rollout
     phased = Config.from_dict(CFG.to_dict(), ["train.passage_phase=0.5"])
     states, steps = V.validation_states(CFG, 6), 200
-    torch.manual_seed(1)
-    model = build_model(CFG)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    model = perturbed_model(CFG)
     ckpt = build_payload(10, model.state_dict(), None, CFG, NormScales().to_dict())
     plain, _ = V.validation_loss(ckpt, CFG, states, steps)
     with_phase, _ = V.validation_loss(ckpt, phased, states, steps)
