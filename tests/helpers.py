@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import yaml
 
-from aits import Config, load_checkpoint
+from aits import Config, Samples, load_checkpoint
 from aits import integrators as I
 from aits.model import build_model
+from aits.physics import kepler_ic
 
 FILMED = "kepler_e0.9_a1_10P"  # the quick-suite system the shared quick board films (conftest.quick_board)
 
@@ -120,3 +121,29 @@ def mixture_factor_cfg() -> Config:
                                  "features.feature_type=scale_free", "model.hidden_dims=[8, 8]", "model.output=factor",
                                  "model.init_factor=0.01", "model.max_modulation=3.0", "model.recursive=true",
                                  "model.recursion_clip=1.2", "train.passage_steps=60", "run.seed=3"])
+
+
+def kepler_samples(es, a=1.0) -> Samples:
+    """Samples of two-body Kepler orbits at pericentre, one per eccentricity in ``es``."""
+    s = Samples.empty(0, 2, 2, capacity=len(es))
+    for i, e in enumerate(es):
+        s.m[i], s.x[i], s.v[i], _ = kepler_ic(e, a)
+    return s
+
+
+def classical_model(cfg: Config, scale: float = 0.5, seed: int = 3) -> torch.nn.Module:
+    """A bounded factor model with perturbed hidden layers and its last layer zeroed: g = eta0 everywhere, the
+    classical rule it contains, built independently of aits.passage.classical_twin."""
+    model = perturbed_model(cfg, scale=scale, seed=seed)
+    with torch.no_grad():
+        model.net[-1].weight.zero_()
+        model.net[-1].bias.zero_()
+    return model
+
+
+def broken_compile(fn):
+    """A stand-in for torch.compile where it cannot build (monkeypatch torch.compile with it): every call of the
+    compiled function raises as a missing C++ compiler does."""
+    def call(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+    return call

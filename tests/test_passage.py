@@ -19,20 +19,14 @@ from aits.model import NumpyMLP, build_model
 from aits.policy import FactorStep
 from aits.systems import Systems
 
-from helpers import assert_same_weights, factor_cfg, final_weights, perturbed_model, rows, strip_timing, write_config
+from helpers import (assert_same_weights, broken_compile, classical_model, factor_cfg, final_weights, kepler_samples,
+                     perturbed_model, rows, strip_timing, write_config)
 
 # A tiny run of the recommended mode: scale-free factor rule, step recursion, passage objective on.
 PASSAGE = dict(features={"feature_type": "scale_free", "history_len": 0, "normalize_inputs": "none"},
                model={"output": "factor", "init_factor": 0.02, "symmetric_iterations": 0, "recursive": True,
                       "init_dt": None},
                train={"passage": True, "passage_steps": 30, "passage_batch": 4, "band_on_accept": False})
-
-
-def _kepler_samples(es, a=1.0) -> Samples:
-    s = Samples.empty(0, 2, 2, capacity=len(es))
-    for i, e in enumerate(es):
-        s.m[i], s.x[i], s.v[i], _ = kepler_ic(e, a)
-    return s
 
 
 MODES = {"explicit": {"symmetric_iterations": 0}, "symmetric": {"symmetric_iterations": 1},
@@ -110,7 +104,7 @@ def test_passage_steps_lower_the_objective():
     model = perturbed_model(cfg)
     stepper = Stepper(cfg, NormScales())
     opt = make_optimizer(model, cfg)
-    samples = _kepler_samples([0.5, 0.8, 0.95])
+    samples = kepler_samples([0.5, 0.8, 0.95])
     losses = []
     for _ in range(6):
         grads, m = passage_gradient(model, samples, stepper, cfg, np.random.default_rng(0))
@@ -184,7 +178,7 @@ def test_anchor_holds_the_level_at_the_classical_eta():
     """train.passage_anchor: the rollouts' level (mean log dt/tau) is reported, and with the anchor on, steps
     on the passage gradient move a level set off log eta0 back towards it; without it they do not."""
     base = {**factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()}
-    samples = _kepler_samples([0.5, 0.8, 0.95])
+    samples = kepler_samples([0.5, 0.8, 0.95])
     moved = {}
     for anchor in (0.0, 50.0):
         cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 100, "passage_batch": 3,
@@ -211,7 +205,7 @@ def test_row_anchor_holds_each_rollouts_level():
     weight x (mean level - log eta0)^2: the two gradients differ by weight x the gradient of the levels'
     variance across rollouts (computed here from the rollouts' own levels); it needs the anchor on."""
     base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
-    samples = _kepler_samples([0.5, 0.95])
+    samples = kepler_samples([0.5, 0.95])
     grads = {}
     for rows in (False, True):
         cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 60, "passage_batch": 2,
@@ -274,12 +268,7 @@ def test_a_failed_compile_falls_back_to_the_eager_steps(monkeypatch):
     model = perturbed_model(cfg)
     m, x, v, _ = kepler_ic(0.9, 1.0)
 
-    def broken(fn):
-        def call(*args):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     with torch.no_grad():
         eager = rollout(model, Stepper(cfg, NormScales()), m[None], x[None], v[None], 50)
         with pytest.warns(UserWarning, match=r"compile failed \(RuntimeError: InvalidCxxCompiler.*rollouts run eager"):
@@ -294,16 +283,13 @@ def test_hinge_presses_where_the_rule_is_worse_than_its_classical_rule():
     base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
     cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 120, "passage_batch": 3,
                                               "lr": 1e-2, "passage_hinge": 10.0}})
-    samples = _kepler_samples([0.5, 0.8, 0.95])
+    samples = kepler_samples([0.5, 0.8, 0.95])
     start = (samples.m, samples.x, samples.v)
     model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     classical = classical_rows(model, stepper, *start, 120)
     assert_same_weights(before, model.state_dict())
-    other = perturbed_model(cfg, scale=0.5, seed=3)  # other hidden layers, last layer zeroed: the same rule
-    with torch.no_grad():
-        other.net[-1].weight.zero_()
-        other.net[-1].bias.zero_()
+    other = classical_model(cfg)  # other hidden layers, last layer zeroed: the same rule
     expect, keep = objective_rows(*rollout(other, Stepper(cfg, NormScales()), *start, 120))
     assert bool(keep.all()) and torch.allclose(classical, expect, rtol=0, atol=1e-12)
 
@@ -358,7 +344,7 @@ def test_apsis_share_of_rollouts_starts_from_fresh_draws_at_an_apsis():
     plain = Config.from_dict({**factor_cfg().to_dict(), "train": {"passage": True, "passage_steps": 40,
                                                                    "passage_batch": 3}})
     zero = Config.from_dict(plain.to_dict(), ["train.passage_apsis=0"])
-    samples = _kepler_samples([0.5, 0.8, 0.95])
+    samples = kepler_samples([0.5, 0.8, 0.95])
     g1, _ = passage_gradient(perturbed_model(plain), samples, Stepper(plain, NormScales()), plain,
                              np.random.default_rng(0))
     g0, _ = passage_gradient(perturbed_model(zero), samples, Stepper(zero, NormScales()), zero,
@@ -414,7 +400,7 @@ def test_family_weights_weigh_each_rollout_by_its_family():
     es, fams = [0.5, 0.8, 0.95], ["binary", "binary", "few_body"]  # two-body states, labelled with families
 
     def samples(rows):
-        s = _kepler_samples([es[r] for r in rows])
+        s = kepler_samples([es[r] for r in rows])
         s.family[:] = [FAMILIES.index(fams[r]) for r in rows]
         return s
 
@@ -435,7 +421,7 @@ def test_family_weights_weigh_each_rollout_by_its_family():
     for name in dropped:
         torch.testing.assert_close(dropped[name], one[2][name], rtol=1e-9, atol=1e-12 * float(one[2][name].abs().max()))
     with pytest.raises(ValueError, match="train.passage_family_weights: the start states carry no family"):
-        passage_gradient(perturbed_model(weighted), _kepler_samples(es), Stepper(weighted, NormScales()), weighted,
+        passage_gradient(perturbed_model(weighted), kepler_samples(es), Stepper(weighted, NormScales()), weighted,
                          np.random.default_rng(0))
     with pytest.raises(ConfigError, match="train.passage_family_weights: unknown family 'few_bdy'"):
         Config.from_dict({}, ["train.passage_family_weights={few_bdy: 2}"])

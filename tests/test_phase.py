@@ -15,8 +15,7 @@ from aits import Config, ConfigError, NormScales, Stepper, passage_gradient
 from aits.passage import phase_rows, reference_ends, rollout
 from aits.physics import kepler_ic
 
-from helpers import factor_cfg, perturbed_model
-from test_passage import _kepler_samples
+from helpers import broken_compile, classical_model, factor_cfg, kepler_samples, perturbed_model
 
 PHASE_CFG = dict(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01)
 
@@ -102,7 +101,7 @@ def test_phase_weight_adds_its_terms_gradient():
     """The gradient with passage_phase lambda is the plain passage gradient plus lambda x the gradient of the
     mean phase row, computed here from the rollouts' own ends and references; it needs the factor rule."""
     base = factor_cfg(**PHASE_CFG).to_dict()
-    samples = _kepler_samples([0.5, 0.95])
+    samples = kepler_samples([0.5, 0.95])
     cfgs = {lam: Config.from_dict({**base, "train": {"passage": True, "passage_steps": 80, "passage_batch": 2,
                                                      "passage_phase": lam}}) for lam in (0.0, 2.0)}
     got = {lam: passage_gradient(perturbed_model(c), samples, Stepper(c, NormScales()), c,
@@ -132,12 +131,7 @@ def test_reference_falls_back_to_eager_where_compiling_fails(monkeypatch):
     T = torch.tensor([0.7, 0.4], dtype=torch.float64)
     eager = reference_ends(Stepper(cfg, NormScales()), m, x, v, T, 0.004, 10_000)
 
-    def broken(fn):
-        def call(*args):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     stepper = Stepper(compiled, NormScales())
     with pytest.warns(UserWarning, match=r"compile failed \(RuntimeError: InvalidCxxCompiler.*phase references run"):
         first = reference_ends(stepper, m, x, v, T, 0.004, 10_000)
@@ -153,7 +147,7 @@ def test_phase_hinge_counts_only_the_drift_beyond_the_classical_rule():
     rule's rows from the bounded factor at eta0 (whatever the hidden layers) with its own end time and reference;
     the classical rule itself has no excess; it needs the phase term and the bounded factor."""
     base = factor_cfg(**PHASE_CFG).to_dict()
-    samples = _kepler_samples([0.5, 0.8, 0.95])
+    samples = kepler_samples([0.5, 0.8, 0.95])
     cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 100, "passage_batch": 3,
                                               "passage_phase": 2.0, "passage_phase_hinge": True}})
     plain = Config.from_dict(cfg.to_dict(), ["train.passage_phase=0", "train.passage_phase_hinge=false"])
@@ -162,10 +156,7 @@ def test_phase_hinge_counts_only_the_drift_beyond_the_classical_rule():
     plain_grads, _ = passage_gradient(model, samples, Stepper(plain, NormScales()), plain, np.random.default_rng(0))
     idx = np.random.default_rng(0).choice(3, size=3, replace=False)
     start = (samples.m[idx], samples.x[idx], samples.v[idx])
-    other = perturbed_model(cfg, scale=0.5, seed=3)  # other hidden layers, last layer zeroed: the classical rule
-    with torch.no_grad():
-        other.net[-1].weight.zero_()
-        other.net[-1].bias.zero_()
+    other = classical_model(cfg)  # other hidden layers, last layer zeroed: the classical rule
     eta = 0.01 / cfg.train.passage_phase_refine
     mt, xt = torch.as_tensor(start[0]), torch.as_tensor(start[1])
 
