@@ -115,7 +115,7 @@ def test_phase_weight_adds_its_terms_gradient():
     _, T, tau0, x_end = rollout(model, stepper, *start, 80, with_end=True)
     xr, vr = reference_ends(stepper, *start, T, 0.01 / cfg.train.passage_phase_refine, 100_000)
     rows = phase_rows(x_end, xr, vr, torch.as_tensor(start[0]), torch.as_tensor(start[1]), T, tau0)
-    assert got[2.0][1]["passage/phase"] == pytest.approx(float(rows.mean()), rel=1e-9)
+    assert got[2.0][1]["passage/phase"] == pytest.approx(float(rows.detach().mean()), rel=1e-9)
     (2.0 * rows.mean()).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(got[2.0][0][name] - got[0.0][0][name], p.grad, rtol=1e-6,
@@ -171,7 +171,7 @@ def test_phase_hinge_counts_only_the_drift_beyond_the_classical_rule():
     worse = got.detach() > classical
     assert 0 < int(worse.sum()) < 3, (got, classical)  # the perturbed rule drifts more on some orbits, not all
     assert metrics["passage/phase_worse"] == pytest.approx(float(worse.double().mean()))
-    assert metrics["passage/phase"] == pytest.approx(float(torch.relu(got - classical).mean()), rel=1e-9)
+    assert metrics["passage/phase"] == pytest.approx(float(torch.relu(got.detach() - classical).mean()), rel=1e-9)
     model.zero_grad(set_to_none=True)
     (2.0 * torch.relu(got - classical).mean()).backward()
     for name, p in model.named_parameters():
