@@ -91,8 +91,10 @@ class SystemConfig:
 class FeaturesConfig:
     history_len: int = opt(0, "K past states fed to the model", ge=0, le=1000)
     feature_type: str = opt("basic", "per-state features", choices=("basic", "rich", "delta_mag", "scale_free"))
-    timescale: str = opt("nn", "scale_free features: 'nn' (tau = min sqrt(r/|a|)) or 'blend' (a 9th feature "
-                               "log(tau_prs / tau_nn); the factor scales sqrt(tau_nn tau_prs))", choices=("nn", "blend"))
+    timescale: str = opt("nn", "scale_free features: 'nn' (tau = min sqrt(r/|a|)), 'blend' (a 9th feature "
+                               "log(tau_prs / tau_nn); the factor scales sqrt(tau_nn tau_prs)) or 'soft_blend' (as blend, "
+                               "leaning to tau_nn with the softening feature eps / (r + eps))",
+                         choices=("nn", "blend", "soft_blend"))
     normalize_inputs: str = opt("none", "input scales: none, from the ICs (auto) or L0..T0 (manual)",
                                 choices=("none", "auto", "manual"))
     L0: float = opt(1.0, "manual length scale", gt=0)

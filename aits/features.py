@@ -13,7 +13,8 @@ import torch
 
 from .physics import acceleration
 from . import steprules
-from .steprules import einsum, nn_pairs_small, prs_at_small, prs_timescale_at, prs_timescale_at_torch, set_diagonal
+from .steprules import (BLENDS, einsum, nn_pairs_small, prs_at_small, prs_timescale_at, prs_timescale_at_torch,
+                        set_diagonal, soft_blend)
 
 STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
@@ -57,7 +58,7 @@ def feature_dim(feature_type: str, history_len: int, timescale: str = "nn") -> i
     if feature_type == "delta_mag":
         return DELTA_DIM * history_len
     if feature_type == "scale_free":
-        return SCALE_FREE_DIM + (timescale == "blend")
+        return SCALE_FREE_DIM + (timescale in BLENDS)
     return STATE_DIMS[feature_type] * (history_len + 1)
 
 
@@ -159,7 +160,9 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
     2024 timescale of body i* (:func:`aits.steprules.blend_timescale`), and the returned timescale is the geometric mean
     sqrt(tau * tau_prs) (tau where the PRS one is undefined): the bounded factor then reaches either
     timescale where they differ by less than M^2, and the rule at zero modulation is the classical
-    ``blend`` rule.
+    ``blend`` rule. ``timescale: soft_blend``: the same 9 features, and the returned timescale leans from that
+    mean to tau as the pair's softening feature eps / (r + eps) goes from 0 to 1
+    (:func:`aits.steprules.soft_blend`; equal to ``blend`` on unsoftened systems).
 
     Massless bodies (m = 0: the padding that lets systems of different N share a batch) are left out:
     they are no one's neighbour, set no timescale and count in no mean, so a padded system has the
@@ -201,11 +204,11 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
         f7 = torch.zeros_like(tau)
     cols = [u2 * r / mu, (rvec * uvec).sum(-1) ** 2 / (r * r * u2 + 1e-300), a[ar, i].norm(dim=-1) * r * r / mj,
             f3, mu / m.sum(-1), torch.minimum(mi, mj) / torch.maximum(mi, mj), eps / (r + eps), f7]
-    if timescale == "blend":
+    if timescale in BLENDS:
         t_prs = prs_timescale_at_torch(x, v, a, m, i, eps)  # body i*'s (aits.steprules.blend_timescale)
         t_prs = torch.where(torch.isinf(t_prs), tau, t_prs)
         cols.append(torch.log(t_prs / tau).clamp(-TAU_RATIO_CAP, TAU_RATIO_CAP))
-        tau = torch.sqrt(tau * t_prs)
+        tau = torch.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, cols[6])
     return torch.stack(cols, -1), tau
 
 
@@ -244,11 +247,11 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     feats = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), eps / (r + eps), f7])
-    if timescale == "blend":
+    if timescale in BLENDS:
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
         feats = np.append(feats, min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs)
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6])
     return feats, tau
 
 
@@ -281,11 +284,11 @@ def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         f3, f7 = TAU_RATIO_CAP, 0.0
     feats = [u2 * r / mu, ru * ru / (rr * u2 + 1e-300), math.sqrt(sum(c * c for c in al[i])) * rr / mj, f3,
              mu / sum(mass), min(mi, mj) / max(mi, mj), eps / (r + eps), f7]
-    if timescale == "blend":
+    if timescale in BLENDS:
         t_prs = prs_at_small(xl, vl, al, mass, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
         feats.append(min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs)
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6])
     return np.array(feats), tau
 
 

@@ -35,9 +35,11 @@ from .steprules import RECURSION_CLIP
 # The recursion also comes clipped (``*_clip``: dt within [h/c, h*c], c = RECURSION_CLIP): on smooth orbits the
 # clip never acts and the run is the plain recursion's; at close encounters it keeps the alternating mode down.
 # ``recursive_blend_clip``: the clipped recursion on sqrt(tau_nn tau_prs) (aits.steprules.blend_timescale), the
-# classical rule that a ``features.timescale: blend`` model contains.
+# classical rule that a ``features.timescale: blend`` model contains; ``recursive_soft_blend_clip``: the same on
+# tau * (tau_prs / tau)^((1 - f) / 2), f = eps / (r + eps) of the pair that sets tau (aits.steprules.soft_blend), the
+# rule a ``soft_blend`` model contains (the blend's own numbers on an unsoftened system).
 CLASSICAL = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "adaptive_prs", "symmetric_prs",
-             "recursive_prs", "recursive_clip", "recursive_prs_clip", "recursive_blend_clip")
+             "recursive_prs", "recursive_clip", "recursive_prs_clip", "recursive_blend_clip", "recursive_soft_blend_clip")
 # logh (two bodies) is another integrator: a reference row, never a candidate for ``strongest``.
 BASELINES = (*CLASSICAL, "logh")
 METHOD_NAMES = ("learned", *BASELINES, "ias15")
@@ -46,10 +48,10 @@ FAMILY_FORMS = {"adaptive": ("explicit", "nn"), "symmetric_adaptive": ("symmetri
                 "recursive_adaptive": ("recursive", "nn"), "adaptive_prs": ("explicit", "prs"),
                 "symmetric_prs": ("symmetric", "prs"), "recursive_prs": ("recursive", "prs"),
                 "recursive_clip": ("recursive", "nn"), "recursive_prs_clip": ("recursive", "prs"),
-                "recursive_blend_clip": ("recursive", "blend")}
+                "recursive_blend_clip": ("recursive", "blend"), "recursive_soft_blend_clip": ("recursive", "soft_blend")}
 # family -> the recursion's clip
 FAMILY_CLIP = {"recursive_clip": RECURSION_CLIP, "recursive_prs_clip": RECURSION_CLIP,
-               "recursive_blend_clip": RECURSION_CLIP}
+               "recursive_blend_clip": RECURSION_CLIP, "recursive_soft_blend_clip": RECURSION_CLIP}
 EVAL_TOL = 0.02  # equal force evaluations: within 2 %
 WALL_TOL = 0.10  # equal wall time: within 10 % (wall clocks on shared cores wander more than that)
 SYMMETRIC_ITERATIONS = 1  # fixed-point iterations of symmetric_adaptive: 1 is the strongest at equal evaluations (k = 2, 3 measured 2-4x worse)
@@ -505,6 +507,13 @@ def judged_status(status: str, max_rel_dE, pos_err_rel) -> str:
 
 
 # ---------------------------------------------------------------- one system
+def families_for(sys: System, baselines=BASELINES) -> list[str]:
+    """The baselines a system is judged against: ``logh`` on two bodies only, ``recursive_soft_blend_clip`` on
+    softened systems only (on an unsoftened one it is ``recursive_blend_clip``: f = 0)."""
+    return [b for b in baselines if not (b == "logh" and sys.x.shape[0] != 2)
+            and not (b == "recursive_soft_blend_clip" and sys.eps == 0)]
+
+
 def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, max_steps: int = 2_000_000,
                  baselines=BASELINES, reference: bool = True, wall: bool = True) -> dict:
     """Every method on one system; the first entry of ``learned`` is the primary ``learned`` run
@@ -555,7 +564,7 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
             primary = run
     target_evals = primary.metrics["force_evals"]
     target_wall = primary.metrics["wall_time_s"]
-    families = [b for b in baselines if not (b == "logh" and sys.x.shape[0] != 2)]
+    families = families_for(sys, baselines)
     for fam in families:
         eq, trials = match_evals(fam, sys, target_evals, n_steps)
         met = finish(eq)

@@ -8,7 +8,8 @@ side here and ``tests/test_steprules.py`` holds each pair equal on random states
 - the classical timescale tau = min_i sqrt(r_i,nn / |a_i|): :func:`timescale` (numpy, one state),
   :func:`classical_timescale` (torch, a batch); and IAS15's 2024 timescale :func:`prs_timescale`
   (numpy: the scoreboard's ``prs`` rules; :func:`prs_timescale_at_torch` at one body, for the
-  ``blend`` features) and their geometric mean :func:`blend_timescale`;
+  ``blend`` features) and their geometric mean :func:`blend_timescale` (``soft_blend``: leaning to tau where
+  softening smooths the pair);
 - the step recursion dt_n = h(z_n)^2 / dt_{n-1}: :func:`recursive_dt` (floats),
   :func:`recursive_dt_torch` (a batch);
 - the time-symmetric fixed point dt = (h(start) + h(end)) / 2: :func:`symmetric_dt`, one function
@@ -243,28 +244,62 @@ def prs_timescale_at_torch(x: torch.Tensor, v: torch.Tensor, a: torch.Tensor, m:
     return torch.where(ok, torch.sqrt(torch.where(ok, tau2, torch.ones_like(tau2))), torch.full_like(a2, math.inf))
 
 
-def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+def soft_weight(eps: float, r: float) -> float:
+    """eps / (r + eps): how much of the pair at separation ``r`` the Plummer softening ``eps`` smooths away (0 for
+    an unsoftened pair, towards 1 inside the softening), the ``soft_blend`` timescale's weight on tau_nn (the
+    scale-free feature ``eps/(r+eps)``)."""
+    return eps / (r + eps) if eps > 0 else 0.0
+
+
+def soft_blend(tau, t_prs, f):
+    """tau * (t_prs / tau)^((1 - f) / 2): the geometric mean sqrt(tau t_prs) at f = 0 (an unsoftened pair), tau
+    itself at f = 1. Floats or tensors alike (``f`` the pair's :func:`soft_weight`)."""
+    return tau * (t_prs / tau) ** (0.5 * (1.0 - f))
+
+
+def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
+                    soft: bool = False) -> float:
     """sqrt(tau * tau_prs,i*): the geometric mean of the nearest-neighbour timescale tau = tau_i* and the
     PRS timescale of the same body i* (tau where that is undefined), the classical rule that
     ``features.timescale: blend`` models contain (:func:`aits.features.scale_free_numpy`).
 
     Body i*, not the PRS minimum over bodies: a body whose acceleration passes through zero (the
     figure-eight's middle body, a body between two others) has a PRS timescale that dips towards 0,
-    a jump of h that the recursion's alternating mode turns into an irreversible clipped step."""
+    a jump of h that the recursion's alternating mode turns into an irreversible clipped step.
+
+    ``soft`` (the ``soft_blend`` timescale): :func:`soft_blend` with f the softening over the separation r of
+    body i* and its nearest neighbour, eps / (r + eps): the blend on an unsoftened pair, leaning to tau where the
+    softening smooths the pair's force (docs/DESIGN.md §2.3b)."""
     if len(x) <= SMALL_N:
         xl, al = x.tolist(), a.tolist()
-        tau_i = nn_pairs_small(xl, al)[1]
+        r2, tau_i, jnn = nn_pairs_small(xl, al)
         i = min(range(len(tau_i)), key=tau_i.__getitem__)
+        r_nn = math.sqrt(r2[i][jnn[i]])
         t_prs = prs_at_small(xl, v.tolist(), al, m.tolist(), i, eps)
     else:
-        tau_i = nn_timescales(x, a)
+        d = x[None, :, :] - x[:, None, :]
+        r2 = einsum("ijk,ijk->ij", d, d)
+        set_diagonal(r2, np.inf)
+        r_all = np.sqrt(r2.min(1))
+        tau_i = np.sqrt(r_all / np.maximum(np.sqrt(einsum("ij,ij->i", a, a)), 1e-300))
         i = int(tau_i.argmin())
+        r_nn = float(r_all[i])
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
-    return math.sqrt(tau_i[i] * t_prs) if math.isfinite(t_prs) else float(tau_i[i])
+    tau = float(tau_i[i])
+    if not math.isfinite(t_prs):
+        return tau
+    return soft_blend(tau, t_prs, soft_weight(eps, r_nn)) if soft else math.sqrt(tau * t_prs)
+
+
+def soft_blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+    """:func:`blend_timescale` with ``soft``: the classical rule of ``features.timescale: soft_blend`` models."""
+    return blend_timescale(x, v, a, m, eps, soft=True)
 
 
 # Classical timescales by name, all called as f(x, v, a, m, eps) -> tau (time units).
-TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale}
+TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale, "soft_blend": soft_blend_timescale}
+# the timescales of scale-free features with the 9th feature log(tau_prs / tau) (aits.features.scale_free_torch)
+BLENDS = ("blend", "soft_blend")
 
 
 # ---------------------------------------------------------------- the step recursion

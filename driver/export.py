@@ -25,7 +25,7 @@ import numpy as np
 
 from aits import CheckpointError, ConfigError, load_checkpoint, load_rule
 from aits.features import TAU_RATIO_CAP, scale_free_numpy
-from aits.steprules import PRS_A_FLOOR
+from aits.steprules import BLENDS, PRS_A_FLOOR
 from aits.model import SOFTPLUS_THRESHOLD
 from aits.physics import kepler_ic
 from aits.rule import Rule
@@ -59,7 +59,8 @@ DEFINITIONS = {
     "L": "mean distance over the ordered pairs i != j (unsoftened)",
     "log": "natural logarithm",
 }
-# timescale 'blend' (features.timescale): a 9th feature and the geometric-mean timescale.
+# timescale 'blend' or 'soft_blend' (features.timescale): a 9th feature and the geometric-mean timescale (soft_blend:
+# leaning to tau with the softening feature).
 BLEND_FEATURE = ("log_prs_over_nn", "clip(log(tau_prs / tau), -tau_ratio_cap, tau_ratio_cap)")
 BLEND_DEFINITIONS = {
     "jerk_snap": "per body i, the sums over j != i of the pair terms, with r = x_j - x_i, u = v_j - v_i, "
@@ -69,7 +70,9 @@ BLEND_DEFINITIONS = {
     "tau_prs": "sqrt(2 |a_i*|^2 / den), den = |j_i*|^2 + sqrt(|a_i*|^2 |s_i*|^2) (IAS15's 2024 timescale of "
                "body i*, Pham, Rein & Spiegel 2024, eq. 16); tau_prs = tau when |a_i*|^2 <= prs_a_floor^2 * "
                "max_k |a_k|^2 or den = 0",
-    "tau_blend": "sqrt(tau * tau_prs): the timescale h scales with",
+    "tau_blend": "sqrt(tau * tau_prs): the timescale h scales with (timescale 'blend')",
+    "tau_soft_blend": "tau * (tau_prs / tau)^((1 - f6) / 2), f6 = eps / (r + eps) (feature 6): the timescale h "
+                      "scales with (timescale 'soft_blend'); tau_blend on an unsoftened system",
 }
 ACTIVATIONS = {"tanh": "tanh(y)", "relu": "max(y, 0)", "silu": "y / (1 + exp(-y))",
                "sigmoid": "1 / (1 + exp(-y))"}
@@ -185,7 +188,7 @@ def export(path: str, softening: float | None = None) -> dict:
                          f"features) has no portable rule; only factor models with scale_free features export")
     rule.source = str(Path(path).resolve())
     cfg = rule.cfg
-    blend = cfg.features.timescale == "blend"
+    blend = cfg.features.timescale in BLENDS
     features = FEATURES + [BLEND_FEATURE] if blend else FEATURES
     timescale = {"name": "tau", "formula": "tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                  "min_acceleration": 1e-300}
@@ -193,6 +196,10 @@ def export(path: str, softening: float | None = None) -> dict:
         timescale = {**timescale, "name": "tau_blend",
                      "formula": "tau_blend = sqrt(tau * tau_prs), tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                      "prs_a_floor": PRS_A_FLOOR}
+    if cfg.features.timescale == "soft_blend":
+        timescale = {**timescale, "name": "tau_soft_blend",
+                     "formula": "tau_soft_blend = tau * (tau_prs / tau)^((1 - f6) / 2), f6 = eps / (r + eps) the "
+                                "softening feature; tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))"}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "units": "G = 1; any consistent length, mass and time units (the rule is scale-free)",

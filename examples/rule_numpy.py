@@ -44,7 +44,7 @@ class JsonRule:
         self.eps = float(doc["softening"])
         self.cap = float(doc["features"]["constants"]["tau_ratio_cap"])
         self.timescale = doc["features"].get("timescale", "nn")
-        if self.timescale not in ("nn", "blend"):
+        if self.timescale not in ("nn", "blend", "soft_blend"):
             raise ValueError(f"features.timescale {self.timescale!r} is not implemented here")
         self.prs_a_floor = float(doc["timescale"].get("prs_a_floor", 0.0))
         net = doc["network"]
@@ -119,11 +119,14 @@ class JsonRule:
         f = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), self.eps / (r + self.eps), f7])
-        if self.timescale == "blend":  # a 9th feature; h scales with tau_blend = sqrt(tau * tau_prs)
+        if self.timescale != "nn":  # a 9th feature; h scales with tau_blend = sqrt(tau * tau_prs)
             t_prs = self.tau_prs(x, v, a, m, i)
             t_prs = t_prs if math.isfinite(t_prs) else tau
             f = np.append(f, min(max(math.log(t_prs / tau), -self.cap), self.cap))
-            tau = math.sqrt(tau * t_prs)
+            if self.timescale == "blend":
+                tau = math.sqrt(tau * t_prs)
+            else:  # soft_blend: tau * (tau_prs / tau)^((1 - f6) / 2), f6 the softening feature
+                tau = tau * (t_prs / tau) ** (0.5 * (1.0 - f[6]))
         return f, tau
 
     def g(self, f):

@@ -104,8 +104,10 @@ def wild_model(cfg: Config, scale: float = 3.0) -> torch.nn.Module:
     return perturbed_model(cfg, scale, seed=4)
 
 
-def forward_back(method, m, x, v, steps: int) -> float:
-    st = I.State(m, x.copy(), v.copy(), I.accel(x, m))
+def forward_back(method, m, x, v, steps: int, eps: float = 0.0) -> float:
+    """``steps`` steps of a recursive rule, the velocities reversed, ``steps`` back: the distance to the start
+    relative to the system's extent (Plummer softening ``eps``)."""
+    st = I.State(m, x.copy(), v.copy(), I.accel(x, m, eps), eps=eps)
     for _ in range(steps):
         method.step(st, math.inf)
     st.v = -st.v
@@ -113,6 +115,12 @@ def forward_back(method, m, x, v, steps: int) -> float:
     for _ in range(steps):
         method.step(st, math.inf)
     return float(np.abs(st.x - x).max() / np.abs(x).max())
+
+
+def config_changes(a: str, b: str) -> set[tuple[str, str]]:
+    """The (section, key) pairs whose values differ between two config files."""
+    da, db = Config.load(a).to_dict(), Config.load(b).to_dict()
+    return {(sec, k) for sec in da for k in da[sec] if da[sec][k] != db[sec][k]}
 
 
 def mixture_factor_cfg() -> Config:

@@ -53,7 +53,7 @@ INVALID = [
     ({"model": {"recursive": True}}, "model.recursive: the step recursion needs model.output factor"),
     ({"features": {"timescale": "blend"}}, "features.timescale: 'blend' needs features.feature_type scale_free"),
     ({"features": {"feature_type": "scale_free", "timescale": "prs"}},
-     "features.timescale: 'prs' is not one of nn, blend"),
+     "features.timescale: 'prs' is not one of nn, blend, soft_blend"),
     ({"features": {"feature_type": "scale_free", "history_len": 0},
       "model": {"output": "factor", "recursive": True, "symmetric_iterations": 1}},
      "model.recursive: pick one step rule; symmetric_iterations is 1"),

@@ -56,6 +56,9 @@ def ckpts(tmp_path_factory):
     out["softened"] = checkpoint(d / "softened.pt", FACTOR, softening=0.05, ic="random", num_particles=3)
     out["blend"] = checkpoint(d / "blend.pt", MODELS["recursive"], {"feature_type": "scale_free", "timescale": "blend"},
                               softening=0.05, ic="random", num_particles=3)
+    out["soft_blend"] = checkpoint(d / "soft_blend.pt", MODELS["recursive"],
+                                   {"feature_type": "scale_free", "timescale": "soft_blend"}, softening=0.3, ic="random",
+                                   num_particles=3)
     out["seed"] = checkpoint(d / "seed.pt", {"init_dt": 0.01}, {"history_len": 2})
     return out
 
@@ -185,7 +188,7 @@ def exported(ckpt: str, tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["recursive", "explicit", "symmetric", "fourier", "softened", "blend"])
+@pytest.mark.parametrize("name", ["recursive", "explicit", "symmetric", "fourier", "softened", "blend", "soft_blend"])
 def test_json_alone_gives_the_library_dt_along_a_trajectory(ckpts, tmp_path, name):
     """examples/rule_numpy.py (no aits) from the exported JSON: the library's steps to 1e-12 along
     200 steps of a Kepler orbit at e = 0.9 integrated with the library's rule."""
@@ -198,11 +201,11 @@ def test_json_alone_gives_the_library_dt_along_a_trajectory(ckpts, tmp_path, nam
     jr = load_example("rule_numpy").JsonRule(path)
     assert load_example("rule_numpy").check_test_vectors(jr) < 1e-12
     system = None
-    assert len(doc["features"]["list"]) == (9 if name == "blend" else 8) == len(doc["test_vectors"][0]["features"])
+    assert len(doc["features"]["list"]) == (9 if "blend" in name else 8) == len(doc["test_vectors"][0]["features"])
     if name == "blend":  # three bodies: the PRS timescale of the body that sets tau, not of the others
         from aits import problems as P
         system = P.figure_eight()
-    if name == "softened":
+    if name in ("softened", "soft_blend"):  # soft_blend: eps 0.3, the timescale off the blend's
         rng = np.random.default_rng(4)
         system = (rng.uniform(0.5, 1.5, 3), rng.normal(size=(3, 3)), 0.3 * rng.normal(size=(3, 3)), None)
     m, tr = library_run(ckpts[name], steps=200, system=system)

@@ -143,7 +143,7 @@ def test_equal_cost_tuning_lands_within_two_percent():
 
 
 # ---------------------------------------------------------------- learned step
-@pytest.mark.parametrize("timescale", ["nn", "blend"])
+@pytest.mark.parametrize("timescale", ["nn", "blend", "soft_blend"])
 def test_scale_free_features_numpy_equal_torch_and_are_even_in_time(timescale):
     rng = np.random.default_rng(2)
     for n in (2, 3, 5, 7):  # 7: above aits.steprules.SMALL_N, the vectorised form
@@ -156,13 +156,15 @@ def test_scale_free_features_numpy_equal_torch_and_are_even_in_time(timescale):
         fr, tr = scale_free_numpy(x, -v, a, m, 0.05, timescale)
         np.testing.assert_allclose(fn, fr, rtol=1e-13, atol=1e-15)
         assert tr == pytest.approx(tn, rel=1e-13)
-        if timescale == "blend":  # the 9th feature is log(tau_prs / tau_nn) of body i*; tau their geometric mean
+        if timescale != "nn":  # the 9th feature is log(tau_prs / tau_nn) of body i*; tau their geometric mean
             from aits.steprules import prs_timescales
             r_nn = np.sort(np.linalg.norm(x[None] - x[:, None], axis=-1), 1)[:, 1]
             i_star = int(np.argmin(np.sqrt(r_nn / np.linalg.norm(a, axis=-1))))
             t_nn, t_prs = I.timescale(x, a), prs_timescales(x, v, a, m, 0.05)[i_star]
             assert len(fn) == 9 and fn[8] == pytest.approx(math.log(t_prs / t_nn), rel=1e-12)
-            assert tn == pytest.approx(math.sqrt(t_nn * t_prs), rel=1e-12)
+            # soft_blend: the mean leans to tau_nn by the softening share f = eps / (r + eps) of the pair
+            lean = 0.5 if timescale == "blend" else 0.5 * (1 - 0.05 / (r_nn[i_star] + 0.05))
+            assert tn == pytest.approx(t_nn * (t_prs / t_nn) ** lean, rel=1e-12)
 
 
 def test_learned_factor_step_is_scale_invariant():
@@ -234,7 +236,7 @@ def check_quick_board(board: dict, n_ckpts: int) -> None:
             for key in ("force_evals", "steps", "wall_time_s", "max_rel_dE", "final_rel_dE", "drift_slope",
                         "final_position_error", "status"):
                 assert key in lm
-            for base in S.BASELINES:
+            for base in S.families_for(S.kepler_system(0.5, 1.0, 1, "x")):  # two bodies, unsoftened
                 b = entry["methods"][base]
                 assert b["evals_matched"], (base, b["force_evals"], lm["force_evals"])
                 r = entry["ratios"]["equal_force_evals"][base]

@@ -135,14 +135,15 @@ def test_few_body_python_loops_equal_the_vectorised_forms(monkeypatch, n, dim):
     they give the numbers of the vectorised forms (SMALL_N = 0 forces those), massless padding and
     softening included."""
     from aits import features, steprules
-    from aits.steprules import SMALL_N, blend_timescale, nn_timescales
+    from aits.steprules import SMALL_N, blend_timescale, nn_timescales, soft_blend_timescale
     assert n <= SMALL_N
     rng = np.random.default_rng(100 + n)
     fns = {"tau": lambda x, v, a, m, e: timescale(x, a), "tau_i": lambda x, v, a, m, e: nn_timescales(x, a),
            "prs": prs_timescales, "prs_at_last": lambda x, v, a, m, e: prs_timescale_at(x, v, a, m, len(m) - 1, e),
-           "blend": blend_timescale,
+           "blend": blend_timescale, "soft_blend": soft_blend_timescale,
            "feat_nn": lambda x, v, a, m, e: np.r_[features.scale_free_numpy(x, v, a, m, e)],
-           "feat_blend": lambda x, v, a, m, e: np.r_[features.scale_free_numpy(x, v, a, m, e, "blend")]}
+           "feat_blend": lambda x, v, a, m, e: np.r_[features.scale_free_numpy(x, v, a, m, e, "blend")],
+           "feat_soft": lambda x, v, a, m, e: np.r_[features.scale_free_numpy(x, v, a, m, e, "soft_blend")]}
     loops, vectorised = [], []
     for k in range(12):
         m = rng.uniform(1e-4, 2.0, size=n)

@@ -112,9 +112,10 @@ def test_blend_config_is_the_generalist_with_its_documented_changes():
     (and its own run name): the two shipped rules differ in what RESULTS compares them on, nothing else."""
     from aits import Config
 
-    base = Config.load("configs/generalist.yaml").to_dict()
+    from helpers import config_changes
+
     blend = Config.load("configs/generalist_blend.yaml").to_dict()
-    changed = {(sec, k) for sec in base for k in base[sec] if base[sec][k] != blend[sec][k]}
+    changed = config_changes("configs/generalist.yaml", "configs/generalist_blend.yaml")
     assert changed == {("run", "name"), ("features", "timescale"), ("train", "passage_steps"),
                        ("train", "compile_rollout")}
     assert (blend["features"]["timescale"], blend["train"]["passage_steps"]) == ("blend", 1800)
@@ -124,10 +125,10 @@ def test_blend_config_is_the_generalist_with_its_documented_changes():
 def test_apsis_config_is_the_blend_config_with_apsis_rollouts():
     """configs/generalist_apsis.yaml is generalist_blend.yaml with every passage rollout from an apsis draw."""
     from aits import Config
+    from helpers import config_changes
 
-    blend = Config.load("configs/generalist_blend.yaml").to_dict()
+    changed = config_changes("configs/generalist_blend.yaml", "configs/generalist_apsis.yaml")
     apsis = Config.load("configs/generalist_apsis.yaml").to_dict()
-    changed = {(sec, k) for sec in blend for k in blend[sec] if blend[sec][k] != apsis[sec][k]}
     assert changed == {("run", "name"), ("train", "passage_apsis")} and apsis["train"]["passage_apsis"] == 1.0
 
 
@@ -229,9 +230,10 @@ def test_apsis_orbits_config_is_the_apsis_config_for_the_orbit_families():
     families only: the few-body family's rollouts start from accepted states."""
     from aits import Config
 
-    apsis = Config.load("configs/generalist_apsis.yaml").to_dict()
+    from helpers import config_changes
+
     orbits = Config.load("configs/generalist_apsis_orbits.yaml").to_dict()
-    changed = {(sec, k) for sec in apsis for k in apsis[sec] if apsis[sec][k] != orbits[sec][k]}
+    changed = config_changes("configs/generalist_apsis.yaml", "configs/generalist_apsis_orbits.yaml")
     assert changed == {("run", "name"), ("train", "passage_apsis_families")}
     assert orbits["train"]["passage_apsis_families"] == ["binary", "triple", "planets"]
 
@@ -286,17 +288,18 @@ def test_a_family_weighted_run_is_judged_with_its_weights():
 def test_anchored_config_is_the_apsis_orbits_config_with_each_rollouts_level_anchored():
     from aits import Config
 
-    orbits = Config.load("configs/generalist_apsis_orbits.yaml").to_dict()
+    from helpers import config_changes
+
     anchored = Config.load("configs/generalist_anchored.yaml").to_dict()
-    changed = {(sec, k) for sec in orbits for k in orbits[sec] if orbits[sec][k] != anchored[sec][k]}
+    changed = config_changes("configs/generalist_apsis_orbits.yaml", "configs/generalist_anchored.yaml")
     assert changed == {("run", "name"), ("train", "passage_anchor_rows")}
     assert anchored["train"]["passage_anchor_rows"] is True and anchored["train"]["passage_anchor"] > 0
 
 
 def test_phase_config_is_the_anchored_config_with_the_phase_term():
     from aits import Config
+    from helpers import config_changes
 
-    anchored = Config.load("configs/generalist_anchored.yaml").to_dict()
     phase = Config.load("configs/generalist_phase.yaml").to_dict()
-    changed = {(sec, k) for sec in phase for k in phase[sec] if phase[sec][k] != anchored[sec][k]}
+    changed = config_changes("configs/generalist_phase.yaml", "configs/generalist_anchored.yaml")
     assert changed == {("run", "name"), ("train", "passage_phase")} and phase["train"]["passage_phase"] == 1.0

@@ -1,0 +1,123 @@
+"""The ``soft_blend`` timescale (docs/DESIGN.md §2.3b): the blend sqrt(tau tau_prs) on unsoftened pairs, leaning to
+tau = sqrt(r/|a|) as the softening smooths the pair that sets tau; its classical rule on the boards, the learned
+rule that contains it, and the shipped config that uses it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aits import NormScales, build_payload
+from aits import integrators as I
+from aits import problems as P
+from aits import scoreboard as SB
+from aits.features import scale_free_numpy, scale_free_torch
+from aits.policy import learned_methods
+from aits.steprules import blend_timescale, nn_timescales, prs_timescales, soft_blend_timescale
+from helpers import ETA0, bounded_cfg, classical_model, config_changes, forward_back, wild_model
+
+
+def parts(x, v, a, m, eps):
+    """tau, tau_prs and f = eps / (r + eps) of the body that sets tau, each from its own definition."""
+    tau_i = nn_timescales(x, a)
+    i = int(np.argmin(tau_i))
+    r = np.sort(np.linalg.norm(x - x[i], axis=-1))[1]
+    return float(tau_i[i]), float(prs_timescales(x, v, a, m, eps)[i]), eps / (r + eps)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 12])  # 7, 12: above aits.steprules.SMALL_N, the vectorised forms
+def test_soft_blend_is_tau_to_the_softened_share_of_the_prs_ratio(n):
+    """tau * (tau_prs / tau)^((1 - f) / 2) in the classical rule, the numpy features and the torch features alike;
+    the blend where eps = 0, and tau where the softening swamps the pair."""
+    rng = np.random.default_rng(n)
+    seen = []
+    for k in range(8):
+        m, x, v = rng.uniform(0.3, 2.0, n), rng.normal(size=(n, 3)), 0.5 * rng.normal(size=(n, 3))
+        eps = (0.0, 0.05, 0.3, 1e8)[k % 4]
+        a = I.accel(x, m, eps)
+        tau, t_prs, f = parts(x, v, a, m, eps)
+        want = tau * (t_prs / tau) ** (0.5 * (1 - f))
+        got = soft_blend_timescale(x, v, a, m, eps)
+        assert got == pytest.approx(want, rel=1e-12)
+        feats, t_np = scale_free_numpy(x, v, a, m, eps, "soft_blend")
+        assert t_np == pytest.approx(want, rel=1e-12) and feats[6] == pytest.approx(f, rel=1e-12)
+        _, t_t = scale_free_torch(*(torch.tensor(z)[None] for z in (x, v, a, m)), eps, "soft_blend")
+        assert float(t_t[0]) == pytest.approx(want, rel=1e-12)
+        if eps == 0:
+            assert got == pytest.approx(blend_timescale(x, v, a, m, 0.0), rel=1e-14)
+        if eps == 1e8:  # f = 1 - O(r / eps): tau itself
+            assert got == pytest.approx(tau, rel=1e-5)
+        seen.append(abs(math.log(got / blend_timescale(x, v, a, m, eps))))
+    assert max(seen) > 0.05  # softened states really move it off the blend
+
+
+def test_soft_blend_gradient_flows_through_the_softening_weight():
+    """The torch timescale is differentiable in x through f as well as tau and tau_prs: its x-gradient equals
+    central differences of the numpy timescale."""
+    rng = np.random.default_rng(5)
+    m, x, v = rng.uniform(0.5, 1.5, 4), rng.normal(size=(4, 3)), 0.4 * rng.normal(size=(4, 3))
+    eps = 0.2
+    from aits.physics import acceleration
+    xt = torch.tensor(x, requires_grad=True)
+    mt = torch.tensor(m)
+    _, tau = scale_free_torch(xt[None], torch.tensor(v)[None], acceleration(xt[None], mt[None], eps), mt[None], eps,
+                              "soft_blend")
+    tau.sum().backward()
+    h = 1e-6
+    fd = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        up, dn = x.copy(), x.copy()
+        up[idx] += h
+        dn[idx] -= h
+        fd[idx] = (soft_blend_timescale(up, v, I.accel(up, m, eps), m, eps)
+                   - soft_blend_timescale(dn, v, I.accel(dn, m, eps), m, eps)) / (2 * h)
+    np.testing.assert_allclose(xt.grad.numpy(), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_soft_blend_rule_is_time_reversible_on_a_softened_system():
+    """A wild soft_blend bounded recursion on a softened hierarchical triple (the inner pair at f = 0.19-0.30 at
+    every step) retraces 2000 steps when the velocities are reversed, and its steps are not the blend rule's."""
+    t = SB.hierarchical_triple(1, dim=3)
+    eps = 0.03
+    rules = {}
+    for ts in ("blend", "soft_blend"):
+        cfg = bounded_cfg(ts)
+        rules[ts] = learned_methods(build_payload(0, wild_model(cfg, 0.5).state_dict(), None, cfg,
+                                                  NormScales().to_dict()), eps=eps)["learned"]
+    a = I.accel(t.x, t.m, eps)
+    assert abs(math.log(rules["soft_blend"].h(t.x, t.v, a, t.m) / rules["blend"].h(t.x, t.v, a, t.m))) > 0.02
+    assert forward_back(rules["soft_blend"], t.m, t.x, t.v, 2000, eps=eps) < 1e-10
+
+
+def test_board_judges_softened_systems_against_the_soft_blend_rule():
+    """A soft_blend model with its last layer zeroed is the classical recursive_soft_blend_clip at ETA0 (the same
+    run to rounding), not the blend rule; the scoreboard runs that family on softened systems and leaves it out on
+    unsoftened ones, where it is the blend rule."""
+    cfg = bounded_cfg("soft_blend", max_modulation=3.0, recursion_clip=1.2)
+    m, x, v = P.plummer(16, 3)
+    soft = SB.System("plummer16", "problem", "test", {}, m, x, v, 3.0, eps=0.05, bounded=False)
+    learned = learned_methods(build_payload(0, classical_model(cfg).state_dict(), None, cfg, NormScales().to_dict()),
+                              eps=soft.eps)["learned"]
+    runs = {name: SB.run_method(method, soft, 1, 100_000).metrics for name, method in
+            (("learned", learned), ("soft", SB.make_baseline("recursive_soft_blend_clip", ETA0, soft.eps)),
+             ("blend", SB.make_baseline("recursive_blend_clip", ETA0, soft.eps)))}
+    assert runs["learned"]["force_evals"] == runs["soft"]["force_evals"] > 300
+    assert runs["learned"]["max_rel_dE"] == pytest.approx(runs["soft"]["max_rel_dE"], rel=1e-6)
+    assert runs["blend"]["force_evals"] != runs["soft"]["force_evals"]
+    families = ("recursive_blend_clip", "recursive_soft_blend_clip", "recursive_clip")
+    entry = SB.score_system(soft, {"learned": learned}, baselines=families, reference=False, wall=False)
+    assert set(entry["methods"]) == {"learned", *families}
+    assert entry["methods"]["recursive_soft_blend_clip"]["param"] == pytest.approx(ETA0, rel=0.05)
+    plain = SB.System("plummer16_plain", "problem", "test", {}, m, x, v, 0.3, bounded=False)
+    entry = SB.score_system(plain, {"learned": learned}, baselines=families, reference=False, wall=False)
+    assert set(entry["methods"]) == {"learned", "recursive_blend_clip", "recursive_clip"}
+
+
+def test_soft_config_is_the_blend_config_with_the_soft_blend_timescale():
+    from aits import Config
+
+    assert config_changes("configs/generalist_blend.yaml", "configs/generalist_soft.yaml") == {
+        ("run", "name"), ("features", "timescale")}
+    assert Config.load("configs/generalist_soft.yaml").features.timescale == "soft_blend"
