@@ -286,7 +286,13 @@ def few_body(rng: np.random.Generator, s) -> Drawn:
     """
     n = int(rng.integers(3, s.num_particles + 1))
     m, x, v = random_ic(n, s.dim, _as_masses(s.mass, s.num_particles)[:n], s.pos_scale, s.vel_scale, rng)
-    d = _finish(m, x, v, s.dim, crossing_time(m, x), math.nan, math.nan, 0.0)
+    return _unbound(m, x, v, s.dim)
+
+
+def _unbound(m, x, v, dim: int) -> Drawn:
+    """A few-body draw: centre of mass at rest at the origin, ``period`` its crossing time, ``e`` and ``a`` nan,
+    ``size`` the largest distance of a body from the centre."""
+    d = _finish(m, x, v, dim, crossing_time(m, x), math.nan, math.nan, 0.0)
     d.size = float(np.linalg.norm(d.x, axis=1).max())
     return d
 
@@ -332,9 +338,7 @@ def cold_few_body(rng: np.random.Generator, s) -> Drawn:
     n = int(rng.integers(3, s.num_particles + 1))
     m = np.array([loguniform(rng, *COLD_MASS_RANGE) for _ in range(n)])
     _, x, v = random_ic(n, s.dim, m, s.pos_scale, s.vel_scale, rng)
-    d = _finish(m, x, v * rng.uniform(0.0, 1.0), s.dim, crossing_time(m, x), math.nan, math.nan, 0.0)
-    d.size = float(np.linalg.norm(d.x, axis=1).max())
-    return d
+    return _unbound(m, x, v * rng.uniform(0.0, 1.0), s.dim)
 
 
 FAMILY_FUNCTIONS = {"binary": binary, "triple": triple, "planets": planets, "few_body": few_body,

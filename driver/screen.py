@@ -40,8 +40,10 @@ def screen_systems() -> dict[str, tuple[SB.System, tuple[str, ...]]]:
     out = {"pythagorean": (practitioner["pythagorean"], ("adaptive_prs", "recursive_blend_clip")),
            "cluster_N8_unsoftened": (practitioner["cluster_N8_unsoftened"], ("adaptive_prs", "recursive_blend_clip")),
            "planet_hd80606b": (practitioner["planet_hd80606b"], ("recursive_clip",)),
-           "plummer_N16_eps0.05": (practitioner["plummer_N16_eps0.05"], ("recursive_adaptive", "recursive_clip")),
-           "plummer_N64_eps0.05": (practitioner["plummer_N64_eps0.05"], ("recursive_clip", "recursive_adaptive"))}
+           "plummer_N16_eps0.05": (practitioner["plummer_N16_eps0.05"], ("recursive_adaptive", "recursive_clip",
+                                                                         "recursive_soft_blend_clip")),
+           "plummer_N64_eps0.05": (practitioner["plummer_N64_eps0.05"], ("recursive_clip", "recursive_adaptive",
+                                                                         "recursive_soft_blend_clip"))}
     for e in (0.9, 0.98):
         s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
         out[s.name] = (s, ("recursive_adaptive",))
