@@ -45,12 +45,18 @@ def nn_timescales(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """tau_i = sqrt(r_i,nn / |a_i|) of every body (N,), x and a (N,D)."""
     if len(x) <= SMALL_N:
         return np.array(nn_pairs_small(x.tolist(), a.tolist())[1])
+    return nn_distances_timescales(x, a)[1]
+
+
+def nn_distances_timescales(x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(r_i,nn, tau_i) of every body (N,) each, vectorised: the nearest-neighbour distances and the timescales
+    :func:`nn_timescales` returns."""
     d = x[None, :, :] - x[:, None, :]
     r2 = einsum("ijk,ijk->ij", d, d)
     set_diagonal(r2, np.inf)
     r_nn = np.sqrt(r2.min(1))
     a_mag = np.sqrt(einsum("ij,ij->i", a, a))
-    return np.sqrt(r_nn / np.maximum(a_mag, 1e-300))
+    return r_nn, np.sqrt(r_nn / np.maximum(a_mag, 1e-300))
 
 
 def timescale(x: np.ndarray, a: np.ndarray) -> float:
@@ -277,11 +283,7 @@ def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, 
         r_nn = math.sqrt(r2[i][jnn[i]])
         t_prs = prs_at_small(xl, v.tolist(), al, m.tolist(), i, eps)
     else:
-        d = x[None, :, :] - x[:, None, :]
-        r2 = einsum("ijk,ijk->ij", d, d)
-        set_diagonal(r2, np.inf)
-        r_all = np.sqrt(r2.min(1))
-        tau_i = np.sqrt(r_all / np.maximum(np.sqrt(einsum("ij,ij->i", a, a)), 1e-300))
+        r_all, tau_i = nn_distances_timescales(x, a)
         i = int(tau_i.argmin())
         r_nn = float(r_all[i])
         t_prs = prs_timescale_at(x, v, a, m, i, eps)

@@ -119,7 +119,7 @@ class JsonRule:
         f = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), self.eps / (r + self.eps), f7])
-        if self.timescale != "nn":  # a 9th feature; h scales with tau_blend = sqrt(tau * tau_prs)
+        if self.timescale != "nn":  # blend, soft_blend: a 9th feature, and h scales with a blend of tau and tau_prs
             t_prs = self.tau_prs(x, v, a, m, i)
             t_prs = t_prs if math.isfinite(t_prs) else tau
             f = np.append(f, min(max(math.log(t_prs / tau), -self.cap), self.cap))
