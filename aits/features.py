@@ -213,18 +213,19 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
 
 
 def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float,
-                     timescale: str = "nn"):
+                     timescale: str = "nn", r2: np.ndarray | None = None):
     """(features (8,) or (9,), tau) of one state x, v, a (N,D), m (N,): the same numbers as
     :func:`scale_free_torch`, for fast inference at batch 1 (massless bodies left out, as there).
-    Up to ``aits.steprules.SMALL_N`` bodies in Python floats (:func:`scale_free_small`), above in numpy."""
+    Up to ``aits.steprules.SMALL_N`` bodies in Python floats (:func:`scale_free_small`), above in numpy.
+    ``r2``: the state's squared pair separations where the caller has them (``aits.steprules.pair_r2``)."""
     if len(m) <= steprules.SMALL_N:
         return scale_free_small(x, v, a, m, eps, timescale)
     if (m <= 0).any():
         keep = m > 0
         x, v, a, m = x[keep], v[keep], a[keep], m[keep]
+        r2 = None if r2 is None else r2[np.ix_(keep, keep)]
     n = len(m)
-    d = x[None, :, :] - x[:, None, :]
-    r2 = einsum("ijk,ijk->ij", d, d)
+    r2 = steprules.pair_r2(x, r2)
     set_diagonal(r2, np.inf)
     jnn = r2.argmin(1)
     r2nn = r2[np.arange(n), jnn]

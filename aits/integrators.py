@@ -46,12 +46,21 @@ END_TOL = 1e-12
 # ---------------------------------------------------------------- kernels
 def accel(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> np.ndarray:
     """a_i = sum_j m_j (x_j - x_i) / (|x_j - x_i|^2 + eps^2)^{3/2}; x (N,D), m (N,) -> (N,D)."""
+    return accel_pairs(x, m, eps)[0]
+
+
+def accel_pairs(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(a, q) from one pass over the pairs: :func:`accel` and q_ij = |x_j - x_i|^2 (N,N), the unsoftened squared
+    separations (0 on the diagonal). The step rules' timescales and features take q (``r2=``) instead of
+    computing the same pairs again: above a few bodies that pass costs as much as the force
+    (docs/PERFORMANCE.md, "One pass over the pairs")."""
     d = x[None, :, :] - x[:, None, :]
-    r2 = einsum("ijk,ijk->ij", d, d) + eps * eps
+    q = einsum("ijk,ijk->ij", d, d)
+    r2 = q + eps * eps
     set_diagonal(r2, 1.0)
     w = m[None, :] / (r2 * np.sqrt(r2))
     set_diagonal(w, 0.0)
-    return einsum("ij,ijk->ik", w, d)
+    return einsum("ij,ijk->ik", w, d), q
 
 
 def accel_pot(x: np.ndarray, m: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, float]:
@@ -80,12 +89,34 @@ def energies(xs: np.ndarray, vs: np.ndarray, m: np.ndarray, eps: float = 0.0) ->
 
 def kdk(x, v, a, m, dt: float, eps: float, n_steps: int = 1):
     """``n_steps`` kick-drift-kick substeps of dt from (x, v) with a = a(x). Returns (x, v, a(x'))."""
+    return kdk_pairs(x, v, a, m, dt, eps, n_steps)[:3]
+
+
+def kdk_pairs(x, v, a, m, dt: float, eps: float, n_steps: int = 1):
+    """:func:`kdk` and the squared pair separations of x' (:func:`accel_pairs`): (x, v, a(x'), q(x'))."""
+    q = None
     for _ in range(n_steps):
         v = v + (0.5 * dt) * a
         x = x + dt * v
-        a = accel(x, m, eps)
+        a, q = accel_pairs(x, m, eps)
         v = v + (0.5 * dt) * a
-    return x, v, a
+    return x, v, a, q
+
+
+def call_h(h: Callable, x, v, a, m, q=None) -> float:
+    """h(x, v, a, m) of a step function, with the pair separations q of x (:func:`accel_pairs`) for those that
+    take them (``h.takes_r2``: the classical rules here and the learned ``aits.policy.FactorStep``)."""
+    if q is not None and getattr(h, "takes_r2", False):
+        return h(x, v, a, m, r2=q)
+    return h(x, v, a, m)
+
+
+def eta_tau(method, ts: Callable, eps: float) -> Callable:
+    """h = method.eta * ts(x, v, a, m, eps): the step function of a classical rule (taking the pairs)."""
+    def h(x, v, a, m, r2=None):
+        return method.eta * ts(x, v, a, m, eps, r2=r2)
+    h.takes_r2 = True
+    return h
 
 
 # ---------------------------------------------------------------- state and methods
@@ -102,6 +133,17 @@ class State:
     eps: float = 0.0
     n_steps: int = 1
     extra: dict = field(default_factory=dict)  # per-method state (history, conserved quantities)
+    pairs: tuple | None = None  # (x, q): the squared pair separations q of the array x (accel_pairs)
+
+    def set_pairs(self, q) -> None:
+        """Record q as the pair separations of the current ``x`` (None: unknown)."""
+        self.pairs = None if q is None else (self.x, q)
+
+    def q(self):
+        """The pair separations of the current ``x``, or None where they were not recorded with this very
+        array (code that sets ``x`` without them gets None, never stale pairs)."""
+        p = self.pairs
+        return p[1] if p is not None and p[0] is self.x else None
 
 
 class Method(abc.ABC):
@@ -126,7 +168,8 @@ class Method(abc.ABC):
 def _advance(state: State, dt: float, t_left: float) -> int:
     """KDK with dt clipped onto the end time; updates the state. Returns evals spent."""
     dt = min(dt, t_left / state.n_steps)
-    state.x, state.v, state.a = kdk(state.x, state.v, state.a, state.m, dt, state.eps, state.n_steps)
+    state.x, state.v, state.a, q = kdk_pairs(state.x, state.v, state.a, state.m, dt, state.eps, state.n_steps)
+    state.set_pairs(q)
     state.t += dt * state.n_steps
     state.dt = dt
     return state.n_steps
@@ -176,7 +219,7 @@ class Adaptive(PolicyStep):
 
     def __init__(self, eta: float, timescale: str = "nn", eps: float = 0.0, name: str = "adaptive"):
         self.eta, ts = float(eta), TIMESCALES[timescale]
-        super().__init__(lambda s: self.eta * ts(s.x, s.v, s.a, s.m, eps), name)
+        super().__init__(lambda s: self.eta * ts(s.x, s.v, s.a, s.m, eps, r2=s.q()), name)
 
     @property
     def param(self):
@@ -200,13 +243,18 @@ class SymmetricPolicy(Method):
 
     def step(self, state, t_left):
         m, eps = state.m, state.eps
-        h0 = float(self.h(state.x, state.v, state.a, m))
-        dt = symmetric_dt(h0, lambda d: float(self.h(*kdk(state.x, state.v, state.a, m, d, eps, 1), m)), self.k,
-                          check_dt)
+        h0 = float(call_h(self.h, state.x, state.v, state.a, m, state.q()))
+
+        def h_after(d):
+            x, v, a, q = kdk_pairs(state.x, state.v, state.a, m, d, eps, 1)
+            return float(call_h(self.h, x, v, a, m, q))
+
+        dt = symmetric_dt(h0, h_after, self.k, check_dt)
         check_dt(dt)
         evals = self.evals_per_h + self.k * (1 + self.evals_per_h)
         dt = min(dt, t_left)
-        state.x, state.v, state.a = kdk(state.x, state.v, state.a, m, dt, eps, 1)
+        state.x, state.v, state.a, q = kdk_pairs(state.x, state.v, state.a, m, dt, eps, 1)
+        state.set_pairs(q)
         state.t += dt
         state.dt = dt
         return evals + 1
@@ -218,7 +266,7 @@ class SymmetricAdaptive(SymmetricPolicy):
     def __init__(self, eta: float, k: int = 2, timescale: str = "nn", eps: float = 0.0,
                  name: str = "symmetric_adaptive"):
         self.eta, ts = float(eta), TIMESCALES[timescale]
-        super().__init__(lambda x, v, a, m: self.eta * ts(x, v, a, m, eps), k, name)
+        super().__init__(eta_tau(self, ts, eps), k, name)
 
     @property
     def param(self):
@@ -241,7 +289,7 @@ class RecursivePolicy(Method):
         self.h, self.name, self.clip = h, name, clip
 
     def step(self, state, t_left):
-        dt = recursive_dt(float(self.h(state.x, state.v, state.a, state.m)), state.dt, self.clip)
+        dt = recursive_dt(float(call_h(self.h, state.x, state.v, state.a, state.m, state.q())), state.dt, self.clip)
         check_dt(dt)
         return _advance(state, dt, t_left)
 
@@ -252,7 +300,7 @@ class RecursiveAdaptive(RecursivePolicy):
     def __init__(self, eta: float, timescale: str = "nn", eps: float = 0.0, name: str = "recursive_adaptive",
                  clip: float | None = None):
         self.eta, ts = float(eta), TIMESCALES[timescale]
-        super().__init__(lambda x, v, a, m: self.eta * ts(x, v, a, m, eps), name, clip)
+        super().__init__(eta_tau(self, ts, eps), name, clip)
 
     @property
     def param(self):
@@ -348,7 +396,9 @@ def integrate(method: Method, m, x, v, duration: float, *, eps: float = 0.0, n_s
     x = np.asarray(x, dtype=dtype).copy()
     v = np.asarray(v, dtype=dtype).copy()
     start = time.perf_counter()
-    state = State(m, x, v, accel(x, m, eps), eps=eps, n_steps=n_steps)
+    a, q = accel_pairs(x, m, eps)
+    state = State(m, x, v, a, eps=eps, n_steps=n_steps)
+    state.set_pairs(q)
     evals, steps, status = 1, 0, "ok"
     ts, xs, vs, dts = [0.0], [x], [v], [0.0]
     try:

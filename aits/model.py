@@ -117,6 +117,13 @@ class NumpyMLP:
         self.act = self.ACT[activation]
 
     def __call__(self, f: np.ndarray) -> float:
+        weight = None
+        if self.ranges is not None:  # the range check first: fully held (w = 0), the network is not needed
+            d = self.ranges.excess(f)
+            weight = self.ranges.weight_of(d)
+            self.tally.add(d, weight)
+            if weight == 0.0:  # M^(0 * tanh z) = 1 for any z: the same float as the forward below
+                return self.eta0 * self.max_modulation ** 0.0
         h = f
         if self.proj is not None:
             z = 2 * np.pi * (h @ self.proj)
@@ -127,11 +134,8 @@ class NumpyMLP:
         z = float(h @ w[:, 0] + b[0])
         if self.max_modulation is not None:  # the bounded factor, as DtModel
             s = math.tanh(z)
-            if self.ranges is not None:  # pulled back outside the training box, and counted
-                d = self.ranges.excess(f)
-                w = self.ranges.weight_of(d)
-                self.tally.add(d, w)
-                s *= w
+            if weight is not None:  # pulled back outside the training box
+                s *= weight
             return self.eta0 * self.max_modulation ** s
         return (z if z > SOFTPLUS_THRESHOLD else math.log1p(math.exp(z))) + 1e-12  # softplus, as DtModel
 

@@ -54,11 +54,13 @@ class SeedPolicy:
 class FactorStep:
     """h(state) = g(scale-free features) * tau: the learned step function of a factor model."""
 
+    takes_r2 = True  # aits.integrators.call_h passes the force evaluation's pair separations
+
     def __init__(self, mlp: NumpyMLP, eps: float, timescale: str = "nn"):
         self.mlp, self.eps, self.timescale = mlp, eps, timescale
 
-    def __call__(self, x, v, a, m) -> float:
-        feats, tau = scale_free_numpy(x, v, a, m, self.eps, self.timescale)
+    def __call__(self, x, v, a, m, r2=None) -> float:
+        feats, tau = scale_free_numpy(x, v, a, m, self.eps, self.timescale, r2)
         return self.mlp(feats) * tau
 
 

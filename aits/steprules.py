@@ -41,30 +41,39 @@ def set_diagonal(a: np.ndarray, value: float) -> None:
 
 
 # ---------------------------------------------------------------- the classical timescale
-def nn_timescales(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+def nn_timescales(x: np.ndarray, a: np.ndarray, r2: np.ndarray | None = None) -> np.ndarray:
     """tau_i = sqrt(r_i,nn / |a_i|) of every body (N,), x and a (N,D)."""
     if len(x) <= SMALL_N:
         return np.array(nn_pairs_small(x.tolist(), a.tolist())[1])
-    return nn_distances_timescales(x, a)[1]
+    return nn_distances_timescales(x, a, r2)[1]
 
 
-def nn_distances_timescales(x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(r_i,nn, tau_i) of every body (N,) each, vectorised: the nearest-neighbour distances and the timescales
-    :func:`nn_timescales` returns."""
+def pair_r2(x: np.ndarray, r2: np.ndarray | None = None) -> np.ndarray:
+    """|x_j - x_i|^2 (N,N) of one state, a fresh array the caller may write: a copy of ``r2`` where given (the
+    separations the force evaluation computed, ``aits.integrators.accel_pairs``: the same numbers), else
+    computed."""
+    if r2 is not None:
+        return r2.copy()
     d = x[None, :, :] - x[:, None, :]
-    r2 = einsum("ijk,ijk->ij", d, d)
+    return einsum("ijk,ijk->ij", d, d)
+
+
+def nn_distances_timescales(x: np.ndarray, a: np.ndarray, r2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(r_i,nn, tau_i) of every body (N,) each, vectorised: the nearest-neighbour distances and the timescales
+    :func:`nn_timescales` returns. ``r2``: the state's squared separations if known (:func:`pair_r2`)."""
+    r2 = pair_r2(x, r2)
     set_diagonal(r2, np.inf)
     r_nn = np.sqrt(r2.min(1))
     a_mag = np.sqrt(einsum("ij,ij->i", a, a))
     return r_nn, np.sqrt(r_nn / np.maximum(a_mag, 1e-300))
 
 
-def timescale(x: np.ndarray, a: np.ndarray) -> float:
+def timescale(x: np.ndarray, a: np.ndarray, r2: np.ndarray | None = None) -> float:
     """tau = min_i sqrt(r_i,nn / |a_i|) of one state, x and a (N,D): the classical step timescale
-    (time units). Torch twin: :func:`classical_timescale`."""
+    (time units). Torch twin: :func:`classical_timescale`. ``r2``: the squared separations if known."""
     if len(x) <= SMALL_N:
         return min(nn_pairs_small(x.tolist(), a.tolist())[1])
-    return float(nn_timescales(x, a).min())
+    return float(nn_timescales(x, a, r2).min())
 
 
 # ---------------------------------------------------------------- few bodies, in Python floats
@@ -133,9 +142,11 @@ def classical_timescale(x: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(r2.min(-1).values.sqrt() / acc.norm(dim=-1).clamp_min(1e-300)).min(-1).values
 
 
-def nn_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
-    """:func:`timescale` with the signature every timescale shares (v, m, eps unused)."""
-    return timescale(x, a)
+def nn_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
+                 r2: np.ndarray | None = None) -> float:
+    """:func:`timescale` with the signature every timescale shares (v, m, eps unused; ``r2`` the state's squared
+    pair separations where known, :func:`pair_r2`)."""
+    return timescale(x, a, r2)
 
 
 def jerk_snap(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0):
@@ -209,12 +220,13 @@ def prs_timescale_at(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     return math.sqrt(2.0 * a2 / den)
 
 
-def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+def prs_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
+                  r2: np.ndarray | None = None) -> float:
     """IAS15's 2024 timescale (Pham, Rein & Spiegel 2024, arXiv:2401.02849, eq. 16):
     tau_i^2 = 2 |a_i|^2 / (|j_i|^2 + |a_i| |s_i|), minimum over bodies (time units).
 
     Even in the velocities (j is odd, s even), so it can drive time-reversible step forms. A circular
-    orbit gives exactly P / 2 pi."""
+    orbit gives exactly P / 2 pi. (``r2`` unused: the signature every timescale shares.)"""
     return float(prs_timescales(x, v, a, m, eps).min())
 
 
@@ -264,7 +276,7 @@ def soft_blend(tau, t_prs, f):
 
 
 def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
-                    soft: bool = False) -> float:
+                    soft: bool = False, r2: np.ndarray | None = None) -> float:
     """sqrt(tau * tau_prs,i*): the geometric mean of the nearest-neighbour timescale tau = tau_i* and the
     PRS timescale of the same body i* (tau where that is undefined), the classical rule that
     ``features.timescale: blend`` models contain (:func:`aits.features.scale_free_numpy`).
@@ -283,7 +295,7 @@ def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, 
         r_nn = math.sqrt(r2[i][jnn[i]])
         t_prs = prs_at_small(xl, v.tolist(), al, m.tolist(), i, eps)
     else:
-        r_all, tau_i = nn_distances_timescales(x, a)
+        r_all, tau_i = nn_distances_timescales(x, a, r2)
         i = int(tau_i.argmin())
         r_nn = float(r_all[i])
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
@@ -293,12 +305,14 @@ def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, 
     return soft_blend(tau, t_prs, soft_weight(eps, r_nn)) if soft else math.sqrt(tau * t_prs)
 
 
-def soft_blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0) -> float:
+def soft_blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
+                         r2: np.ndarray | None = None) -> float:
     """:func:`blend_timescale` with ``soft``: the classical rule of ``features.timescale: soft_blend`` models."""
-    return blend_timescale(x, v, a, m, eps, soft=True)
+    return blend_timescale(x, v, a, m, eps, soft=True, r2=r2)
 
 
-# Classical timescales by name, all called as f(x, v, a, m, eps) -> tau (time units).
+# Classical timescales by name, all called as f(x, v, a, m, eps, r2=None) -> tau (time units); r2: the squared
+# pair separations of x where the caller has them (aits.integrators.accel_pairs), the same numbers either way.
 TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale, "soft_blend": soft_blend_timescale}
 # the timescales of scale-free features with the 9th feature log(tau_prs / tau) (aits.features.scale_free_torch)
 BLENDS = ("blend", "soft_blend")

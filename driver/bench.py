@@ -425,15 +425,18 @@ def step_profile(h, system, calls: int, repeats: int) -> dict:
     """Microseconds per call of the parts of a step at the start of ``system`` (batch 1): the force
     evaluation (KDK's accelerations), the classical timescale tau (all the adaptive rule adds), and
     the learned step function ``h``'s scale-free features (tau included) and MLP: where the learned
-    step's extra cost goes."""
+    step's extra cost goes. ``*_given_pairs``: tau and the features from the separations the force evaluation
+    computed (``aits.integrators.accel_pairs``: what the evaluation loop pays)."""
     from aits import integrators as I
     from aits.features import scale_free_numpy
 
     m, x, v, eps = system.m, system.x, system.v, system.eps
-    a = I.accel(x, m, eps)
+    a, q = I.accel_pairs(x, m, eps)
     feats, _ = scale_free_numpy(x, v, a, m, eps)
     parts = {"force_eval": lambda: I.accel(x, m, eps), "timescale": lambda: I.timescale(x, a),
-             "features": lambda: scale_free_numpy(x, v, a, m, eps), "mlp": lambda: h.mlp(feats)}
+             "timescale_given_pairs": lambda: I.timescale(x, a, q),
+             "features": lambda: scale_free_numpy(x, v, a, m, eps),
+             "features_given_pairs": lambda: scale_free_numpy(x, v, a, m, eps, "nn", q), "mlp": lambda: h.mlp(feats)}
 
     def per_call(fn):
         def run():
@@ -443,22 +446,47 @@ def step_profile(h, system, calls: int, repeats: int) -> dict:
     return {f"step_profile_{k}_us": per_call(fn) for k, fn in parts.items()}
 
 
+def boxed_checkpoint(cfg: Config, quick: bool) -> dict:
+    """An untrained checkpoint of ``cfg`` with the range box ``driver/validate.py`` would store: the features its rule
+    visits on fresh draws of its training mixture (the cost of a step depends on the box, not on the weights: a
+    state far outside it, e.g. a softened one for a rule trained unsoftened, skips the network)."""
+    from aits import build_payload
+    from aits.ranges import measure_ranges
+    from driver.validate import validation_states
+
+    ckpt = build_payload(0, build_model(cfg).state_dict(), None, cfg, auto_norm_scales(cfg).to_dict())
+    ckpt["feature_ranges"] = measure_ranges(ckpt, validation_states(cfg, 8 if quick else 32), 100 if quick else 300).to_dict()
+    return ckpt
+
+
 def many_body_steps(methods, quick: bool, repeats: int) -> tuple[dict, dict]:
-    """G5 at N >= 16: the recommended rule's step against the classical recursion's on the
+    """G5 at N >= 16: the recommended rules' steps against the classical recursion's on the
     practitioner suite's softened Plummer spheres (N = 16 and 64, eps = 0.05), timed side by side,
-    with the step profile of each (where the difference goes). Returns (figures, spreads)."""
+    with the step profile of each (where the difference goes). Returns (figures, spreads).
+
+    ``generalist``: configs/generalist.yaml, untrained, no range box (every step evaluates the network);
+    ``soft``: configs/generalist_soft.yaml (the README's recommendation) with the box its validation would store
+    (:func:`boxed_checkpoint`); the spheres' softening lies far outside it, as for the trained checkpoints, so the
+    range check holds every step and the network is skipped; ``recursive_soft_blend_clip``: the classical rule it
+    is held at."""
+    from aits.policy import learned_methods
     from aits.scoreboard import make_baseline, practitioner_systems, step_cost_ratios
 
     out, spreads = {}, {}
     spheres = {s.params["N"]: s for s in practitioner_systems() if s.name.startswith("plummer_N")}
+    soft = boxed_checkpoint(Config.load(ROOT / "configs" / "generalist_soft.yaml", ["wandb.mode=disabled"]), quick)
     for n in (16, 64):
         system = spheres[n]
         gen = methods(generalist_config(), system.eps)["learned"]
-        rules = {"recursive_adaptive": make_baseline("recursive_adaptive", 0.01, system.eps), "generalist": gen}
+        rules = {"recursive_adaptive": make_baseline("recursive_adaptive", 0.01, system.eps), "generalist": gen,
+                 "soft": learned_methods(soft, eps=system.eps)["learned"],
+                 "recursive_soft_blend_clip": make_baseline("recursive_soft_blend_clip", 0.01, system.eps)}
         r = step_cost_ratios(rules, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
-        key = f"generalist_step_vs_recursive_step_N{n}"
-        out[key] = r["generalist"]["ratio"]
-        spreads[key] = {"min": r["generalist"]["ratio_min"], "max": r["generalist"]["ratio_max"], "n": repeats}
+        for key, name in ((f"generalist_step_vs_recursive_step_N{n}", "generalist"),
+                          (f"soft_step_vs_recursive_step_N{n}", "soft"),
+                          (f"recursive_soft_blend_step_vs_recursive_step_N{n}", "recursive_soft_blend_clip")):
+            out[key] = r[name]["ratio"]
+            spreads[key] = {"min": r[name]["ratio_min"], "max": r[name]["ratio_max"], "n": repeats}
         prof = step_profile(gen.h, system, 200 if quick else 2000, repeats)
         out.update({k.replace("step_profile_", f"step_profile_N{n}_"): val for k, val in prof.items()})
     return out, spreads

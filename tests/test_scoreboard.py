@@ -107,7 +107,7 @@ def test_logh_keeps_kepler_energy_over_ten_periods():
 
 def test_force_evaluation_counts_equal_the_accelerations_computed(monkeypatch):
     calls = {"n": 0}
-    plain, with_pot = I.accel, I.accel_pot
+    plain, with_pot = I.accel_pairs, I.accel_pot  # accel is accel_pairs without the pairs: counted there
 
     def counted(*a, **k):
         calls["n"] += 1
@@ -117,7 +117,7 @@ def test_force_evaluation_counts_equal_the_accelerations_computed(monkeypatch):
         calls["n"] += 1
         return with_pot(*a, **k)
 
-    monkeypatch.setattr(I, "accel", counted)
+    monkeypatch.setattr(I, "accel_pairs", counted)
     monkeypatch.setattr(I, "accel_pot", counted_pot)
     m, x, v, period = kepler_ic(0.8, 1.0)
     cfg = factor_cfg()
