@@ -227,32 +227,32 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     n = len(m)
     r2 = steprules.pair_r2(x, r2)
     set_diagonal(r2, np.inf)
-    jnn = r2.argmin(1)
-    r2nn = r2[np.arange(n), jnn]
-    tau_i = np.sqrt(np.sqrt(r2nn) / np.maximum(np.sqrt(einsum("ij,ij->i", a, a)), 1e-300))
+    tau_i = np.sqrt(np.sqrt(r2.min(1)) / np.maximum(np.sqrt(einsum("ij,ij->i", a, a)), 1e-300))
     i = int(tau_i.argmin())
     tau = float(tau_i[i])
-    j = int(jnn[i])
+    j = int(r2[i].argmin())
     rvec, uvec = x[j] - x[i], v[j] - v[i]
     r = math.sqrt(float(rvec @ rvec))
     u2 = float(uvec @ uvec)
-    mu = float(m[i] + m[j])
+    mi, mj = float(m[i]), float(m[j])
+    mu = mi + mj
     if n > 2:
-        mask = np.ones(n, dtype=bool)
-        mask[[i, j]] = False
-        f3 = min(max(math.log(float(tau_i[mask].min()) / tau), 0.0), TAU_RATIO_CAP)
+        others = tau_i.copy()  # the smallest timescale of a body outside the pair
+        others[i] = others[j] = math.inf
+        f3 = min(max(math.log(float(others.min()) / tau), 0.0), TAU_RATIO_CAP)
         set_diagonal(r2, 0.0)
         f7 = math.log(r / (float(np.sqrt(r2).sum()) / (n * (n - 1))))
     else:
         f3, f7 = TAU_RATIO_CAP, 0.0
-    feats = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
-                      math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
-                      float(min(m[i], m[j]) / max(m[i], m[j])), eps / (r + eps), f7])
+    f6 = eps / (r + eps)
+    feats = [u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300), math.sqrt(float(a[i] @ a[i])) * r * r / mj,
+             f3, mu / float(m.sum()), min(mi, mj) / max(mi, mj), f6, f7]
     if timescale in BLENDS:
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
-        feats = np.append(feats, min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6])
+        feats.append(min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, f6)
+    feats = np.array(feats)
     return feats, tau
 
 
