@@ -118,7 +118,9 @@ class NumpyMLP:
 
     def __call__(self, f: np.ndarray) -> float:
         weight = None
-        if self.ranges is not None:  # the range check first: fully held (w = 0), the network is not needed
+        if self.ranges is not None and self.ranges.inside(f):  # w = 1 exactly: the rule as trained
+            self.tally.add_inside()
+        elif self.ranges is not None:  # the range check first: fully held (w = 0), the network is not needed
             d = self.ranges.excess(f)
             weight = self.ranges.weight_of(d)
             self.tally.add(d, weight)

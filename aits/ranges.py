@@ -46,6 +46,12 @@ class FeatureRanges:
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"feature_ranges: margin must be > 0, got {self.margin}")
         self.delta = self.margin * (self.hi - self.lo) + DELTA_FLOOR
+        self._box = list(zip(self.lo.tolist(), self.hi.tolist()))  # for inside(): Python floats beat numpy calls
+
+    def inside(self, f: np.ndarray) -> bool:
+        """Every feature of ``f`` inside the box (then :meth:`excess` is all 0 and w exactly 1; False for NaN):
+        the common case of a rule on its own kind of system, checked in a few microseconds at batch 1."""
+        return all(lo <= x <= hi for (lo, hi), x in zip(self._box, f.tolist()))
 
     def excess(self, f: np.ndarray) -> np.ndarray:
         """d_k / delta_k of one feature vector (n_features,): how far outside the box each feature lies, in
@@ -116,6 +122,11 @@ class RangeTally:
         self.calls = self.outside = self.held = 0
         self.weight_sum = 0.0
         self.by_feature[:] = 0
+
+    def add_inside(self) -> None:
+        """Count one call whose features were all inside the box (w = 1): :meth:`add` of a zero excess."""
+        self.calls += 1
+        self.weight_sum += 1.0
 
     def add(self, d: np.ndarray, w: float) -> None:
         """Count one call with excess ``d`` (:meth:`FeatureRanges.excess`) and its weight ``w``."""

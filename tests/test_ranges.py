@@ -18,7 +18,7 @@ from aits import problems as P
 from aits.features import scale_free_numpy
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
-from aits.ranges import DELTA_FLOOR, RANGE_MARGIN, FeatureRanges, measure_ranges
+from aits.ranges import DELTA_FLOOR, RANGE_MARGIN, FeatureRanges, RangeTally, measure_ranges
 from helpers import ETA0, M, bounded_cfg, forward_back, mixture_factor_cfg, wild_model
 
 
@@ -242,3 +242,30 @@ def test_the_tally_counts_what_the_check_did(tmp_path):
     assert rule.range_report() == {"calls": 1, "outside_share": 0.0, "held_share": 0.0, "mean_weight": 1.0,
                                    "features": {}}
     assert load_rule(str(path), range_check=False).range_report() is None
+
+
+def test_inside_is_a_zero_excess_and_counts_as_one():
+    """The check's fast path (every feature inside the box: w = 1 without the excess) agrees with the excess on
+    random vectors, on the box's edges and on NaN, and the tally counts it as the full path does."""
+    box = FeatureRanges([0.0, -1.0, 2.0], [1.0, 1.0, 2.0])
+    rng = np.random.default_rng(3)
+    rows = [rng.uniform(-1.5, 2.5, 3) for _ in range(200)] + [np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0]),
+                                                              np.array([0.5, 0.0, 2.0 + 1e-15]),
+                                                              np.array([0.5, float("nan"), 2.0])]
+    rows += [np.array([r[0], r[1], 2.0]) for r in rows[:50]]
+    verdicts = [box.inside(f) for f in rows]
+    assert verdicts == [bool(np.all(box.excess(f) == 0.0)) and not np.isnan(f).any() for f in rows]
+    assert 10 < sum(verdicts) < len(rows) - 10  # both kinds among the rows
+    assert not box.inside(rows[203])  # NaN: never inside (the full path sees it)
+    fast, full = RangeTally(3), RangeTally(3)
+    for f, ok in zip(rows, verdicts):
+        if np.isnan(f).any():
+            continue
+        if ok:
+            fast.add_inside()
+        else:
+            d = box.excess(f)
+            fast.add(d, box.weight_of(d))
+        d = box.excess(f)
+        full.add(d, box.weight_of(d))
+    assert fast.report() == full.report() and fast.calls == len(rows) - 1
