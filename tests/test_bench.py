@@ -35,8 +35,12 @@ def test_quick_bench_reports_the_step_cost_figures(tmp_path, capsys):
               "step_profile_features_us", "step_profile_mlp_us", "generalist_step_vs_recursive_step",
               "recursive_prs_step_vs_recursive_step", "blend_step_vs_recursive_step",
               "recursive_blend_step_vs_recursive_step", "generalist_step_vs_recursive_step_N16",
-              "generalist_step_vs_recursive_step_N64", "step_profile_N16_features_us", "step_profile_N64_mlp_us"):
+              "generalist_step_vs_recursive_step_N64", "step_profile_N16_features_us", "step_profile_N64_mlp_us",
+              "soft_step_vs_recursive_step_N16", "soft_step_vs_recursive_step_N64",
+              "recursive_soft_blend_step_vs_recursive_step_N16", "recursive_soft_blend_step_vs_recursive_step_N64"):
         assert res[k] > 0, k
+    # at N = 64 the force evaluation's pairs spare tau its own pass over them (about 7x on the idle machine)
+    assert res["step_profile_N64_timescale_given_pairs_us"] < 0.5 * res["step_profile_N64_timescale_us"]
     # the Plummer spheres' profiles: the force sums N^2 pairs, the MLP sees 8 numbers whatever N
     assert res["step_profile_N64_force_eval_us"] > 3 * res["step_profile_N16_force_eval_us"]
     assert res["step_profile_N64_mlp_us"] < res["step_profile_N64_force_eval_us"] / 3
