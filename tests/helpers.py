@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import yaml
 
-from aits import Config, Samples, load_checkpoint
+from aits import Config, NormScales, Samples, build_payload, load_checkpoint
 from aits import integrators as I
 from aits.model import build_model
 from aits.physics import kepler_ic
@@ -102,6 +102,14 @@ def bounded_cfg(timescale: str = "nn", **model) -> Config:
 def wild_model(cfg: Config, scale: float = 3.0) -> torch.nn.Module:
     """Weights far from any trained model: the network's output swings over many units."""
     return perturbed_model(cfg, scale, seed=4)
+
+
+def checkpoint_with_box(cfg: Config, model: torch.nn.Module, box=None) -> dict:
+    """A checkpoint of ``model`` carrying the range box ``box`` (``aits.ranges.FeatureRanges``; None: no box)."""
+    ck = build_payload(1, model.state_dict(), None, cfg, NormScales().to_dict())
+    if box is not None:
+        ck["feature_ranges"] = box.to_dict()
+    return ck
 
 
 def forward_back(method, m, x, v, steps: int, eps: float = 0.0) -> float:

@@ -9,13 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from aits import NormScales, build_payload
 from aits import integrators as I
 from aits.features import scale_free_numpy
 from aits.policy import learned_methods
 from aits.ranges import FeatureRanges
 from aits.steprules import TIMESCALES, pair_r2
-from helpers import ETA0, M, bounded_cfg, wild_model
+from helpers import ETA0, M, bounded_cfg, checkpoint_with_box, wild_model
 
 
 def cluster(n: int = 12, massless: int = 0, seed: int = 5):
@@ -64,12 +63,6 @@ def test_classical_rules_given_the_pairs_step_to_the_bit(timescale):
         assert digest(runs[0]) == digest(runs[1]), name
 
 
-def box_checkpoint(cfg, model, box: FeatureRanges) -> dict:
-    ck = build_payload(1, model.state_dict(), None, cfg, NormScales().to_dict())
-    ck["feature_ranges"] = box.to_dict()
-    return ck
-
-
 @pytest.mark.parametrize("massless", [0, 2])
 def test_the_learned_rule_given_the_pairs_steps_to_the_bit(massless):
     """A range-checked soft-blend rule on a softened 12-body cluster (numpy features; with two massless bodies,
@@ -82,7 +75,7 @@ def test_the_learned_rule_given_the_pairs_steps_to_the_bit(massless):
     a = I.accel(x, m, eps)
     f0 = scale_free_numpy(x, v, a, m, eps, "soft_blend")[0]
     box = FeatureRanges(f0 - 0.02 * np.abs(f0), f0 + 0.02 * np.abs(f0), margin=0.5)
-    methods = learned_methods(box_checkpoint(cfg, model, box), eps=eps)
+    methods = learned_methods(checkpoint_with_box(cfg, model, box), eps=eps)
     for name, method in methods.items():
         h = method.h
         assert h.takes_r2
@@ -117,12 +110,12 @@ def test_a_fully_held_rule_skips_the_network_and_gives_the_classical_factor():
     f, tau = scale_free_numpy(x, v, a, m, eps, "soft_blend")
     lo, hi = f.copy(), f.copy()
     lo[6] = hi[6] = 0.0  # the softening feature never seen (an unsoftened training mixture), as in training
-    far = learned_methods(box_checkpoint(cfg, model, FeatureRanges(lo, hi)), eps=eps)["learned"].h
+    far = learned_methods(checkpoint_with_box(cfg, model, FeatureRanges(lo, hi)), eps=eps)["learned"].h
     near_hi = f + 1.0
     near_hi[0] = f[0] - 0.1  # one feature a fraction of its margin outside
-    near = learned_methods(box_checkpoint(cfg, model, FeatureRanges(f - 1.0, near_hi)), eps=eps)["learned"].h
+    near = learned_methods(checkpoint_with_box(cfg, model, FeatureRanges(f - 1.0, near_hi)), eps=eps)["learned"].h
     assert far.mlp.ranges.weight(f) == 0.0 and 0.5 < near.mlp.ranges.weight(f) < 1.0
-    g_full = learned_methods(box_checkpoint(cfg, model, FeatureRanges(lo, hi)), eps=eps,
+    g_full = learned_methods(checkpoint_with_box(cfg, model, FeatureRanges(lo, hi)), eps=eps,
                              range_check=False)["learned"].h(x, v, a, m) / tau
     assert abs(math.log(g_full / ETA0)) > 0.05  # the network alone is away from the classical factor here
     far.mlp.layers = None

@@ -19,7 +19,7 @@ from aits.features import scale_free_numpy
 from aits.physics import kepler_ic
 from aits.policy import learned_methods
 from aits.ranges import DELTA_FLOOR, RANGE_MARGIN, FeatureRanges, RangeTally, measure_ranges
-from helpers import ETA0, M, bounded_cfg, forward_back, mixture_factor_cfg, wild_model
+from helpers import ETA0, M, bounded_cfg, checkpoint_with_box, forward_back, mixture_factor_cfg, wild_model
 
 
 def test_weight_is_one_inside_and_fades_outside():
@@ -42,13 +42,6 @@ def test_a_bad_box_is_one_line_naming_feature_ranges(bad):
     with pytest.raises(ValueError, match="feature_ranges") as exc:
         FeatureRanges.from_dict(bad, "checkpoint x.pt")
     assert "\n" not in str(exc.value)
-
-
-def checkpoint_with_box(cfg, model, box: FeatureRanges | None) -> dict:
-    ck = build_payload(1, model.state_dict(), None, cfg, NormScales().to_dict())
-    if box is not None:
-        ck["feature_ranges"] = box.to_dict()
-    return ck
 
 
 def kepler_box(cfg, e_lo: float = 0.5, e_hi: float = 0.7, margin: float = 0.05) -> FeatureRanges:
