@@ -117,15 +117,16 @@ class NumpyMLP:
         self.act = self.ACT[activation]
 
     def __call__(self, f: np.ndarray) -> float:
-        weight = None
-        if self.ranges is not None and self.ranges.inside(f):  # w = 1 exactly: the rule as trained
-            self.tally.add_inside()
-        elif self.ranges is not None:  # the range check first: fully held (w = 0), the network is not needed
-            d = self.ranges.excess(f)
-            weight = self.ranges.weight_of(d)
-            self.tally.add(d, weight)
-            if weight == 0.0:  # M^(0 * tanh z) = 1 for any z: the same float as the forward below
-                return self.eta0 * self.max_modulation ** 0.0
+        weight = None  # the range check's w where it is below 1
+        if self.ranges is not None:  # the check first: inside the box w = 1; fully held (w = 0) needs no network
+            if self.ranges.inside(f):
+                self.tally.add_inside()
+            else:
+                d = self.ranges.excess(f)
+                weight = self.ranges.weight_of(d)
+                self.tally.add(d, weight)
+                if weight == 0.0:  # M^(0 * tanh z) = 1 for any z: the same float as the forward below
+                    return self.eta0 * self.max_modulation ** 0.0
         h = f
         if self.proj is not None:
             z = 2 * np.pi * (h @ self.proj)
