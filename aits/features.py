@@ -13,7 +13,7 @@ import torch
 
 from .physics import acceleration
 from . import steprules
-from .steprules import (BLENDS, einsum, nn_pairs_small, prs_at_small, prs_timescale_at, prs_timescale_at_torch,
+from .steprules import (BLENDS, nn_pairs_small, prs_at_small, prs_timescale_at, prs_timescale_at_torch,
                         set_diagonal, soft_blend)
 
 STATE_DIMS = {"basic": 11, "rich": 23}
@@ -227,7 +227,7 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     n = len(m)
     r2 = steprules.pair_r2(x, r2)
     set_diagonal(r2, np.inf)
-    tau_i = np.sqrt(np.sqrt(r2.min(1)) / np.maximum(np.sqrt(einsum("ij,ij->i", a, a)), 1e-300))
+    tau_i = steprules.nn_of_pairs(r2, a)[1]
     i = int(tau_i.argmin())
     tau = float(tau_i[i])
     j = int(r2[i].argmin())

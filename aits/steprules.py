@@ -63,6 +63,12 @@ def nn_distances_timescales(x: np.ndarray, a: np.ndarray, r2: np.ndarray | None 
     :func:`nn_timescales` returns. ``r2``: the state's squared separations if known (:func:`pair_r2`)."""
     r2 = pair_r2(x, r2)
     set_diagonal(r2, np.inf)
+    return nn_of_pairs(r2, a)
+
+
+def nn_of_pairs(r2: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(r_i,nn, tau_i) from squared separations ``r2`` whose diagonal is already inf (the caller's array, not
+    written): :func:`nn_distances_timescales` and the scale-free features share it."""
     r_nn = np.sqrt(r2.min(1))
     a_mag = np.sqrt(einsum("ij,ij->i", a, a))
     return r_nn, np.sqrt(r_nn / np.maximum(a_mag, 1e-300))
