@@ -136,6 +136,20 @@ def kepler_ic(e: float, a: float, mass=1.0, dim: int = 2):
     return m, x, v, kepler_period(a, big_m)
 
 
+def kepler_pair(e: float, a: float, mass=1.0, dim: int = 2):
+    """:func:`kepler_ic` moved to the pair's centre-of-mass frame (at rest at the origin): the same relative
+    orbit, with each body's share of the separation and of the relative velocity its partner's mass fraction.
+
+    The evaluation problems are built from it. :func:`kepler_ic` keeps the specification's placement of
+    the ``kepler`` training systems (each body at half the separation and half the relative speed), which
+    is the centre-of-mass frame only for an equal pair; an unequal pair there drifts at
+    (m1 - m2) / (2 M) of the relative speed, and its kinetic energy then enters E. For an equal pair the two
+    are the same floats. Returns (m (2,), x (2,D), v (2,D), period)."""
+    m, x, v, period = kepler_ic(e, a, mass, dim)
+    w = m[:, None] / m.sum()
+    return m, x - (w * x).sum(0), v - (w * v).sum(0), period
+
+
 def kepler_period(a: float, total_mass: float) -> float:
     return 2.0 * math.pi * math.sqrt(a ** 3 / total_mass)
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .physics import kepler_ic
+from .physics import kepler_pair
 
 # Gaussian gravitational constant squared in AU^3 / (solar mass day^2): the outer solar system's G.
 G_AU_DAY = 2.95912208286e-4
@@ -81,9 +81,11 @@ def kozai_lidov(inclination_deg: float = 75.0):
     The elements are chosen here (no published set). The test-particle quadrupole theory (Kozai 1962,
     AJ 67, 591; Lidov 1962, Planet. Space Sci. 9, 719) predicts that the planet's eccentricity
     oscillates up to e_max = sqrt(1 - 5/3 cos^2 i) = 0.94 at i = 75 deg, on the timescale
-    P_out^2 / P_in ~ 1600 (the near-radial phase is what tests a step rule). Returns (m, x, v, P_in)."""
-    mi, xi, vi, p_in = kepler_ic(0.05, 1.0, [1.0, 1e-3], 3)
-    _, xo, vo, _ = kepler_ic(0.0, 8.0, [float(mi.sum()), 1.0], 3)
+    P_out^2 / P_in ~ 1600 (time units; REBOUND's IAS15 puts the first maximum, 0.95, near 200 inner periods).
+    The near-radial phase is what tests a step rule. Each pair starts in its own centre-of-mass frame
+    (:func:`aits.physics.kepler_pair`). Returns (m, x, v, P_in)."""
+    mi, xi, vi, p_in = kepler_pair(0.05, 1.0, [1.0, 1e-3], 3)  # the planet's pair at rest: the triple is bound
+    _, xo, vo, _ = kepler_pair(0.0, 8.0, [float(mi.sum()), 1.0], 3)
     # the inner binary's plane is tilted: the outer orbit stays in the x-y plane
     tilt = math.radians(inclination_deg)
     xi, vi = rotate_x(xi, tilt), rotate_x(vi, tilt)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import integrators as I
-from .physics import crossing_time, kepler_ic, random_ic, rel_energy_error
+from .physics import crossing_time, kepler_ic, kepler_pair, random_ic, rel_energy_error
 from .ranges import range_report, range_tally
 from .steprules import RECURSION_CLIP
 
@@ -111,11 +111,11 @@ class System:
 
 def kepler_system(e: float, a: float, periods: float, family: str, dim: int = 2, mass=1.0,
                   name: str | None = None, source: str = "") -> System:
-    m, x, v, period = kepler_ic(e, a, mass, dim)
+    m, x, v, period = kepler_pair(e, a, mass, dim)  # at rest: E is the orbit's own energy, also for a planet
     name = name or f"kepler_e{e:g}_a{a:g}_{periods:g}P"
     return System(name, "kepler", family, {"e": e, "a": a, "periods": periods, "period": period},
                   m, x, v, periods * period, long=periods >= 50, size=a, size_name="semi-major axis",
-                  source=source or "two-body problem, analytic initial conditions at pericentre (aits.physics.kepler_ic)")
+                  source=source or "two-body problem, analytic initial conditions at pericentre (aits.physics.kepler_pair)")
 
 
 def random_system(n: int, dim: int, seed: int, crossings: float, eps: float, mass=1.0,

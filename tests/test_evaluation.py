@@ -210,3 +210,25 @@ def test_users_own_system_from_a_file(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("evaluate: error:"), err
     assert not bad_out.exists()
+
+
+def test_kozai_lidov_triple_is_bound_and_its_planet_reaches_the_quadrupole_e_max():
+    """The practitioner suite's Kozai-Lidov triple, integrated by REBOUND's IAS15 over the board's duration:
+    bound (E < 0), and the planet's eccentricity climbs from 0.05 to the test-particle quadrupole maximum
+    sqrt(1 - 5/3 cos^2 75 deg) = 0.94 within it (an inner pair built off its own centre of mass drifted
+    out of the triple and stayed near e = 0.05)."""
+    sys = next(s for s in S.practitioner_systems() if s.name == "kozai_lidov_i75")
+    m, x, v = sys.m, sys.x, sys.v
+    pe = sum(-m[i] * m[j] / np.linalg.norm(x[i] - x[j]) for i in range(3) for j in range(i + 1, 3))
+    assert 0.5 * float((m * (v * v).sum(1)).sum()) + pe < 0
+    sim = rebound.Simulation()
+    sim.integrator = "ias15"
+    for k in range(3):
+        sim.add(m=m[k], x=x[k, 0], y=x[k, 1], z=x[k, 2], vx=v[k, 0], vy=v[k, 1], vz=v[k, 2])
+    ecc = []
+    for t in np.linspace(0.0, sys.duration, 1200)[1:]:
+        sim.integrate(t)
+        ecc.append(sim.particles[1].orbit(primary=sim.particles[0]).e)
+    e_quad = math.sqrt(1.0 - 5.0 / 3.0 * math.cos(math.radians(75.0)) ** 2)
+    assert ecc[0] < 0.1
+    assert abs(max(ecc) - e_quad) < 0.03

@@ -185,3 +185,22 @@ def test_rel_energy_error_is_one_definition_for_torch_and_numpy():
     got_t = rel_energy_error(torch.as_tensor(e0), torch.as_tensor(e1)).numpy()
     assert isinstance(got_np, np.ndarray) and np.array_equal(got_np, got_t)
     assert got_np[-1] == pytest.approx(1e9) and got_np[0] == pytest.approx(abs((e1[0] - e0[0]) / e0[0]), rel=1e-11)
+
+
+@pytest.mark.parametrize("masses", [[1.0, 1e-3], [1.0, 3.0], [2.0, 2.0]])
+def test_kepler_pair_is_at_rest_with_the_orbits_own_energy(masses):
+    """The evaluation problems' pairs: centre of mass at rest at the origin, so E is the orbit's energy
+    -m1 m2 / (2a), and the relative orbit that of kepler_ic (the same floats for an equal pair)."""
+    from aits.physics import kepler_pair
+
+    m, x, v, period = kepler_pair(0.6, 2.0, masses, 3)
+    m0, x0, v0, period0 = kepler_ic(0.6, 2.0, masses, 3)
+    np.testing.assert_allclose((m[:, None] * x).sum(0), 0.0, atol=1e-15)
+    np.testing.assert_allclose((m[:, None] * v).sum(0), 0.0, atol=1e-15)
+    np.testing.assert_allclose(x[1] - x[0], x0[1] - x0[0], rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(v[1] - v[0], v0[1] - v0[0], rtol=1e-15, atol=1e-15)
+    assert period == period0
+    e_tot = float(energy(t64(x)[None], t64(v)[None], t64(m)[None])[0])
+    np.testing.assert_allclose(e_tot, -masses[0] * masses[1] / (2 * 2.0), rtol=1e-12)
+    if masses[0] == masses[1]:
+        assert np.array_equal(x, x0) and np.array_equal(v, v0)
