@@ -2,6 +2,7 @@
 learned family fitted to that system alone) beside the learned rule, both against the strongest classical rule.
 
     python driver/oracle.py BOARD_DIR [--out DIR] [--systems a,b] [--eta0 0.01] [--modulation 3] [--clip 1.2] [--timescale nn|blend]
+                            [--fit-evals 20000]
 
 Reads ``BOARD_DIR/scoreboard.json`` (driver/evaluate.py, any number of checkpoints; the practitioner, quick
 or standard suite it names). Per system: fits the oracle once, at the first checkpoint's force evaluations,
@@ -44,21 +45,21 @@ def board_systems(board: dict) -> dict:
 
 
 def headroom(board: dict, names: list[str] | None, eta0: float, modulation: float, clip: float,
-             max_runs: int = 80, log=print, timescale: str = "nn") -> dict:
+             max_runs: int = 80, log=print, timescale: str = "nn", fit_evals: int = O.FIT_EVALS) -> dict:
     by_label = systems_by_label(board)
     labels = list(by_label)
     first = by_label[labels[0]]
     systems = board_systems(board)
     out: dict = {"suite": board["suite"], "checkpoints": labels, "eta0": eta0, "modulation": modulation,
-                 "clip": clip, "timescale": timescale, "systems": {}}
+                 "clip": clip, "timescale": timescale, "fit_evals": fit_evals, "systems": {}}
     for name in (names or list(first)):
         if name not in systems or name not in first:
             raise SystemExit(f"oracle: error: system {name!r} is not on this board (it has {', '.join(first)})")
         sys_ = systems[name]
         start = time.perf_counter()
         target0 = first[name]["methods"]["learned"]["force_evals"]
-        fit, h = O.fit_oracle(sys_, eta0, modulation, clip, target_evals=target0, max_runs=max_runs,
-                               timescale=timescale)
+        fit, h = O.fit_oracle(sys_, eta0, modulation, clip, fit_evals=fit_evals, target_evals=target0,
+                               max_runs=max_runs, timescale=timescale)
         rows = []
         for label in labels:
             entry = by_label[label][name]
@@ -118,7 +119,7 @@ def add_shapes(res: dict, board: dict, log=print) -> None:
         if sys_.eps not in factors:
             factors[sys_.eps] = learned_factors(board, sys_.eps)
         shape = O.shape_spreads(sys_, s["fit"], res["eta0"], res["modulation"], res["clip"], factors[sys_.eps],
-                                res.get("timescale", "nn"))
+                                res.get("timescale", "nn"), res.get("fit_evals", O.FIT_EVALS))
         shape["learned_median"] = _median(shape["learned"])
         s["shape"] = shape
         log(f"{name:24s} factor spread (95th / 5th percentile over the fit run): oracle {fmt(shape['oracle'])}, "
@@ -161,14 +162,17 @@ def main(argv=None) -> int:
     p.add_argument("--timescale", default="nn", choices=("nn", "blend", "soft_blend"),
                    help="the family's timescale (features.timescale of the checkpoints)")
     p.add_argument("--max-runs", type=int, default=80, help="fit runs per system (Nelder-Mead evaluations)")
+    p.add_argument("--fit-evals", type=int, default=O.FIT_EVALS,
+                   help="force evaluations of the classical run the fit covers: the leading part of the duration it "
+                        "reaches (default %(default)s); a system whose hard phase comes late needs its whole duration")
     p.add_argument("--shape-only", action="store_true",
                    help="no fitting: add the factor spreads to the oracle.json already in --out (or BOARD_DIR)")
     a = p.parse_args(argv)
     path = Path(a.board) / "scoreboard.json"
     if not path.is_file():
         p.error(f"{path}: no scoreboard.json (run driver/evaluate.py first)")
-    if a.eta0 <= 0 or a.modulation <= 1 or a.clip <= 1 or a.max_runs < 1:
-        p.error("--eta0 must be > 0, --modulation and --clip > 1, --max-runs >= 1")
+    if a.eta0 <= 0 or a.modulation <= 1 or a.clip <= 1 or a.max_runs < 1 or a.fit_evals < 1:
+        p.error("--eta0 must be > 0, --modulation and --clip > 1, --max-runs and --fit-evals >= 1")
     try:
         board = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -186,7 +190,8 @@ def main(argv=None) -> int:
         except (KeyError, ValueError) as exc:
             p.error(f"{stored}: does not match {path} ({exc})")
     else:
-        res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs, timescale=a.timescale)
+        res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs, timescale=a.timescale,
+                       fit_evals=a.fit_evals)
     out.mkdir(parents=True, exist_ok=True)
     (out / "oracle.json").write_text(json.dumps(res, indent=1, default=float))
     md = markdown(res)

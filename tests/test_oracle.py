@@ -90,6 +90,22 @@ def test_headroom_command_on_a_board_and_shape_only_gives_the_same_spreads(quick
     again = json.loads((out / "oracle.json").read_text())["systems"][name]["shape"]
     assert again == shape
 
+    # --fit-evals: the fit covers the leading part of the duration that many evaluations reach (here all of it
+    # by default); a smaller budget cuts it, is recorded, and --shape-only spreads over that same part
+    fit = res["systems"][name]["fit"]
+    assert res["fit_evals"] == 20_000 and fit["fit_duration"] == pytest.approx(fit["duration"])
+    cut = tmp_path / "cut"
+    assert D.main([*argv[:2], str(cut), *argv[3:], "--fit-evals", "400"]) == 0
+    res_cut = json.loads((cut / "oracle.json").read_text())
+    fit_cut = res_cut["systems"][name]["fit"]
+    assert res_cut["fit_evals"] == 400 and 0 < fit_cut["fit_duration"] < 0.5 * fit_cut["duration"]
+    shape_cut = res_cut["systems"][name]["shape"]
+    del res_cut["systems"][name]["shape"]
+    (cut / "oracle.json").write_text(json.dumps(res_cut))
+    assert D.main([str(quick_board["out"]), "--out", str(cut), "--shape-only"]) == 0
+    assert json.loads((cut / "oracle.json").read_text())["systems"][name]["shape"] == shape_cut
+    capsys.readouterr()
+
     with pytest.raises(SystemExit) as exc:
         D.main([str(quick_board["out"]), "--out", str(tmp_path / "none"), "--shape-only"])
     assert exc.value.code == 2
