@@ -256,12 +256,19 @@ def parse_duration(text: str, m: np.ndarray, x: np.ndarray, v: np.ndarray) -> tu
 
 def file_system(path, duration: str, eps: float = 0.0) -> System:
     """A user's system from an IC file (rows [m, x..., v...], :func:`aits.physics.load_ic_file`) for a
-    ``duration`` as :func:`parse_duration` reads it. ValueError with one line for bad input."""
+    ``duration`` as :func:`parse_duration` reads it, moved to its centre-of-mass frame: the board judges energy
+    errors relative to E, and in a frame where the centre of mass moves (a binary given with one star at rest,
+    heliocentric planets) E holds its kinetic energy too, which shrinks every |dE/E| and can make a bound system
+    look unbound. ``params['centre_of_mass_speed']``: how fast it moved in the file's frame. ValueError with one
+    line for bad input."""
     from pathlib import Path
 
     from .physics import load_ic_file
 
     m, x, v = load_ic_file(path)
+    w = m[:, None] / m.sum()
+    v_cm = (w * v).sum(0)
+    x, v = x - (w * x).sum(0), v - v_cm
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"--softening {eps}: must be finite and >= 0")
     if eps == 0:
@@ -269,8 +276,9 @@ def file_system(path, duration: str, eps: float = 0.0) -> System:
         if (d[~np.eye(len(m), dtype=bool)] == 0).any():
             raise ValueError(f"IC file {path}: two bodies at the same position without softening")
     t_end, desc = parse_duration(duration, m, x, v)
-    return System(Path(path).stem, "file", "user", {"file": str(path), "duration": desc}, m, x, v, t_end,
-                  eps=eps, long=True, source=f"user file {path}",
+    return System(Path(path).stem, "file", "user", {"file": str(path), "duration": desc,
+                                                   "centre_of_mass_speed": float(np.sqrt(v_cm @ v_cm))}, m, x, v, t_end,
+                  eps=eps, long=True, source=f"user file {path} (in its centre-of-mass frame)",
                   bounded=bool(I.energies(x[None], v[None], m, eps)[0] < 0))
 
 

@@ -212,6 +212,24 @@ def test_users_own_system_from_a_file(tmp_path, capsys):
     assert not bad_out.exists()
 
 
+def test_users_file_is_judged_in_its_centre_of_mass_frame(tmp_path):
+    """A binary given with its primary at rest (as often written down): in that frame E = +e / r_p > 0 for an equal
+    pair, so the board would call it unbound and divide its errors by the drift's energy. The system is moved to
+    its centre-of-mass frame: E is the orbit's -m1 m2 / (2a), it is bound, and the relative orbit is the file's."""
+    m, x, v, _ = kepler_ic(0.6, 2.0, [1.0, 0.5], 2)
+    x, v = x - x[0], v - v[0]  # the primary at rest at the origin
+    ic = tmp_path / "primary_at_rest.txt"
+    np.savetxt(ic, np.column_stack([m, x, v]))
+    sys = S.file_system(ic, "3P")
+    np.testing.assert_allclose((sys.m[:, None] * sys.x).sum(0), 0.0, atol=1e-15)
+    np.testing.assert_allclose((sys.m[:, None] * sys.v).sum(0), 0.0, atol=1e-15)
+    np.testing.assert_allclose(sys.x[1] - sys.x[0], x[1] - x[0], rtol=1e-14)
+    assert float(I.energies(sys.x[None], sys.v[None], sys.m)[0]) == pytest.approx(-1.0 * 0.5 / (2 * 2.0), rel=1e-12)
+    assert sys.bounded
+    v_rel = float(np.linalg.norm(v[1]))
+    assert sys.params["centre_of_mass_speed"] == pytest.approx(v_rel * 0.5 / 1.5, rel=1e-12)
+
+
 def test_kozai_lidov_triple_is_bound_and_its_planet_reaches_the_quadrupole_e_max():
     """The practitioner suite's Kozai-Lidov triple, integrated by REBOUND's IAS15 over the board's duration:
     bound (E < 0), and the planet's eccentricity climbs from 0.05 to the test-particle quadrupole maximum
