@@ -121,6 +121,9 @@ def kepler_system(e: float, a: float, periods: float, family: str, dim: int = 2,
 def random_system(n: int, dim: int, seed: int, crossings: float, eps: float, mass=1.0,
                   pos_scale: float = 1.0, vel_scale: float = 0.5) -> System:
     m, x, v = random_ic(n, dim, mass, pos_scale, vel_scale, np.random.default_rng([seed, 7919]))
+    if (m != m[0]).any():  # random_ic removes the plain means: the centre of mass only for equal masses
+        w = m[:, None] / m.sum()
+        x, v = x - (w * x).sum(0), v - (w * v).sum(0)
     tc = crossing_time(m, x)
     return System(f"random_N{n}_s{seed}", "random", "nbody_random",
                   {"N": n, "seed": seed, "crossings": crossings, "crossing_time": tc},

@@ -230,6 +230,19 @@ def test_users_file_is_judged_in_its_centre_of_mass_frame(tmp_path):
     assert sys.params["centre_of_mass_speed"] == pytest.approx(v_rel * 0.5 / 1.5, rel=1e-12)
 
 
+@pytest.mark.parametrize("suite,n,mass", [("practitioner", 2, 1.0), ("standard", 2, [1.0, 1e-3]),
+                                          ("standard", 3, [1.0, 2.0, 3.0]), ("standard", 4, 1.0)])
+def test_every_suite_system_starts_with_its_centre_of_mass_at_rest(suite, n, mass):
+    """E is a system's own only in its centre-of-mass frame (a moving centre puts its kinetic energy into E, which
+    shrinks every |dE/E| and the Kozai-Lidov triple's pair once unbound the triple): every system of the suites,
+    unequal masses included, starts with total momentum and centre of mass at zero."""
+    for sys in S.suite_systems(suite, n, 3, 0.0, mass):
+        m, x, v = sys.m, sys.x, sys.v
+        scale_p = float(m.sum() * np.sqrt((v * v).sum(1)).max())  # the rounding of a velocity, times the mass
+        assert np.linalg.norm((m[:, None] * v).sum(0)) <= 1e-12 * scale_p, sys.name
+        assert np.linalg.norm((m[:, None] * x).sum(0)) / m.sum() <= 1e-12 * sys.size, sys.name
+
+
 def test_kozai_lidov_triple_is_bound_and_its_planet_reaches_the_quadrupole_e_max():
     """The practitioner suite's Kozai-Lidov triple, integrated by REBOUND's IAS15 over the board's duration:
     bound (E < 0), and the planet's eccentricity climbs from 0.05 to the test-particle quadrupole maximum
