@@ -156,6 +156,10 @@ class Method(abc.ABC):
     def start(self, state: State) -> None:  # noqa: B027 - optional hook
         pass
 
+    def run_metrics(self) -> dict:
+        """What the rule itself counted over the run since :meth:`start` (added to the run's metrics)."""
+        return {}
+
     @abc.abstractmethod
     def step(self, state: State, t_left: float) -> int:
         """Advance ``state`` by one step of at most ``t_left``; return the force evaluations spent."""
@@ -288,10 +292,20 @@ class RecursivePolicy(Method):
                  name: str = "recursive", clip: float | None = None):
         self.h, self.name, self.clip = h, name, clip
 
+    def start(self, state):
+        self.clip_acts = 0
+
     def step(self, state, t_left):
-        dt = recursive_dt(float(call_h(self.h, state.x, state.v, state.a, state.m, state.q())), state.dt, self.clip)
+        h = float(call_h(self.h, state.x, state.v, state.a, state.m, state.q()))
+        dt = recursive_dt(h, state.dt, self.clip)
+        if self.clip is not None and state.dt > 0 and dt != h * h / state.dt:
+            self.clip_acts += 1  # the step is not h^2 / dt_prev: the map is not reversible here
         check_dt(dt)
         return _advance(state, dt, t_left)
+
+    def run_metrics(self) -> dict:
+        """``clip_acts``: the steps where the clip changed the recursion's step (None without a clip)."""
+        return {"clip_acts": getattr(self, "clip_acts", 0) if self.clip is not None else None}
 
 
 class RecursiveAdaptive(RecursivePolicy):
@@ -422,7 +436,9 @@ def integrate(method: Method, m, x, v, duration: float, *, eps: float = 0.0, n_s
     wall = time.perf_counter() - start
     metrics = {"method": method.name, "param": method.param, "param_name": method.param_name,
                "force_evals": int(evals), "steps": steps, "wall_time_s": wall, "end_time": state.t,
-               "duration": float(duration), "status": status}
+               "duration": float(duration), "status": status, **method.run_metrics()}
+    if metrics.get("clip_acts") is not None:
+        metrics["clip_share"] = metrics["clip_acts"] / max(steps, 1)
     if not record:
         return Run(method.name, metrics)
     traj = {"t": np.asarray(ts), "x": np.stack(xs), "v": np.stack(vs), "dt": np.asarray(dts)}

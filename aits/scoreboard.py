@@ -553,6 +553,8 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     def finish(run: I.Run) -> dict:
         met = {k: run.metrics[k] for k in ("force_evals", "steps", "wall_time_s", "param", "param_name")}
         met.update({k: run.metrics.get(k) for k in ("max_rel_dE", "final_rel_dE", "drift_slope", "band_rel_dE")})
+        if run.metrics.get("clip_share") is not None:  # a clipped recursion: where it was not reversible
+            met["clip_share"] = run.metrics["clip_share"]
         err = position_error(run, ref) if ranked else None
         met["final_position_error"] = err
         met["position_error_rel"] = None if err is None else err / sys.size

@@ -242,6 +242,26 @@ def _headline_line(h: dict) -> str:
                + (f" ({', '.join(h['held_systems'])})" if h["held_systems"] else "")))
 
 
+CLIP_NOTED = 0.01  # a learned run whose recursion clip acted on more steps than this is named under its table
+
+
+def clip_lines(sysd: dict) -> list[str]:
+    """One line naming the systems where the learned run's recursion clip acted on more than ``CLIP_NOTED`` of its
+    steps (the step not h^2 / dt_prev: the map not reversible there, the usual cause of an energy drift), with its
+    strongest classical rule's share beside it where that is a clipped recursion too; none when no run passed it."""
+    noted = []
+    for name, e in sysd.items():
+        share = e["methods"]["learned"].get("clip_share")
+        if share is not None and share > CLIP_NOTED:
+            strong = e["methods"].get(e.get("strongest") or "", {}).get("clip_share")
+            noted.append(f"{name} {100 * share:.0f} %" + ("" if strong is None else
+                                                           f" ({e['strongest']} {100 * strong:.0f} %)"))
+    if not noted:
+        return []
+    return [f"The learned recursion's clip acted (the step not h²/dt_prev: not reversible there) on more than "
+            f"{100 * CLIP_NOTED:.0f} % of the steps on: " + ", ".join(noted) + ".", ""]
+
+
 def range_check_lines(sysd: dict) -> list[str]:
     """The range-check table of one checkpoint's systems (markdown lines; none when its learned runs had no
     range check): per system the shares of the learned run's steps outside the training box and held at the
@@ -294,6 +314,7 @@ def markdown(board: dict) -> str:
                 + (f"{fmt(e['ratios_band']['equal_force_evals'].get('strongest'))} ({e.get('strongest_band') or '–'})"
                    if "ratios_band" in e else "–") + " |")
         lines.append("")
+        lines += clip_lines(sysd)
         lines += range_check_lines(sysd)
         lines += ["Learned / each baseline, max |ΔE/E| at equal force evaluations (equal wall time):", "",
                   "| system | " + " | ".join(BASELINES) + " |", "|---|" + "---|" * len(BASELINES)]

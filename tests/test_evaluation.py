@@ -263,3 +263,30 @@ def test_kozai_lidov_triple_is_bound_and_its_planet_reaches_the_quadrupole_e_max
     e_quad = math.sqrt(1.0 - 5.0 / 3.0 * math.cos(math.radians(75.0)) ** 2)
     assert ecc[0] < 0.1
     assert abs(max(ecc) - e_quad) < 0.03
+
+
+def test_clip_share_counts_the_steps_where_the_recursion_clip_changed_the_step(tmp_path):
+    """A recursion whose h doubles whenever body 1 is above the x axis: at each jump the clip changes the step
+    (h^2 / dt_prev would be 4x or 1/4 the last one), and the run's ``clip_acts`` equals the count recomputed from
+    its own trajectory; a smooth classical recursion on the same orbit has none, an unclipped one reports None; the
+    board names a learned run whose clip acted on more than 1 % of its steps."""
+    m, x, v, _ = kepler_ic(0.3, 1.0)
+
+    def h(x, v, a, m):
+        return 0.004 if x[1, 1] > 0 else 0.002
+
+    run = I.integrate(I.RecursivePolicy(h, "jumpy", clip=1.2), m, x, v, 1e9, max_steps=3000)
+    xs, vs, dts = run.trajectory["x"], run.trajectory["v"], run.trajectory["dt"]
+    acted = sum(dts[k] != h(xs[k - 1], None, None, None) ** 2 / dts[k - 1] for k in range(2, len(dts)))
+    assert run.metrics["status"] == "max_steps" and acted >= 2
+    assert run.metrics["clip_acts"] == acted and run.metrics["clip_share"] == acted / 3000
+    smooth = I.integrate(I.RecursiveAdaptive(0.01, clip=1.2), m, x, v, 20.0)
+    assert smooth.metrics["clip_acts"] == 0 and smooth.metrics["clip_share"] == 0.0
+    plain = I.integrate(I.RecursiveAdaptive(0.01), m, x, v, 20.0)
+    assert plain.metrics["clip_acts"] is None and "clip_share" not in plain.metrics
+
+    entry = {"strongest": "recursive_clip", "methods": {"learned": {"clip_share": 0.17},
+                                                        "recursive_clip": {"clip_share": 0.0}}}
+    line = evaluate.clip_lines({"kepler_e0.999_3d": entry, "quiet": {"methods": {"learned": {"clip_share": 0.0}}}})
+    assert line[0].endswith("on: kepler_e0.999_3d 17 % (recursive_clip 0 %).")
+    assert evaluate.clip_lines({"quiet": {"methods": {"learned": {"clip_share": 0.005}}}}) == []
