@@ -164,6 +164,10 @@ class TrainConfig:
                                            "within a system but not spend more or fewer of them on one family "
                                            "than the classical rule does (the objective's -2 log T credits a "
                                            "smaller level as if the error fell as dt^2)")
+    passage_jumps: float = opt(0.0, "weight of the mean over the rollouts and their steps of (log(dt_k / tau_k) - "
+                                    "log(dt_(k-1) / tau_(k-1)))^2: how far the step jumps against its timescale from "
+                                    "one step to the next, the recursion's alternating mode or a factor that jumps "
+                                    "where the pair setting tau changes (0: off)", ge=0)
     passage_hinge: float = opt(0.0, "weight of the mean over the rollouts of max(0, objective - the classical "
                                      "rule's objective from the same start): presses hardest where the rule does "
                                      "worse than the classical one it contains (0: off; a forward rollout more)",

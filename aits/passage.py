@@ -40,11 +40,13 @@ from .stepper import CompiledOrEager, Stepper, optimizer_step
 declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_per_tau": "mean",
          "passage/worse_than_classical": "mean",
          "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean",
-         "passage/phase": "mean", "passage/phase_error": "mean", "passage/phase_worse": "mean"})
+         "passage/phase": "mean", "passage/phase_error": "mean", "passage/phase_worse": "mean",
+         "passage/jumps": "mean"})
 
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-            with_level: bool = False, eps: np.ndarray | None = None, with_end: bool = False):
+            with_level: bool = False, eps: np.ndarray | None = None, with_end: bool = False,
+            with_jumps: bool = False):
     """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (errors (B, steps):
     |dE/E| against the start's energy, or with the stepper's ``passage_measure`` ``band`` the band so far (see
     :func:`_measure`), T (B,) time covered, tau0 (B,) the start's classical timescale).
@@ -52,7 +54,10 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     with dt_{k-1} in the graph (so scaling h scales every step: the objective stays scale-free).
     ``with_level``: also the rollout's level (B,), the mean over its steps of log(dt_k / tau_k), in the graph.
     ``eps`` (B,): the systems' own softenings (``StateBatch.eps``; used where the stepper reads them).
-    ``with_end``: also the positions reached (B,N,D), in the graph (after the level where both are asked for)."""
+    ``with_end``: also the positions reached (B,N,D), in the graph (after the level where both are asked for).
+    ``with_jumps``: last, each rollout's mean over its steps of (log(dt_k / tau_k) - log(dt_(k-1) / tau_(k-1)))^2
+    (B,), in the graph: how much the step jumps against its timescale from one step to the next (the recursion's
+    alternating mode, a factor that jumps where the pair setting tau changes)."""
     prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
     m, e0, tau0, errs, T, levels, own = prep.m, prep.e0, prep.tau, [], 0.0, [], prep.eps
     # one step function either way: the eager step, or the same step fused by torch.compile
@@ -61,13 +66,18 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     for _ in range(steps):
         dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt, own)
         errs.append((e1 - e0) / e0.abs())
-        if with_level:
+        if with_level or with_jumps:
             levels.append(torch.log(dt / tau))
         T = T + dt * stepper.substeps
     out = (_measure(torch.stack(errs, -1), stepper.passage_measure), T, tau0)
     if with_level:
         out += (torch.stack(levels, -1).mean(-1),)
-    return out + (x,) if with_end else out
+    if with_end:
+        out += (x,)
+    if with_jumps:
+        lv = torch.stack(levels, -1)
+        out += (((lv[..., 1:] - lv[..., :-1]) ** 2).mean(-1),)
+    return out
 
 
 def _measure(signed: torch.Tensor, measure: str) -> torch.Tensor:
@@ -93,21 +103,21 @@ def _objective(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> torch
 
 
 def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-                    eps: np.ndarray | None = None, with_end: bool = False):
+                    eps: np.ndarray | None = None, with_end: bool = False, with_jumps: bool = False):
     """:func:`rollout` (with the level) and :func:`objective_rows` from the start states (m, x, v); when some
     rollouts blew up, the finite ones are rolled out again, alone (a rollout that blew up poisons the batched
     graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep,
     index) of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew;
     ``index`` the positions in (m, x, v) of the start states of ``rows``. ``with_end``: the positions each
     rollout reached (B',N,D), in the graph, follow as an eighth item."""
-    out = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps, with_end=with_end)
+    out = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps, with_end=with_end, with_jumps=with_jumps)
     rows, keep = objective_rows(*out[:3])
     index = np.arange(len(m))
     if bool(keep.any()) and not bool(keep.all()):
         sel = keep.cpu().numpy()
         index = index[sel]
         out = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True,
-                      eps=None if eps is None else eps[sel], with_end=with_end)
+                      eps=None if eps is None else eps[sel], with_end=with_end, with_jumps=with_jumps)
         rows, keep = objective_rows(*out[:3])
     return out[:4] + (rows, keep, index[keep.cpu().numpy()]) + out[4:]
 
@@ -296,8 +306,10 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     family = None if samples.family is None else samples.family[idx]
     if t.passage_apsis:
         start, eps, family = with_apsis_starts(start, eps, cfg, rng, family)
-    errs, T, tau0, level, rows, keep, index, *end = finite_rollouts(model, stepper, *start, t.passage_steps, eps,
-                                                                    with_end=bool(t.passage_phase))
+    errs, T, tau0, level, rows, keep, index, *rest = finite_rollouts(model, stepper, *start, t.passage_steps, eps,
+                                                                     with_end=bool(t.passage_phase),
+                                                                     with_jumps=bool(t.passage_jumps))
+    end = rest[:1] if t.passage_phase else []
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
         return None, metrics
@@ -313,6 +325,10 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     if t.passage_phase:  # where the rollout ended against where the system is at that time
         loss = loss + t.passage_phase * phase_term(end[0][keep], T[keep], tau0[keep], start, eps, index, family,
                                                    stepper, cfg, t.passage_steps, metrics, model)
+    if t.passage_jumps:  # the step's jumps against its timescale between consecutive steps
+        jumps = rest[-1][keep]
+        loss = loss + t.passage_jumps * jumps.mean()
+        metrics["passage/jumps"] = float(jumps.detach().mean())
     metrics["passage/level"] = float(level[keep].detach().mean())
     if t.passage_anchor:  # hold the rule's overall level at the classical eta it contains: only the shape moves
         off = level[keep] - math.log(cfg.model.init_factor)

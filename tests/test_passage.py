@@ -13,6 +13,7 @@ from actors import Collector
 from aits import Config, ConfigError, NormScales, Samples, Stepper, apply_passage, make_optimizer, passage_gradient
 from aits import integrators as I
 from aits.passage import classical_rows, objective_rows, rollout
+from aits.samples import StateBatch
 from driver.train import main
 from aits.physics import kepler_ic
 from aits.model import NumpyMLP, build_model
@@ -430,3 +431,36 @@ def test_family_weights_weigh_each_rollout_by_its_family():
     with pytest.raises(ConfigError, match="every family the mixture draws has weight 0"):
         Config.from_dict({}, ["system.ic=mixture", "system.mixture={binary: 1}",
                               "train.passage_family_weights={binary: 0}"])
+
+
+def test_jumps_term_is_the_mean_squared_step_to_step_change_of_log_dt_over_tau():
+    """train.passage_jumps: rollout's ``with_jumps`` is each rollout's mean over its steps of the squared change of
+    log(dt / tau) from one step to the next, recomputed here from the steps themselves; the term adds lambda x its
+    gradient to the objective's and logs ``passage/jumps``; off (0) the gradient is the objective's alone."""
+    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
+    cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 80, "passage_batch": 3, "lr": 1e-2}})
+    samples = kepler_samples([0.5, 0.8, 0.95])
+    start = (samples.m, samples.x, samples.v)
+    model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
+    *_, jumps = rollout(model, stepper, *start, 80, with_jumps=True)
+    # the same rollout, step by step: log(dt_k / tau_k) from the stepper's own step function
+    prep = stepper.prepare(StateBatch.start(*start))
+    x, v, a, dt, lv = prep.x, prep.v, prep.acc0, torch.zeros_like(prep.e0), []
+    with torch.no_grad():
+        for _ in range(80):
+            dt, x, v, a, _, tau = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
+            lv.append(torch.log(dt / tau))
+    lv = torch.stack(lv, -1)
+    expect = ((lv[:, 1:] - lv[:, :-1]) ** 2).mean(-1)
+    assert torch.allclose(jumps.detach(), expect, rtol=1e-9, atol=0) and bool((expect > 0).all())
+
+    def grads(lam):
+        c = Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "passage_jumps": lam}})
+        return passage_gradient(model, samples, stepper, c, np.random.default_rng(0))
+
+    (g0, m0), (g1, m1) = grads(0.0), grads(100.0)
+    assert "passage/jumps" not in m0 and m1["passage/jumps"] == pytest.approx(float(jumps.detach().mean()), rel=1e-9)
+    model.zero_grad(set_to_none=True)
+    (100.0 * rollout(model, stepper, *start, 80, with_jumps=True)[-1].mean()).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(g1[name] - g0[name], p.grad, rtol=1e-6, atol=1e-9 * float(p.grad.abs().max())), name
