@@ -109,7 +109,8 @@ def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np
     graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep,
     index) of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew;
     ``index`` the positions in (m, x, v) of the start states of ``rows``. ``with_end``: the positions each
-    rollout reached (B',N,D), in the graph, follow as an eighth item."""
+    rollout reached (B',N,D), in the graph, follow as an eighth item; ``with_jumps``: each rollout's jumps
+    (:func:`rollout`) come last."""
     out = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps, with_end=with_end, with_jumps=with_jumps)
     rows, keep = objective_rows(*out[:3])
     index = np.arange(len(m))
