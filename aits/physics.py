@@ -146,8 +146,13 @@ def kepler_pair(e: float, a: float, mass=1.0, dim: int = 2):
     (m1 - m2) / (2 M) of the relative speed, and its kinetic energy then enters E. For an equal pair the two
     are the same floats. Returns (m (2,), x (2,D), v (2,D), period)."""
     m, x, v, period = kepler_ic(e, a, mass, dim)
+    return (*to_com(m, x, v), period)
+
+
+def to_com(m: np.ndarray, x: np.ndarray, v: np.ndarray):
+    """(m, x, v) with positions and velocities relative to the centre of mass (the same masses)."""
     w = m[:, None] / m.sum()
-    return m, x - (w * x).sum(0), v - (w * v).sum(0), period
+    return m, x - (w * x).sum(0), v - (w * v).sum(0)
 
 
 def kepler_period(a: float, total_mass: float) -> float:

@@ -11,16 +11,10 @@ import math
 
 import numpy as np
 
-from .physics import kepler_pair
+from .physics import kepler_pair, to_com
 
 # Gaussian gravitational constant squared in AU^3 / (solar mass day^2): the outer solar system's G.
 G_AU_DAY = 2.95912208286e-4
-
-
-def to_com(m: np.ndarray, x: np.ndarray, v: np.ndarray):
-    """Positions and velocities relative to the centre of mass (the same masses)."""
-    w = m[:, None] / m.sum()
-    return m, x - (w * x).sum(0), v - (w * v).sum(0)
 
 
 def figure_eight():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import integrators as I
-from .physics import crossing_time, kepler_ic, kepler_pair, random_ic, rel_energy_error
+from .physics import crossing_time, kepler_ic, kepler_pair, random_ic, rel_energy_error, to_com
 from .ranges import range_report, range_tally
 from .steprules import RECURSION_CLIP
 
@@ -122,8 +122,7 @@ def random_system(n: int, dim: int, seed: int, crossings: float, eps: float, mas
                   pos_scale: float = 1.0, vel_scale: float = 0.5) -> System:
     m, x, v = random_ic(n, dim, mass, pos_scale, vel_scale, np.random.default_rng([seed, 7919]))
     if (m != m[0]).any():  # random_ic removes the plain means: the centre of mass only for equal masses
-        w = m[:, None] / m.sum()
-        x, v = x - (w * x).sum(0), v - (w * v).sum(0)
+        m, x, v = to_com(m, x, v)
     tc = crossing_time(m, x)
     return System(f"random_N{n}_s{seed}", "random", "nbody_random",
                   {"N": n, "seed": seed, "crossings": crossings, "crossing_time": tc},
@@ -268,10 +267,9 @@ def file_system(path, duration: str, eps: float = 0.0) -> System:
 
     from .physics import load_ic_file
 
-    m, x, v = load_ic_file(path)
-    w = m[:, None] / m.sum()
-    v_cm = (w * v).sum(0)
-    x, v = x - (w * x).sum(0), v - v_cm
+    m, x, v_file = load_ic_file(path)
+    m, x, v = to_com(m, x, v_file)
+    v_cm = v_file[0] - v[0]
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"--softening {eps}: must be finite and >= 0")
     if eps == 0:
