@@ -168,6 +168,14 @@ class TrainConfig:
                                     "log(dt_(k-1) / tau_(k-1)))^2: how far the step jumps against its timescale from "
                                     "one step to the next, the recursion's alternating mode or a factor that jumps "
                                     "where the pair setting tau changes (0: off)", ge=0)
+    passage_factor_jumps: float = opt(0.0, "weight of the mean over the rollouts of the sum over their steps of "
+                                           "max(0, |log g_k - log g_(k-1)| - passage_factor_tolerance)^2, g = h / tau "
+                                           "the rule's factor before the recursion: a factor that jumps where its "
+                                           "features jump (the pair setting tau changes); the alternating mode and "
+                                           "a factor changing smoothly along an orbit do not count (0: off)", ge=0)
+    passage_factor_tolerance: float = opt(0.05, "the change of log g from one step to the next that the factor "
+                                                "jumps term lets pass free (a smooth factor changes by a few "
+                                                "hundredths a step at ~100 steps per tau)", ge=0)
     passage_hinge: float = opt(0.0, "weight of the mean over the rollouts of max(0, objective - the classical "
                                      "rule's objective from the same start): presses hardest where the rule does "
                                      "worse than the classical one it contains (0: off; a forward rollout more)",

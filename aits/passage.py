@@ -41,12 +41,12 @@ declare({"passage/loss": "mean", "passage/max_rel_dE": "mean", "passage/steps_pe
          "passage/worse_than_classical": "mean",
          "passage/skipped": "sum", "passage/applied": "mean", "passage/level": "mean",
          "passage/phase": "mean", "passage/phase_error": "mean", "passage/phase_worse": "mean",
-         "passage/jumps": "mean"})
+         "passage/jumps": "mean", "passage/factor_jumps": "mean"})
 
 
 def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
             with_level: bool = False, eps: np.ndarray | None = None, with_end: bool = False,
-            with_jumps: bool = False):
+            with_jumps: bool = False, factor_tolerance: float | None = None):
     """``steps`` model-chosen steps from (m, x, v) (B,N[,D]), kept in the graph: returns (errors (B, steps):
     |dE/E| against the start's energy, or with the stepper's ``passage_measure`` ``band`` the band so far (see
     :func:`_measure`), T (B,) time covered, tau0 (B,) the start's classical timescale).
@@ -57,17 +57,25 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     ``with_end``: also the positions reached (B,N,D), in the graph (after the level where both are asked for).
     ``with_jumps``: last, each rollout's mean over its steps of (log(dt_k / tau_k) - log(dt_(k-1) / tau_(k-1)))^2
     (B,), in the graph: how much the step jumps against its timescale from one step to the next (the recursion's
-    alternating mode, a factor that jumps where the pair setting tau changes)."""
+    alternating mode, a factor that jumps where the pair setting tau changes).
+    ``factor_tolerance`` (a float, not None): last, each rollout's factor jumps (B,), in the graph: the sum over its
+    steps of max(0, |log g_k - log g_(k-1)| - factor_tolerance)^2 with g_k = h_k / tau_k the rule's own factor
+    before the recursion, so the recursion's alternating mode does not count, and a factor that changes smoothly
+    along an orbit (a few hundredths a step at most, ~100 steps per tau) costs nothing: what counts is a factor
+    that jumps, where the features jump (the pair setting tau changes)."""
     prep = stepper.prepare(StateBatch.start(m, x, v, eps=eps))
     m, e0, tau0, errs, T, levels, own = prep.m, prep.e0, prep.tau, [], 0.0, [], prep.eps
     # one step function either way: the eager step, or the same step fused by torch.compile
     step = stepper.compiled_rollout_step() if stepper.compile_rollout else stepper.rollout_step
     x, v, a, dt = prep.x, prep.v, prep.acc0, torch.zeros_like(e0)  # dt_prev 0: the recursion's first step is h
+    factors = []
     for _ in range(steps):
-        dt, x, v, a, e1, tau = step(model, x, v, a, m, e0, dt, own)
+        dt, x, v, a, e1, tau, h = step(model, x, v, a, m, e0, dt, own)
         errs.append((e1 - e0) / e0.abs())
         if with_level or with_jumps:
             levels.append(torch.log(dt / tau))
+        if factor_tolerance is not None:
+            factors.append(torch.log(h / tau))
         T = T + dt * stepper.substeps
     out = (_measure(torch.stack(errs, -1), stepper.passage_measure), T, tau0)
     if with_level:
@@ -77,6 +85,9 @@ def rollout(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray
     if with_jumps:
         lv = torch.stack(levels, -1)
         out += (((lv[..., 1:] - lv[..., :-1]) ** 2).mean(-1),)
+    if factor_tolerance is not None:
+        lg = torch.stack(factors, -1)
+        out += ((torch.relu((lg[..., 1:] - lg[..., :-1]).abs() - factor_tolerance) ** 2).sum(-1),)
     return out
 
 
@@ -103,22 +114,25 @@ def _objective(errs: torch.Tensor, T: torch.Tensor, tau0: torch.Tensor) -> torch
 
 
 def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-                    eps: np.ndarray | None = None, with_end: bool = False, with_jumps: bool = False):
+                    eps: np.ndarray | None = None, with_end: bool = False, with_jumps: bool = False,
+                    factor_tolerance: float | None = None):
     """:func:`rollout` (with the level) and :func:`objective_rows` from the start states (m, x, v); when some
     rollouts blew up, the finite ones are rolled out again, alone (a rollout that blew up poisons the batched
     graph's gradient even when its row is dropped from the loss). Returns (errs, T, tau0, level, rows, keep,
     index) of the last rollout: ``keep`` all True unless nothing was finite, or a second rollout blew up anew;
     ``index`` the positions in (m, x, v) of the start states of ``rows``. ``with_end``: the positions each
     rollout reached (B',N,D), in the graph, follow as an eighth item; ``with_jumps``: each rollout's jumps
-    (:func:`rollout`) come last."""
-    out = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps, with_end=with_end, with_jumps=with_jumps)
+    (:func:`rollout`) come next, and with ``factor_tolerance`` its factor jumps last."""
+    out = rollout(model, stepper, m, x, v, steps, with_level=True, eps=eps, with_end=with_end, with_jumps=with_jumps,
+                  factor_tolerance=factor_tolerance)
     rows, keep = objective_rows(*out[:3])
     index = np.arange(len(m))
     if bool(keep.any()) and not bool(keep.all()):
         sel = keep.cpu().numpy()
         index = index[sel]
         out = rollout(model, stepper, m[sel], x[sel], v[sel], steps, with_level=True,
-                      eps=None if eps is None else eps[sel], with_end=with_end, with_jumps=with_jumps)
+                      eps=None if eps is None else eps[sel], with_end=with_end, with_jumps=with_jumps,
+                      factor_tolerance=factor_tolerance)
         rows, keep = objective_rows(*out[:3])
     return out[:4] + (rows, keep, index[keep.cpu().numpy()]) + out[4:]
 
@@ -307,9 +321,11 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     family = None if samples.family is None else samples.family[idx]
     if t.passage_apsis:
         start, eps, family = with_apsis_starts(start, eps, cfg, rng, family)
+    factor_tolerance = t.passage_factor_tolerance if t.passage_factor_jumps else None
     errs, T, tau0, level, rows, keep, index, *rest = finite_rollouts(model, stepper, *start, t.passage_steps, eps,
                                                                      with_end=bool(t.passage_phase),
-                                                                     with_jumps=bool(t.passage_jumps))
+                                                                     with_jumps=bool(t.passage_jumps),
+                                                                     factor_tolerance=factor_tolerance)
     end = rest[:1] if t.passage_phase else []
     if not bool(keep.any()):
         metrics["passage/skipped"] = 1
@@ -326,6 +342,10 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
     if t.passage_phase:  # where the rollout ended against where the system is at that time
         loss = loss + t.passage_phase * phase_term(end[0][keep], T[keep], tau0[keep], start, eps, index, family,
                                                    stepper, cfg, t.passage_steps, metrics, model)
+    if t.passage_factor_jumps:  # the factor's jumps beyond the tolerance, summed over each rollout's steps
+        fj = rest.pop()[keep]
+        loss = loss + t.passage_factor_jumps * fj.mean()
+        metrics["passage/factor_jumps"] = float(fj.detach().mean())
     if t.passage_jumps:  # the step's jumps against its timescale between consecutive steps
         jumps = rest[-1][keep]
         loss = loss + t.passage_jumps * jumps.mean()

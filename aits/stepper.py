@@ -40,6 +40,7 @@ class Attempt:
     e1: torch.Tensor
     rel_dE: torch.Tensor  # (B,) with grad
     a: torch.Tensor | None = None  # a(x) at the end state
+    h: torch.Tensor | None = None  # (B,) the rule's step h at the start state, before the recursion or symmetrisation
 
     def passed(self, threshold: float) -> torch.Tensor:
         r = self.rel_dE.detach()
@@ -122,10 +123,11 @@ class Stepper:
         function of tensors, the unit ``torch.compile`` fuses (``train.compile_rollout``). ``dt_prev`` (B,):
         the previous step, 0 at a rollout's first (the recursion then takes h, as ``attempt`` does without
         one); ``eps`` the states' own softening or None.
-        Returns (dt, x1, v1, a1, e1, tau), tau the start state's timescale."""
+        Returns (dt, x1, v1, a1, e1, tau, h), tau the start state's timescale and h the rule's step there
+        before the recursion (h / tau the learned factor g, with output ``factor``)."""
         feats, tau = scale_free_torch(x, v, a, m, self.eps if eps is None else eps, self.timescale)
         att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev, eps))
-        return att.dt, att.x, att.v, att.a, att.e1, tau
+        return att.dt, att.x, att.v, att.a, att.e1, tau, att.h
 
     def compiled_rollout_step(self):
         """:meth:`rollout_step` through ``torch.compile`` (made once per Stepper; the first call of each
@@ -151,7 +153,7 @@ class Stepper:
         between epochs would leave the collectors' systems oscillating further from h, and it did
         (seed 0 collapsed to dt ~ 5e-5 tau by epoch 27).
         """
-        dt = self.step_size(model, prep.feats, prep.tau)
+        dt = h = self.step_size(model, prep.feats, prep.tau)
         if self.recursive and prep.dt_prev is not None:  # a rollout's step after its first
             dt = recursive_dt_torch(dt, prep.dt_prev, self.clip)
         eps = self.eps if prep.eps is None else prep.eps  # the states' own softening, or the run's
@@ -163,7 +165,7 @@ class Stepper:
             dt = symmetric_dt(dt, h_after, self.symmetric)
         x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, eps, self.substeps, acc0=prep.acc0)
         e1 = energy(x1, v1, prep.m, eps)
-        return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1)
+        return Attempt(dt, x1, v1, e1, rel_energy_error(prep.e0, e1), a1, h)
 
 
 def band_loss(rel_dE: torch.Tensor, E_lower: float, E_upper: float, lower_only: bool = False) -> torch.Tensor:

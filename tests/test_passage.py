@@ -448,7 +448,7 @@ def test_jumps_term_is_the_mean_squared_step_to_step_change_of_log_dt_over_tau()
     x, v, a, dt, lv = prep.x, prep.v, prep.acc0, torch.zeros_like(prep.e0), []
     with torch.no_grad():
         for _ in range(80):
-            dt, x, v, a, _, tau = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
+            dt, x, v, a, _, tau, _ = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
             lv.append(torch.log(dt / tau))
     lv = torch.stack(lv, -1)
     expect = ((lv[:, 1:] - lv[:, :-1]) ** 2).mean(-1)
@@ -462,5 +462,46 @@ def test_jumps_term_is_the_mean_squared_step_to_step_change_of_log_dt_over_tau()
     assert "passage/jumps" not in m0 and m1["passage/jumps"] == pytest.approx(float(jumps.detach().mean()), rel=1e-9)
     model.zero_grad(set_to_none=True)
     (100.0 * rollout(model, stepper, *start, 80, with_jumps=True)[-1].mean()).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(g1[name] - g0[name], p.grad, rtol=1e-6, atol=1e-9 * float(p.grad.abs().max())), name
+
+
+def test_factor_jumps_term_counts_the_factor_s_jumps_beyond_the_tolerance_and_not_the_alternating_mode():
+    """train.passage_factor_jumps: rollout's ``factor_tolerance`` gives each rollout's sum over its steps of
+    max(0, |log g_k - log g_(k-1)| - tolerance)^2, g = h / tau recomputed here from the stepper's own steps. The
+    classical rule (g = eta0 everywhere) has none although its dt alternates (the jumps term counts that); the
+    term adds lambda x its gradient to the objective's and logs ``passage/factor_jumps``."""
+    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
+    cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 80, "passage_batch": 3, "lr": 1e-2}})
+    samples = kepler_samples([0.5, 0.8, 0.95])
+    start = (samples.m, samples.x, samples.v)
+    model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
+    prep = stepper.prepare(StateBatch.start(*start))
+    x, v, a, dt, lg = prep.x, prep.v, prep.acc0, torch.zeros_like(prep.e0), []
+    with torch.no_grad():
+        for _ in range(80):
+            dt, x, v, a, _, tau, h = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
+            lg.append(torch.log(h / tau))
+    change = torch.diff(torch.stack(lg, -1), dim=-1).abs()
+    tol = float(change.median())  # half the steps' changes pass free, half count
+    got = [rollout(model, stepper, *start, 80, factor_tolerance=t)[-1].detach() for t in (0.0, tol)]
+    assert torch.allclose(got[0], (change ** 2).sum(-1), rtol=1e-9, atol=0) and bool((got[0] > 0).all())
+    assert torch.allclose(got[1], (torch.relu(change - tol) ** 2).sum(-1), rtol=1e-9, atol=0)
+    assert bool((got[1] < 0.9 * got[0]).all())
+
+    flat = classical_model(cfg)
+    *_, jumps, fj = rollout(flat, stepper, *start, 80, with_jumps=True, factor_tolerance=0.0)
+    assert bool((jumps > 1e-10).all()) and float(fj.abs().max()) < 1e-20
+
+    def grads(lam):
+        train = {**cfg.to_dict()["train"], "passage_factor_jumps": lam, "passage_factor_tolerance": tol}
+        return passage_gradient(model, samples, stepper, Config.from_dict({**cfg.to_dict(), "train": train}),
+                                np.random.default_rng(0))
+
+    (g0, m0), (g1, m1) = grads(0.0), grads(3.0)
+    assert "passage/factor_jumps" not in m0
+    assert m1["passage/factor_jumps"] == pytest.approx(float(got[1].mean()), rel=1e-9)
+    model.zero_grad(set_to_none=True)
+    (3.0 * rollout(model, stepper, *start, 80, factor_tolerance=tol)[-1].mean()).backward()
     for name, p in model.named_parameters():
         assert torch.allclose(g1[name] - g0[name], p.grad, rtol=1e-6, atol=1e-9 * float(p.grad.abs().max())), name

@@ -21,7 +21,8 @@ PASSAGE = dict(features={"feature_type": "scale_free", "history_len": 0, "normal
                model={"output": "factor", "init_factor": 0.02, "symmetric_iterations": 0, "recursive": True,
                       "init_dt": None, "max_modulation": 3.0},
                train={"passage": True, "passage_steps": 10, "passage_batch": 2, "band_on_accept": False,
-                      "epochs": 2, "passage_hinge": 1.0, "passage_jumps": 1.0})
+                      "epochs": 2, "passage_hinge": 1.0, "passage_jumps": 1.0,
+                      "passage_factor_jumps": 1.0})
 
 
 def documented() -> dict[str, str]:
