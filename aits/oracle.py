@@ -181,14 +181,23 @@ def shape_spreads(sys, fit: dict, eta0: float, modulation: float, clip: float, f
     fit run of ``sys`` (``fit``: an oracle.json entry's ``fit``, its duration and weights), where the oracle
     was fitted. ``factors``: each learned rule's factor g(features) (None: that one is left out).
     Returns {"oracle": spread, "learned": [spread or None per factor]}."""
+    feats, oracle = stored_oracle(sys, fit, eta0, modulation, clip, timescale, fit_evals)
+    return {"oracle": spread([oracle.factor(f) for f in feats]),
+            "learned": [None if g is None else spread([g(f) for f in feats]) for g in factors]}
+
+
+def stored_oracle(sys, fit: dict, eta0: float, modulation: float, clip: float, timescale: str = "nn",
+                  fit_evals: int = FIT_EVALS) -> tuple[np.ndarray, LinearFactorStep]:
+    """The oracle an oracle.json entry's ``fit`` (its kept features, weights and fit duration) describes, rebuilt
+    without fitting: the standardisation comes again from the classical recursion's fit run, the one run it costs.
+    Returns (the features of that run's states (S, F), the oracle). Raises ValueError where the run keeps other
+    features than the stored ones (another eta0, clip or timescale than the fit's)."""
     _, feats, keep, mean, std = standardisation(replace(sys, duration=fit["fit_duration"]), eta0, modulation,
                                                 clip, fit_evals, timescale)
     if keep.tolist() != list(fit["features"]):
         raise ValueError(f"oracle: {sys.name}: the fit run's kept features {keep.tolist()} are not the stored "
                          f"{fit['features']} (another eta0, clip or timescale?)")
-    oracle = LinearFactorStep(fit["w"], keep, mean, std, eta0, modulation, sys.eps, timescale)
-    return {"oracle": spread([oracle.factor(f) for f in feats]),
-            "learned": [None if g is None else spread([g(f) for f in feats]) for g in factors]}
+    return feats, LinearFactorStep(fit["w"], keep, mean, std, eta0, modulation, sys.eps, timescale)
 
 
 def run_at_evals(h: LinearFactorStep, sys, target_evals: int, clip: float = RECURSION_CLIP,

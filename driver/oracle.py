@@ -2,7 +2,7 @@
 learned family fitted to that system alone) beside the learned rule, both against the strongest classical rule.
 
     python driver/oracle.py BOARD_DIR [--out DIR] [--systems a,b] [--eta0 0.01] [--modulation 3] [--clip 1.2] [--timescale nn|blend]
-                            [--fit-evals 20000]
+                            [--fit-evals 20000] [--fits DIR[,DIR]]
 
 Reads ``BOARD_DIR/scoreboard.json`` (driver/evaluate.py, any number of checkpoints; the practitioner, quick
 or standard suite it names). Per system: fits the oracle once, at the first checkpoint's force evaluations,
@@ -13,7 +13,9 @@ Writes ``DIR/oracle.json`` and ``DIR/oracle.md`` (default DIR: BOARD_DIR) and pr
 Beside the ratios, each system's *factor spread*: how much the oracle and each learned rule reshape the
 steps (95th / 5th percentile of g = h / tau over the states of the system's fit run; 1 is the classical
 rule). The checkpoints' files must be where the board says. ``--shape-only`` adds the spreads to an
-oracle.json already written, without fitting again.
+oracle.json already written, without fitting again; ``--fits`` reuses the oracles fitted for another board of
+the same suite and family (the fit does not depend on the checkpoints), so a new board's table costs one classical
+run and the checkpoints' oracle runs per system.
 """
 from __future__ import annotations
 
@@ -45,7 +47,11 @@ def board_systems(board: dict) -> dict:
 
 
 def headroom(board: dict, names: list[str] | None, eta0: float, modulation: float, clip: float,
-             max_runs: int = 80, log=print, timescale: str = "nn", fit_evals: int = O.FIT_EVALS) -> dict:
+             max_runs: int = 80, log=print, timescale: str = "nn", fit_evals: int = O.FIT_EVALS,
+             fits: dict | None = None) -> dict:
+    """The headroom table of ``board``. ``fits``: {system: an oracle.json entry's ``fit``, with its ``fit_evals``
+    and ``from``} of oracles fitted before (:func:`stored_fits`): those are rebuilt, not fitted again."""
+    fits = fits or {}
     by_label = systems_by_label(board)
     labels = list(by_label)
     first = by_label[labels[0]]
@@ -58,8 +64,16 @@ def headroom(board: dict, names: list[str] | None, eta0: float, modulation: floa
         sys_ = systems[name]
         start = time.perf_counter()
         target0 = first[name]["methods"]["learned"]["force_evals"]
-        fit, h = O.fit_oracle(sys_, eta0, modulation, clip, fit_evals=fit_evals, target_evals=target0,
-                               max_runs=max_runs, timescale=timescale)
+        if name in fits:
+            h = O.stored_oracle(sys_, fits[name], eta0, modulation, clip, timescale, fits[name]["fit_evals"])[1]
+            fit_entry = dict(fits[name])
+        else:
+            fit, h = O.fit_oracle(sys_, eta0, modulation, clip, fit_evals=fit_evals, target_evals=target0,
+                                   max_runs=max_runs, timescale=timescale)
+            fit_entry = {"features": fit.keep, "w": fit.w, "fit_duration": fit.fit_duration,
+                         "duration": sys_.duration, "J_fit_over_classical": fit.j_oracle / fit.j_classical
+                         if fit.j_classical and math.isfinite(fit.j_classical) else None, "fit_runs": fit.fit_runs,
+                         "fit_evals": fit_evals}
         rows = []
         for label in labels:
             entry = by_label[label][name]
@@ -74,21 +88,41 @@ def headroom(board: dict, names: list[str] | None, eta0: float, modulation: floa
                          "learned_max_rel_dE": l_err, "strongest": strong, "strongest_max_rel_dE": s_err,
                          "oracle_over_strongest": ratio(o_err, s_err), "learned_over_strongest": ratio(l_err, s_err),
                          "learned_over_oracle": ratio(l_err, o_err)})
-        res = {"fit": {"features": fit.keep, "w": fit.w, "fit_duration": fit.fit_duration,
-                       "duration": sys_.duration, "J_fit_over_classical": fit.j_oracle / fit.j_classical
-                       if fit.j_classical and math.isfinite(fit.j_classical) else None, "fit_runs": fit.fit_runs},
-               "rows": rows, "seconds": time.perf_counter() - start}
+        res = {"fit": fit_entry, "rows": rows, "seconds": time.perf_counter() - start}
         for key in ("oracle_over_strongest", "learned_over_strongest", "learned_over_oracle"):
             res[key] = _median([r[key] for r in rows])
         out["systems"][name] = res
         log(f"{name:24s} oracle/strongest {fmt(res['oracle_over_strongest'])}  learned/strongest "
             f"{fmt(res['learned_over_strongest'])}  learned/oracle {fmt(res['learned_over_oracle'])}  "
-            f"(fit J {fmt(res['fit']['J_fit_over_classical'])} of the classical recursion, {fit.fit_runs} runs, "
-            f"{res['seconds']:.0f} s)")
+            f"(fit J {fmt(res['fit']['J_fit_over_classical'])} of the classical recursion, "
+            + (f"fit from {fit_entry['from']}, " if "from" in fit_entry else f"{fit_entry['fit_runs']} runs, ")
+            + f"{res['seconds']:.0f} s)")
     out["median"] = {key: _median([s[key] for s in out["systems"].values()])
                      for key in ("oracle_over_strongest", "learned_over_strongest", "learned_over_oracle")}
     add_shapes(out, board, log)
     return out
+
+
+def stored_fits(dirs: list[str], eta0: float, modulation: float, clip: float, timescale: str) -> dict:
+    """{system: fit} from the oracle.json in each folder of ``dirs`` (a later folder's fit of a system replaces an
+    earlier one's), each fit with its ``fit_evals`` and ``from`` (the file). Raises ValueError, naming the file,
+    where one is unreadable or its family (eta0, modulation, clip, timescale) is not the one asked for."""
+    fits = {}
+    for d in dirs:
+        path = Path(d) / "oracle.json"
+        try:
+            res = json.loads(path.read_text())
+            family = (res["eta0"], res["modulation"], res["clip"], res.get("timescale", "nn"))
+            systems = res["systems"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable oracle.json ({exc})") from None
+        if family != (eta0, modulation, clip, timescale):
+            raise ValueError(f"{path}: its oracles are of eta0, modulation, clip, timescale = {family}, not "
+                             f"{(eta0, modulation, clip, timescale)}")
+        for name, entry in systems.items():
+            fits[name] = {**entry["fit"], "fit_evals": entry["fit"].get("fit_evals", res.get("fit_evals", O.FIT_EVALS)),
+                          "from": str(path)}
+    return fits
 
 
 def learned_factors(board: dict, eps: float) -> list:
@@ -119,7 +153,8 @@ def add_shapes(res: dict, board: dict, log=print) -> None:
         if sys_.eps not in factors:
             factors[sys_.eps] = learned_factors(board, sys_.eps)
         shape = O.shape_spreads(sys_, s["fit"], res["eta0"], res["modulation"], res["clip"], factors[sys_.eps],
-                                res.get("timescale", "nn"), res.get("fit_evals", O.FIT_EVALS))
+                                res.get("timescale", "nn"),
+                                s["fit"].get("fit_evals", res.get("fit_evals", O.FIT_EVALS)))
         shape["learned_median"] = _median(shape["learned"])
         s["shape"] = shape
         log(f"{name:24s} factor spread (95th / 5th percentile over the fit run): oracle {fmt(shape['oracle'])}, "
@@ -165,6 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("--fit-evals", type=int, default=O.FIT_EVALS,
                    help="force evaluations of the classical run the fit covers: the leading part of the duration it "
                         "reaches (default %(default)s); a system whose hard phase comes late needs its whole duration")
+    p.add_argument("--fits", default=None, metavar="DIR[,DIR]",
+                   help="reuse the oracles fitted in these folders' oracle.json (a later folder's replaces an "
+                        "earlier one's) for the systems they hold: each costs one classical run instead of a fit; "
+                        "the same family (--eta0, --modulation, --clip, --timescale) is required")
     p.add_argument("--shape-only", action="store_true",
                    help="no fitting: add the factor spreads to the oracle.json already in --out (or BOARD_DIR)")
     a = p.parse_args(argv)
@@ -190,8 +229,13 @@ def main(argv=None) -> int:
         except (KeyError, ValueError) as exc:
             p.error(f"{stored}: does not match {path} ({exc})")
     else:
+        try:
+            fits = stored_fits([d for d in a.fits.split(",") if d], a.eta0, a.modulation, a.clip,
+                               a.timescale) if a.fits else {}
+        except ValueError as exc:
+            p.error(str(exc))
         res = headroom(board, names, a.eta0, a.modulation, a.clip, a.max_runs, timescale=a.timescale,
-                       fit_evals=a.fit_evals)
+                       fit_evals=a.fit_evals, fits=fits)
     out.mkdir(parents=True, exist_ok=True)
     (out / "oracle.json").write_text(json.dumps(res, indent=1, default=float))
     md = markdown(res)

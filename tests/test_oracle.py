@@ -106,6 +106,21 @@ def test_headroom_command_on_a_board_and_shape_only_gives_the_same_spreads(quick
     assert json.loads((cut / "oracle.json").read_text())["systems"][name]["shape"] == shape_cut
     capsys.readouterr()
 
+    # --fits: the oracles fitted for a board are rebuilt, not fitted again (a later folder's replace an earlier's):
+    # the same oracle runs to the bit, the same spreads, the fit's source and budget recorded
+    reuse = tmp_path / "reuse"
+    assert D.main([*argv[:2], str(reuse), *argv[3:], "--fits", f"{out},{cut}"]) == 0
+    res_reuse = json.loads((reuse / "oracle.json").read_text())["systems"][name]
+    assert res_reuse["rows"][0]["oracle_max_rel_dE"] == res_cut["systems"][name]["rows"][0]["oracle_max_rel_dE"]
+    assert res_reuse["fit"]["from"] == str(cut / "oracle.json") and res_reuse["fit"]["fit_evals"] == 400
+    assert res_reuse["fit"]["w"] == fit_cut["w"] and res_reuse["shape"] == shape_cut
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # another family than the stored fits': one line naming the file
+        D.main([*argv[:2], str(tmp_path / "other"), *argv[3:-1], "0.03", "--fits", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert str(out / "oracle.json") in err[-1] and "eta0" in err[-1] and not (tmp_path / "other").exists()
+
     with pytest.raises(SystemExit) as exc:
         D.main([str(quick_board["out"]), "--out", str(tmp_path / "none"), "--shape-only"])
     assert exc.value.code == 2
