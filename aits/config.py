@@ -95,6 +95,12 @@ class FeaturesConfig:
                                "log(tau_prs / tau_nn); the factor scales sqrt(tau_nn tau_prs)) or 'soft_blend' (as blend, "
                                "leaning to tau_nn with the softening feature eps / (r + eps))",
                          choices=("nn", "blend", "soft_blend"))
+    radial_feature: str = opt("fraction", "scale_free feature 1: 'fraction', the squared cosine (r.u)^2 / (r^2 u^2) "
+                                          "between the pair's separation and relative velocity, or 'energy', "
+                                          "(r.u)^2 / (r mu), that cosine times u^2 r / mu (feature 0): the fraction "
+                                          "swings from 1 to 0 and back within a few steps at the apocentre of a "
+                                          "near-radial orbit, the energy stays near 0 there",
+                              choices=("fraction", "energy"))
     normalize_inputs: str = opt("none", "input scales: none, from the ICs (auto) or L0..T0 (manual)",
                                 choices=("none", "auto", "manual"))
     L0: float = opt(1.0, "manual length scale", gt=0)
@@ -332,6 +338,9 @@ class Config:
             p.append(f"features.feature_type: delta_mag needs features.history_len >= 1, got {f.history_len}")
         if f.timescale != "nn" and f.feature_type != "scale_free":
             p.append(f"features.timescale: {f.timescale!r} needs features.feature_type scale_free, got {f.feature_type!r}")
+        if f.radial_feature != "fraction" and (f.feature_type != "scale_free" or m.output != "factor"):
+            p.append(f"features.radial_feature: {f.radial_feature!r} needs features.feature_type scale_free and "
+                     f"model.output factor, got {f.feature_type!r} and {m.output!r}")
         if f.feature_type == "scale_free" and f.history_len != 0:
             p.append(f"features.history_len: scale_free features use the current state only, got {f.history_len}")
         if m.symmetric_iterations and not (m.output == "factor" and f.feature_type == "scale_free"):

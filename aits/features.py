@@ -141,7 +141,8 @@ def build_features(x, v, m, dt, hist_x, hist_v, hist_dt, eps: float, scales: Nor
 # under time reversal (v -> -v), so a step function h = g(features) * tau is unchanged when the
 # motion is reversed, and scaling lengths by L and masses by M scales h by sqrt(L^3 / M):
 #   0  u^2 r / mu                 pair's kinetic over potential (2 - r/a on a Kepler orbit)
-#   1  (r.u)^2 / (r^2 u^2)        squared cosine between separation and relative velocity
+#   1  (r.u)^2 / (r^2 u^2)        squared cosine between separation and relative velocity (features.radial_feature
+#                                 fraction); with ``energy`` (r.u)^2 / (r mu), that cosine times feature 0
 #   2  |a_i*| r^2 / m_j*          acceleration of i* over its pair's own (1 for an isolated pair)
 #   3  log(tau_others / tau)      next-smallest tau among the other bodies (capped at 5; 5 for N = 2)
 #   4  mu / M                     the pair's share of the total mass
@@ -152,7 +153,7 @@ def build_features(x, v, m, dt, hist_x, hist_v, hist_dt, eps: float, scales: Nor
 TAU_RATIO_CAP = 5.0
 
 
-def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
+def scale_free_torch(x, v, a, m, eps, timescale: str = "nn", radial: str = "fraction"):
     """(features (B, 8), tau (B,)) of states x, v, a (B,N,D), m (B,N); differentiable in x, v, a. ``eps``: the
     softening, one float or each state's own (B,) tensor.
 
@@ -163,6 +164,11 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
     ``blend`` rule. ``timescale: soft_blend``: the same 9 features, and the returned timescale leans from that
     mean to tau as the pair's softening feature eps / (r + eps) goes from 0 to 1
     (:func:`aits.steprules.soft_blend`; equal to ``blend`` on unsoftened systems).
+
+    ``radial`` (``features.radial_feature``): feature 1 is the cosine squared between the pair's separation and
+    relative velocity (``fraction``), or ``energy``, (r . u)^2 / (r mu): that fraction times feature 0, the
+    radial part of u^2 r / mu. Near the apocentre of a near-radial orbit the fraction swings from 1 to 0 and back
+    within a few steps (the slow relative velocity turns over), the radial energy stays near 0 there.
 
     Massless bodies (m = 0: the padding that lets systems of different N share a batch) are left out:
     they are no one's neighbour, set no timescale and count in no mean, so a padded system has the
@@ -202,7 +208,9 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
     else:
         f3 = torch.full_like(tau, TAU_RATIO_CAP)
         f7 = torch.zeros_like(tau)
-    cols = [u2 * r / mu, (rvec * uvec).sum(-1) ** 2 / (r * r * u2 + 1e-300), a[ar, i].norm(dim=-1) * r * r / mj,
+    ru2 = (rvec * uvec).sum(-1) ** 2
+    cols = [u2 * r / mu, ru2 / (r * mu) if radial == "energy" else ru2 / (r * r * u2 + 1e-300),
+            a[ar, i].norm(dim=-1) * r * r / mj,
             f3, mu / m.sum(-1), torch.minimum(mi, mj) / torch.maximum(mi, mj), eps / (r + eps), f7]
     if timescale in BLENDS:
         t_prs = prs_timescale_at_torch(x, v, a, m, i, eps)  # body i*'s (aits.steprules.blend_timescale)
@@ -213,13 +221,13 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn"):
 
 
 def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float,
-                     timescale: str = "nn", r2: np.ndarray | None = None):
+                     timescale: str = "nn", r2: np.ndarray | None = None, radial: str = "fraction"):
     """(features (8,) or (9,), tau) of one state x, v, a (N,D), m (N,): the same numbers as
     :func:`scale_free_torch`, for fast inference at batch 1 (massless bodies left out, as there).
     Up to ``aits.steprules.SMALL_N`` bodies in Python floats (:func:`scale_free_small`), above in numpy.
     ``r2``: the state's squared pair separations where the caller has them (``aits.steprules.pair_r2``)."""
     if len(m) <= steprules.SMALL_N:
-        return scale_free_small(x, v, a, m, eps, timescale)
+        return scale_free_small(x, v, a, m, eps, timescale, radial)
     if (m <= 0).any():
         keep = m > 0
         x, v, a, m = x[keep], v[keep], a[keep], m[keep]
@@ -245,7 +253,9 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     else:
         f3, f7 = TAU_RATIO_CAP, 0.0
     f6 = eps / (r + eps)
-    feats = [u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300), math.sqrt(float(a[i] @ a[i])) * r * r / mj,
+    ru2 = float(rvec @ uvec) ** 2
+    feats = [u2 * r / mu, ru2 / (r * mu) if radial == "energy" else ru2 / (r * r * u2 + 1e-300),
+             math.sqrt(float(a[i] @ a[i])) * r * r / mj,
              f3, mu / float(m.sum()), min(mi, mj) / max(mi, mj), f6, f7]
     if timescale in BLENDS:
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
@@ -257,7 +267,7 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
 
 
 def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float,
-                     timescale: str = "nn"):
+                     timescale: str = "nn", radial: str = "fraction"):
     """:func:`scale_free_numpy` with a loop over the pairs in Python floats: the same numbers, 2-3x
     faster on a few bodies (aits.steprules, SMALL_N)."""
     mass = m.tolist()
@@ -283,7 +293,8 @@ def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         f7 = math.log(r / (2.0 * pairs / (n * (n - 1))))
     else:
         f3, f7 = TAU_RATIO_CAP, 0.0
-    feats = [u2 * r / mu, ru * ru / (rr * u2 + 1e-300), math.sqrt(sum(c * c for c in al[i])) * rr / mj, f3,
+    feats = [u2 * r / mu, ru * ru / (r * mu) if radial == "energy" else ru * ru / (rr * u2 + 1e-300),
+             math.sqrt(sum(c * c for c in al[i])) * rr / mj, f3,
              mu / sum(mass), min(mi, mj) / max(mi, mj), eps / (r + eps), f7]
     if timescale in BLENDS:
         t_prs = prs_at_small(xl, vl, al, mass, i, eps)

@@ -56,11 +56,11 @@ class FactorStep:
 
     takes_r2 = True  # aits.integrators.call_h passes the force evaluation's pair separations
 
-    def __init__(self, mlp: NumpyMLP, eps: float, timescale: str = "nn"):
-        self.mlp, self.eps, self.timescale = mlp, eps, timescale
+    def __init__(self, mlp: NumpyMLP, eps: float, timescale: str = "nn", radial: str = "fraction"):
+        self.mlp, self.eps, self.timescale, self.radial = mlp, eps, timescale, radial
 
     def __call__(self, x, v, a, m, r2=None) -> float:
-        feats, tau = scale_free_numpy(x, v, a, m, self.eps, self.timescale, r2)
+        feats, tau = scale_free_numpy(x, v, a, m, self.eps, self.timescale, r2, self.radial)
         return self.mlp(feats) * tau
 
 
@@ -95,7 +95,7 @@ def learned_methods(ckpt: dict, cfg: Config | None = None, eps: float | None = N
     if ranges is not None and len(ranges.lo) != model.input_dim:
         raise ValueError(f"checkpoint: feature_ranges has {len(ranges.lo)} features, the model {model.input_dim}")
     h = FactorStep(NumpyMLP(model, mc.activation, ranges), float(cfg.system.softening if eps is None else eps),
-                   cfg.features.timescale)
+                   cfg.features.timescale, cfg.features.radial_feature)
     if mc.recursive:
         return {"learned": I.RecursivePolicy(h, "learned", mc.step_clip),
                 "learned_symmetric": I.SymmetricPolicy(h, 1, "learned_symmetric")}

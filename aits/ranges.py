@@ -181,10 +181,10 @@ def measure_ranges(ckpt: dict, states, steps: int, margin: float = RANGE_MARGIN)
     rows: list[np.ndarray] = []
 
     def recording(eps):
-        rule = FactorStep(h.mlp, eps, h.timescale)
+        rule = FactorStep(h.mlp, eps, h.timescale, h.radial)
 
         def recorded(x, v, a, m):
-            rows.append(scale_free_numpy(x, v, a, m, eps, h.timescale)[0])
+            rows.append(scale_free_numpy(x, v, a, m, eps, h.timescale, radial=h.radial)[0])
             return rule(x, v, a, m)
         return recorded
 

@@ -298,6 +298,8 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
                     "|a_i|), tau_prs IAS15's 2024 timescale of the body that sets tau, f = eps / (r + eps) of its pair")
         else:
             hstr = ", h = g(8 scale-free features) * tau, tau = min_i sqrt(r_i,nn / |a_i|)"
+        if self.mode != "seed" and f.radial_feature == "energy":
+            hstr += "; feature 1 the radial energy (r.u)^2 / (r mu)"
         if self.ranges is not None:
             hstr += f"; range check on a training box of {self.ranges.samples} states"
         return (f"{form[self.mode]}{hstr}; MLP {list(m.hidden_dims)} {m.activation}"

@@ -80,6 +80,7 @@ class Stepper:
         self.n_steps = cfg.system.n_steps
         self.feature_type = cfg.features.feature_type
         self.timescale = cfg.features.timescale  # scale_free: 'nn', 'blend' or 'soft_blend' (aits.features.scale_free_torch)
+        self.radial = cfg.features.radial_feature  # scale_free feature 1: 'fraction' or 'energy'
         self.K = cfg.features.history_len
         self.scales = scales
         self.device = torch.device(device)
@@ -107,7 +108,7 @@ class Stepper:
         with torch.no_grad():
             acc0 = acceleration(x, m, eps)
             if self.feature_type == "scale_free":
-                feats, tau = scale_free_torch(x, v, acc0, m, eps, self.timescale)
+                feats, tau = scale_free_torch(x, v, acc0, m, eps, self.timescale, self.radial)
             else:
                 feats = build_features(x, v, m, tensor(states.dt), tensor(states.hist_x), tensor(states.hist_v),
                                        tensor(states.hist_dt), self.eps, self.scales, self.feature_type)
@@ -125,7 +126,7 @@ class Stepper:
         one); ``eps`` the states' own softening or None.
         Returns (dt, x1, v1, a1, e1, tau, h), tau the start state's timescale and h the rule's step there
         before the recursion (h / tau the learned factor g, with output ``factor``)."""
-        feats, tau = scale_free_torch(x, v, a, m, self.eps if eps is None else eps, self.timescale)
+        feats, tau = scale_free_torch(x, v, a, m, self.eps if eps is None else eps, self.timescale, self.radial)
         att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev, eps))
         return att.dt, att.x, att.v, att.a, att.e1, tau, att.h
 
@@ -160,7 +161,7 @@ class Stepper:
         if self.symmetric:
             def h_after(d):  # h at the end of a trial step of d, in the graph
                 xt, vt, at = leapfrog(prep.x, prep.v, prep.m, d, eps, 1, acc0=prep.acc0)
-                feats, tau = scale_free_torch(xt, vt, at, prep.m, eps, self.timescale)
+                feats, tau = scale_free_torch(xt, vt, at, prep.m, eps, self.timescale, self.radial)
                 return self.step_size(model, feats.to(self.model_dtype), tau)
             dt = symmetric_dt(dt, h_after, self.symmetric)
         x1, v1, a1 = leapfrog(prep.x, prep.v, prep.m, dt, eps, self.substeps, acc0=prep.acc0)

@@ -44,6 +44,8 @@ FEATURES = [
     ("softening_over_separation", "eps / (r + eps)"),
     ("log_separation_over_mean", "log(r / L); 0 when N = 2"),
 ]
+# feature 1 with features.radial_feature 'energy': the fraction above times feature 0
+RADIAL_ENERGY = ("radial_kinetic_over_potential", "(rvec . uvec)^2 / (r * mu)")
 DEFINITIONS = {
     "a_i": "accelerations (input): a_i = sum_{j != i} m_j (x_j - x_i) / (|x_j - x_i|^2 + eps^2)^(3/2), G = 1",
     "r_i_nn": "distance from body i to its nearest other body (unsoftened); j_nn(i) that body, the first "
@@ -169,7 +171,8 @@ def test_vectors(rule: Rule) -> list[dict]:
     out = []
     for name, m, x, v in states:
         a = rule.accelerations(x, m)
-        feats, tau = scale_free_numpy(x, v, a, m, rule.eps, rule.cfg.features.timescale)
+        feats, tau = scale_free_numpy(x, v, a, m, rule.eps, rule.cfg.features.timescale,
+                                      radial=rule.cfg.features.radial_feature)
         h = rule.h(x, v, a, m)
         out.append({"name": name, "m": m.tolist(), "x": x.tolist(), "v": v.tolist(), "a": a.tolist(),
                     "features": feats.tolist(), "tau": tau, "g": float(_mlp(rule)(feats)), "h": h})
@@ -190,6 +193,8 @@ def export(path: str, softening: float | None = None) -> dict:
     cfg = rule.cfg
     blend = cfg.features.timescale in BLENDS
     features = FEATURES + [BLEND_FEATURE] if blend else FEATURES
+    if cfg.features.radial_feature == "energy":
+        features = [features[0], RADIAL_ENERGY, *features[2:]]
     timescale = {"name": "tau", "formula": "tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                  "min_acceleration": 1e-300}
     if blend:
@@ -207,7 +212,8 @@ def export(path: str, softening: float | None = None) -> dict:
         "accelerations": {"formula": DEFINITIONS["a_i"].split(": ", 1)[1], "G": 1.0,
                           "note": "the rule's input a: your integrator's accelerations at x, with this softening"},
         "timescale": timescale,
-        "features": {"kind": "scale_free", "timescale": cfg.features.timescale, "count": len(features),
+        "features": {"kind": "scale_free", "timescale": cfg.features.timescale,
+                     "radial_feature": cfg.features.radial_feature, "count": len(features),
                      "list": [{"index": i, "name": n, "formula": f} for i, (n, f) in enumerate(features)],
                      "definitions": {**DEFINITIONS, **BLEND_DEFINITIONS} if blend else DEFINITIONS,
                      "constants": {"tau_ratio_cap": TAU_RATIO_CAP, "cos2_guard": 1e-300}},

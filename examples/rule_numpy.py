@@ -44,6 +44,7 @@ class JsonRule:
         self.eps = float(doc["softening"])
         self.cap = float(doc["features"]["constants"]["tau_ratio_cap"])
         self.timescale = doc["features"].get("timescale", "nn")
+        self.radial = doc["features"].get("radial_feature", "fraction")  # feature 1: the cosine, or the radial energy
         if self.timescale not in ("nn", "blend", "soft_blend"):
             raise ValueError(f"features.timescale {self.timescale!r} is not implemented here")
         self.prs_a_floor = float(doc["timescale"].get("prs_a_floor", 0.0))
@@ -116,7 +117,8 @@ class JsonRule:
             f7 = math.log(r / mean_pair)
         else:
             f3, f7 = self.cap, 0.0
-        f = np.array([u2 * r / mu, float(rvec @ uvec) ** 2 / (r * r * u2 + 1e-300),
+        ru2 = float(rvec @ uvec) ** 2
+        f = np.array([u2 * r / mu, ru2 / (r * mu) if self.radial == "energy" else ru2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), self.eps / (r + self.eps), f7])
         if self.timescale != "nn":  # blend, soft_blend: a 9th feature, and h scales with a blend of tau and tau_prs

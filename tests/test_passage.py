@@ -512,3 +512,9 @@ def test_smooth_config_is_the_soft_config_with_the_factor_jumps_term():
         ("run", "name"), ("train", "passage_factor_jumps")}
     cfg = Config.load("configs/generalist_smooth.yaml")
     assert cfg.train.passage_factor_jumps == 10.0 and cfg.train.passage_factor_tolerance == 0.05
+
+
+def test_radial_config_is_the_smooth_config_with_the_radial_energy_feature():
+    assert config_changes("configs/generalist_smooth.yaml", "configs/generalist_radial.yaml") == {
+        ("run", "name"), ("features", "radial_feature")}
+    assert Config.load("configs/generalist_radial.yaml").features.radial_feature == "energy"

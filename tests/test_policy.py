@@ -182,11 +182,13 @@ def test_history_holds_the_pre_step_states_with_the_dt_that_led_to_them(trained_
     assert method.policy.history.count == 0 and not method.policy.history.dt.any()
 
 
-@pytest.mark.parametrize("mode", ["explicit", "recursive"])
-def test_factor_rule_takes_the_training_attempts_dt(mode):
+@pytest.mark.parametrize("mode,radial", [("explicit", "fraction"), ("recursive", "fraction"), ("recursive", "energy")])
+def test_factor_rule_takes_the_training_attempts_dt(mode, radial):
     """The numpy rule of a factor model takes, state by state, the dt of training's differentiable attempt
-    (``Stepper.attempt``; the recursion's given the previous step, as in a passage rollout)."""
+    (``Stepper.attempt``; the recursion's given the previous step, as in a passage rollout); with either
+    ``features.radial_feature``, which the checkpoint's config carries to the numpy rule."""
     cfg = factor_cfg(symmetric_iterations=0, recursive=mode == "recursive")
+    cfg = Config.from_dict(cfg.to_dict(), [f"features.radial_feature={radial}"])
     model = perturbed_model(cfg)
     ckpt = payload(cfg, model, NormScales())
     m, x, v, period = kepler_ic(0.8, 1.0)
