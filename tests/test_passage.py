@@ -433,24 +433,35 @@ def test_family_weights_weigh_each_rollout_by_its_family():
                               "train.passage_family_weights={binary: 0}"])
 
 
+def jumps_case():
+    """(cfg, samples, start, model, stepper) of the jumps terms' tests: a perturbed recursive factor rule, 80-step
+    rollouts from three Kepler orbits."""
+    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
+    cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 80, "passage_batch": 3, "lr": 1e-2}})
+    samples = kepler_samples([0.5, 0.8, 0.95])
+    return cfg, samples, (samples.m, samples.x, samples.v), perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
+
+
+def stepwise(model, stepper, start, steps: int):
+    """A rollout from ``start`` taken step by step with the stepper's own step function, without grad: each step's
+    (dt, tau, h), stacked (B, steps)."""
+    prep = stepper.prepare(StateBatch.start(*start))
+    x, v, a, dt, out = prep.x, prep.v, prep.acc0, torch.zeros_like(prep.e0), []
+    with torch.no_grad():
+        for _ in range(steps):
+            dt, x, v, a, _, tau, h = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
+            out.append((dt, tau, h))
+    return tuple(torch.stack(col, -1) for col in zip(*out))
+
+
 def test_jumps_term_is_the_mean_squared_step_to_step_change_of_log_dt_over_tau():
     """train.passage_jumps: rollout's ``with_jumps`` is each rollout's mean over its steps of the squared change of
     log(dt / tau) from one step to the next, recomputed here from the steps themselves; the term adds lambda x its
     gradient to the objective's and logs ``passage/jumps``; off (0) the gradient is the objective's alone."""
-    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
-    cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 80, "passage_batch": 3, "lr": 1e-2}})
-    samples = kepler_samples([0.5, 0.8, 0.95])
-    start = (samples.m, samples.x, samples.v)
-    model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
+    cfg, samples, start, model, stepper = jumps_case()
     *_, jumps = rollout(model, stepper, *start, 80, with_jumps=True)
-    # the same rollout, step by step: log(dt_k / tau_k) from the stepper's own step function
-    prep = stepper.prepare(StateBatch.start(*start))
-    x, v, a, dt, lv = prep.x, prep.v, prep.acc0, torch.zeros_like(prep.e0), []
-    with torch.no_grad():
-        for _ in range(80):
-            dt, x, v, a, _, tau, _ = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
-            lv.append(torch.log(dt / tau))
-    lv = torch.stack(lv, -1)
+    dt, tau, _ = stepwise(model, stepper, start, 80)  # the same rollout, step by step
+    lv = torch.log(dt / tau)
     expect = ((lv[:, 1:] - lv[:, :-1]) ** 2).mean(-1)
     assert torch.allclose(jumps.detach(), expect, rtol=1e-9, atol=0) and bool((expect > 0).all())
 
@@ -471,18 +482,9 @@ def test_factor_jumps_term_counts_the_factor_s_jumps_beyond_the_tolerance_and_no
     max(0, |log g_k - log g_(k-1)| - tolerance)^2, g = h / tau recomputed here from the stepper's own steps. The
     classical rule (g = eta0 everywhere) has none although its dt alternates (the jumps term counts that); the
     term adds lambda x its gradient to the objective's and logs ``passage/factor_jumps``."""
-    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01).to_dict()
-    cfg = Config.from_dict({**base, "train": {"passage": True, "passage_steps": 80, "passage_batch": 3, "lr": 1e-2}})
-    samples = kepler_samples([0.5, 0.8, 0.95])
-    start = (samples.m, samples.x, samples.v)
-    model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
-    prep = stepper.prepare(StateBatch.start(*start))
-    x, v, a, dt, lg = prep.x, prep.v, prep.acc0, torch.zeros_like(prep.e0), []
-    with torch.no_grad():
-        for _ in range(80):
-            dt, x, v, a, _, tau, h = stepper.rollout_step(model, x, v, a, prep.m, prep.e0, dt, prep.eps)
-            lg.append(torch.log(h / tau))
-    change = torch.diff(torch.stack(lg, -1), dim=-1).abs()
+    cfg, samples, start, model, stepper = jumps_case()
+    _, tau, h = stepwise(model, stepper, start, 80)
+    change = torch.diff(torch.log(h / tau), dim=-1).abs()
     tol = float(change.median())  # half the steps' changes pass free, half count
     got = [rollout(model, stepper, *start, 80, factor_tolerance=t)[-1].detach() for t in (0.0, tol)]
     assert torch.allclose(got[0], (change ** 2).sum(-1), rtol=1e-9, atol=0) and bool((got[0] > 0).all())
