@@ -220,6 +220,16 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn", radial: str = "frac
     return torch.stack(cols, -1), tau
 
 
+def with_radial(feats: np.ndarray, radial: str) -> np.ndarray:
+    """Scale-free features computed with ``radial`` 'fraction' (the default) as ``radial`` gives them: for
+    'energy' feature 1 times feature 0, the same numbers :func:`scale_free_numpy` gives with ``radial='energy'``."""
+    if radial == "fraction":
+        return feats
+    out = np.array(feats, dtype=float, copy=True)
+    out[..., 1] = out[..., 1] * out[..., 0]
+    return out
+
+
 def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float,
                      timescale: str = "nn", r2: np.ndarray | None = None, radial: str = "fraction"):
     """(features (8,) or (9,), tau) of one state x, v, a (N,D), m (N,): the same numbers as

@@ -127,8 +127,10 @@ def stored_fits(dirs: list[str], eta0: float, modulation: float, clip: float, ti
 
 def learned_factors(board: dict, eps: float) -> list:
     """Each checkpoint's learned factor g(features) (range check as evaluated), for a system of softening
-    ``eps``; None for a checkpoint whose file is gone or whose rule has no factor."""
+    ``eps``, taking the features as the oracle family computes them (feature 1 the cosine, converted to the
+    rule's own ``features.radial_feature``); None for a checkpoint whose file is gone or whose rule has no factor."""
     from aits import load_checkpoint
+    from aits.features import with_radial
     from aits.policy import FactorStep, learned_methods
 
     out = []
@@ -139,7 +141,9 @@ def learned_factors(board: dict, eps: float) -> list:
             continue
         h = getattr(learned_methods(load_checkpoint(path), eps=eps, range_check=c.get("range_check", True))["learned"],
                     "h", None)
-        out.append(h.mlp if isinstance(h, FactorStep) else None)
+        # the states' features come as the oracle family has them (feature 1 the cosine): the rule's own here
+        out.append(None if not isinstance(h, FactorStep) else
+                   (lambda mlp, radial: lambda f: mlp(with_radial(f, radial)))(h.mlp, h.radial))
     return out
 
 

@@ -126,3 +126,31 @@ def test_headroom_command_on_a_board_and_shape_only_gives_the_same_spreads(quick
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "oracle.json" in err[-1] and not (tmp_path / "none").exists()
+
+
+def test_learned_spread_reads_each_rule_s_own_feature_1(tmp_path):
+    """driver/oracle.learned_factors takes the states' features as the oracle family computes them (feature 1 the
+    cosine): a rule trained with features.radial_feature 'energy' is given its own feature 1 (the cosine times
+    feature 0), so its factor is the one it takes along a run."""
+    import torch
+
+    from aits import Config, save_checkpoint
+    from aits.features import scale_free_numpy, with_radial
+    from aits.physics import kepler_pair
+    from aits.policy import learned_methods
+    from driver.oracle import learned_factors
+    from helpers import bounded_cfg, checkpoint_with_box, perturbed_model
+
+    cfg = Config.from_dict(bounded_cfg("soft_blend").to_dict(), ["features.radial_feature=energy"])
+    path = save_checkpoint(tmp_path / "radial.pt", checkpoint_with_box(cfg, perturbed_model(cfg, scale=0.5)))
+    g, = learned_factors({"checkpoints": [{"path": str(path), "range_check": False}]}, 0.0)
+    rule = learned_methods(torch.load(path, weights_only=False), eps=0.0, range_check=False)["learned"].h
+    m, x, v, _ = kepler_pair(0.9, 1.0)
+    a = I.accel(x, m)
+    cosine = scale_free_numpy(x + 0.3 * v, v, I.accel(x + 0.3 * v, m), m, 0.0, "soft_blend")[0]
+    own = scale_free_numpy(x + 0.3 * v, v, I.accel(x + 0.3 * v, m), m, 0.0, "soft_blend", radial="energy")[0]
+    np.testing.assert_allclose(with_radial(cosine, "energy"), own, rtol=1e-13)
+    assert g(cosine) == pytest.approx(rule.mlp(own), rel=1e-13)
+    assert g(cosine) != pytest.approx(rule.mlp(cosine), rel=1e-3)  # the cosine itself would give another factor
+    assert rule(x, v, a, m) == pytest.approx(g(scale_free_numpy(x, v, a, m, 0.0, "soft_blend")[0])
+                                            * scale_free_numpy(x, v, a, m, 0.0, "soft_blend")[1], rel=1e-12)
