@@ -130,7 +130,6 @@ def learned_factors(board: dict, eps: float) -> list:
     ``eps``, taking the features as the oracle family computes them (feature 1 the cosine, converted to the
     rule's own ``features.radial_feature``); None for a checkpoint whose file is gone or whose rule has no factor."""
     from aits import load_checkpoint
-    from aits.features import with_radial
     from aits.policy import FactorStep, learned_methods
 
     out = []
@@ -141,10 +140,16 @@ def learned_factors(board: dict, eps: float) -> list:
             continue
         h = getattr(learned_methods(load_checkpoint(path), eps=eps, range_check=c.get("range_check", True))["learned"],
                     "h", None)
-        # the states' features come as the oracle family has them (feature 1 the cosine): the rule's own here
-        out.append(None if not isinstance(h, FactorStep) else
-                   (lambda mlp, radial: lambda f: mlp(with_radial(f, radial)))(h.mlp, h.radial))
+        out.append(_own_features(h.mlp, h.radial) if isinstance(h, FactorStep) else None)
     return out
+
+
+def _own_features(mlp, radial: str):
+    """The factor ``mlp`` given the states' features as the oracle family computes them (feature 1 the cosine),
+    converted to the rule's own ``radial`` feature first."""
+    from aits.features import with_radial
+
+    return lambda feats: mlp(with_radial(feats, radial))
 
 
 def add_shapes(res: dict, board: dict, log=print) -> None:
