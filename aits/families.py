@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .physics import _as_masses, crossing_time, kepler_period, random_ic
+from .physics import _as_masses, crossing_time, kepler_period, random_ic, to_com
 
 # the family code of a system is its index here (new families go at the end: codes are stored in states)
 FAMILIES = ("binary", "triple", "planets", "few_body", "soft_few_body", "cold_few_body")
@@ -166,9 +166,7 @@ def binary_eccentricity(rng: np.random.Generator, e_max: float = 0.995) -> float
 def _finish(m, x, v, dim: int, period: float, e: float, a: float, size: float) -> Drawn:
     """Move to the centre-of-mass frame (at rest at the origin) and keep the first ``dim`` axes."""
     m = np.asarray(m, dtype=np.float64)
-    x, v = np.asarray(x, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    x = x - (m[:, None] * x).sum(0) / m.sum()
-    v = v - (m[:, None] * v).sum(0) / m.sum()
+    m, x, v = to_com(m, np.asarray(x, dtype=np.float64), np.asarray(v, dtype=np.float64))
     return Drawn(m, x[:, :dim].copy(), v[:, :dim].copy(), float(period), float(e), float(a), float(size))
 
 

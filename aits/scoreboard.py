@@ -138,11 +138,10 @@ def hierarchical_triple(outer_periods: float, eps: float = 0.0, dim: int = 2, fa
     m = np.array([0.5, 0.5, 0.5])
     x = np.concatenate([xi + xo[0], xo[1:]])
     v = np.concatenate([vi + vo[0], vo[1:]])
-    com_x = (m[:, None] * x).sum(0) / m.sum()
-    com_v = (m[:, None] * v).sum(0) / m.sum()
+    m, x, v = to_com(m, x, v)
     return System("hierarchical_triple", "triple", family,
                   {"inner": {"a": 0.1, "e": 0.3}, "outer": {"a": 1.0, "e": 0.2}, "outer_periods": outer_periods,
-                   "outer_period": p_out}, m, x - com_x, v - com_v, outer_periods * p_out, eps=eps,
+                   "outer_period": p_out}, m, x, v, outer_periods * p_out, eps=eps,
                   size=1.0, size_name="outer semi-major axis",
                   source="elements chosen here (inner a = 0.1, e = 0.3; outer a = 1, e = 0.2; masses 0.5)")
 

@@ -520,3 +520,11 @@ def test_radial_config_is_the_smooth_config_with_the_radial_energy_feature():
     assert config_changes("configs/generalist_smooth.yaml", "configs/generalist_radial.yaml") == {
         ("run", "name"), ("features", "radial_feature")}
     assert Config.load("configs/generalist_radial.yaml").features.radial_feature == "energy"
+
+
+def test_soft_radial_config_is_the_radial_config_without_the_factor_jumps_term():
+    assert config_changes("configs/generalist_soft.yaml", "configs/generalist_soft_radial.yaml") == {
+        ("run", "name"), ("features", "radial_feature")}
+    assert config_changes("configs/generalist_radial.yaml", "configs/generalist_soft_radial.yaml") == {
+        ("run", "name"), ("train", "passage_factor_jumps")}
+    assert Config.load("configs/generalist_soft_radial.yaml").train.passage_factor_jumps == 0.0
