@@ -5,8 +5,8 @@
 Reads each ``BOARD_DIR/scoreboard.json`` (written by driver/evaluate.py), recomputes its summary with
 the current ``aits.scoreboard.summarize`` (so older boards get today's tables) and prints markdown:
 the headline over checkpoints (median [min, max]) and the per-system table, with the energy band beside
-max |dE/E| (``--versus FAMILY``: also the ratios to that classical family). Prints nothing else and writes
-nothing.
+max |dE/E| (``--versus FAMILY``: also the ratios to that classical family, per system and as each
+checkpoint's median over systems). Prints nothing else and writes nothing.
 
     python driver/results.py --profile BOARD_DIR [BOARD_DIR ...]
 
@@ -22,7 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from aits.scoreboard import CLASSICAL, per_system_summary, rule_profile, summarize
+import numpy as np
+
+from aits.scoreboard import CLASSICAL, per_system_summary, rule_profile, spread, summarize
 from driver.evaluate import fmt, systems_by_label
 
 
@@ -77,7 +79,28 @@ def tables(board: dict, versus: str | None = None) -> str:
     if across:
         lines += ["", "Over checkpoints, median [min, max] of each checkpoint's median: " + "; ".join(
             f"{k} {fmt(v['median'])} [{fmt(v['min'])}, {fmt(v['max'])}]" for k, v in across.items()) + "."]
+    if versus:
+        vs = versus_headline(by_ckpt, versus)
+        lines += ["", f"Learned / `{versus}` at equal force evaluations, each checkpoint's median over its "
+                      "systems, median [min, max] over checkpoints: " + "; ".join(
+                          f"{k} {v['median']:.3g} [{v['min']:.3g}, {v['max']:.3g}]" for k, v in vs.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def versus_headline(by_ckpt: dict, versus: str) -> dict:
+    """{'max |dE/E|': spread, 'band': spread}: per checkpoint the median over its systems of the learned rule's
+    ratio to ``versus`` (runs where either failed count as missing), then the spread over checkpoints."""
+    out = {}
+    for name, key in (("max |dE/E|", "ratios"), ("band", "ratios_band")):
+        meds = []
+        for systems in by_ckpt.values():
+            vals = [e.get(key, {}).get("equal_force_evals", {}).get(versus) for e in systems.values()]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                meds.append(float(np.median(vals)))
+        if meds:
+            out[name] = spread(meds)
+    return out
 
 
 def profile_table(boards: list[dict]) -> str:

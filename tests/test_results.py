@@ -77,3 +77,17 @@ def test_results_band_columns_are_the_boards_band_ratios(capsys):
         for m in e["methods"].values():
             if m.get("band_rel_dE") is not None and m["status"] == "ok":
                 assert m["max_rel_dE"] * (1 - 1e-9) <= m["band_rel_dE"] <= 2 * m["max_rel_dE"] * (1 + 1e-9)
+
+
+def test_versus_headline_is_the_median_over_checkpoints_of_each_checkpoints_median(capsys):
+    """``--versus``'s headline line: per checkpoint the median over its systems of the learned rule's ratio to that
+    family (max |dE/E| and band), then median [min, max] over checkpoints; recomputed here from the board."""
+    board_dir = BOARD.parents[1] / "start_phase" / "shipped"
+    board = json.loads((board_dir / "scoreboard.json").read_text())
+    assert results.main([str(board_dir), "--versus", "recursive_blend_clip"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Learned / `recursive_blend_clip`"))
+    for name, key in (("max |dE/E|", "ratios"), ("band", "ratios_band")):
+        meds = [float(np.median([e[key]["equal_force_evals"]["recursive_blend_clip"] for e in systems.values()]))
+                for systems in board["systems"].values()]
+        assert len(meds) > 1 and max(meds) > min(meds)
+        assert f"{name} {np.median(meds):.3g} [{min(meds):.3g}, {max(meds):.3g}]" in line
