@@ -53,6 +53,7 @@ GOALS = {
     "pipeline_speedup": (">=", 1.0),
     "learned_step_vs_adaptive_step": ("<=", 2.0),
     "generalist_step_vs_recursive_step": ("<=", 2.0),
+    "radial_step_vs_recursive_step": ("<=", 2.0),  # issue 19's G5: the README's recommended rule, N = 2
     "compiled_passage_speedup": (">=", 3.0),
 }
 
@@ -526,7 +527,12 @@ def steps(quick: bool) -> dict:
            "generalist": methods(generalist_config())["learned"],
            "recursive_prs": make_baseline("recursive_prs", 0.01),
            "blend": methods(generalist_config("features.timescale=blend"))["learned"],
-           "recursive_blend_clip": make_baseline("recursive_blend_clip", 0.01)}
+           "recursive_blend_clip": make_baseline("recursive_blend_clip", 0.01),
+           # the README's recommendation (configs/generalist_radial.yaml) with the range box its validation would
+           # store: on this orbit the features lie inside it, so every step evaluates the network
+           "radial": learned_methods(boxed_checkpoint(Config.load(ROOT / "configs" / "generalist_radial.yaml",
+                                                                  ["wandb.mode=disabled"]), quick))["learned"],
+           "recursive_soft_blend_clip": make_baseline("recursive_soft_blend_clip", 0.01)}
     g = step_cost_ratios(gen, "recursive_adaptive", system, seconds=0.3 if quick else 1.0, repeats=repeats)
     r["seed_mode"] = step_cost_ratios({"adaptive": rules["adaptive"], "seed_mode": methods(seed_mode)["learned"]},
                                       "adaptive", system, seconds=0.05 if quick else 0.2, repeats=repeats)["seed_mode"]
@@ -540,6 +546,8 @@ def steps(quick: bool) -> dict:
            "recursive_prs_step_vs_recursive_step": g["recursive_prs"]["ratio"],
            "blend_step_vs_recursive_step": g["blend"]["ratio"],
            "recursive_blend_step_vs_recursive_step": g["recursive_blend_clip"]["ratio"],
+           "radial_step_vs_recursive_step": g["radial"]["ratio"],
+           "recursive_soft_blend_step_vs_recursive_step_N2": g["recursive_soft_blend_clip"]["ratio"],
            "adaptive_step_us": 1e6 * r["adaptive"]["seconds_per_step"],
            **profile, **many,
            "_seconds": {"steps": time.perf_counter() - start},
@@ -550,7 +558,9 @@ def steps(quick: bool) -> dict:
                            for k, n in (("generalist_step_vs_recursive_step", "generalist"),
                                         ("recursive_prs_step_vs_recursive_step", "recursive_prs"),
                                         ("blend_step_vs_recursive_step", "blend"),
-                                        ("recursive_blend_step_vs_recursive_step", "recursive_blend_clip"))})
+                                        ("recursive_blend_step_vs_recursive_step", "recursive_blend_clip"),
+                                        ("radial_step_vs_recursive_step", "radial"),
+                                        ("recursive_soft_blend_step_vs_recursive_step_N2", "recursive_soft_blend_clip"))})
     out["_spread"].update(many_spread)
     return out
 

@@ -6,8 +6,9 @@ learned rule's max |dE/E| over the strongest of the classical rules that win the
 Minutes where driver/evaluate.py's boards take an hour: no IAS15 reference, no wall-time match, and per system
 only the classical families that are the strongest there on the boards (docs/RESULTS.md), so a ratio here can
 only be lower than the board's learned / strongest. Use it to choose what to put on the boards, not as a result.
-Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b and the softened Plummer spheres
-(N = 16, 64; the practitioner suite), Kepler orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the
+Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b, the softened Plummer spheres
+(N = 16, 64), the near-radial Kepler orbits e = 0.99 and 0.999, the outer solar system, the hierarchical triple and
+the Kozai-Lidov triple (the practitioner suite; Kozai-Lidov alone takes about a minute), Kepler orbits e = 0.9 and 0.98 over 10 periods, four random N = 3 systems of the
 standard suite (seeds 0, 3, 4, 7) and three random N = 4 systems (seeds 3, 5, 8): the hardest for the learned
 rules so far. ``position``: the learned run's position error against IAS15 at the reference's horizon (as on
 the boards) over the smallest of the screened families' at equal evaluations (blank where the reference's
@@ -44,6 +45,14 @@ def screen_systems() -> dict[str, tuple[SB.System, tuple[str, ...]]]:
                                                                          "recursive_soft_blend_clip")),
            "plummer_N64_eps0.05": (practitioner["plummer_N64_eps0.05"], ("recursive_clip", "recursive_adaptive",
                                                                          "recursive_soft_blend_clip"))}
+    # the recommended rules' worst practitioner rows since the radial feature (issue 19, G1): the near-radial
+    # Kepler orbits started at pericentre, and the triples whose families the apsis starts move
+    for name, fams in (("kepler_e0.99", ("recursive_adaptive",)), ("kepler_e0.999_3d", ("recursive_adaptive",)),
+                       ("outer_solar_system", ("recursive_prs",)),
+                       ("hierarchical_triple", ("recursive_prs", "adaptive_prs")),
+                       ("kozai_lidov_i75", ("recursive_blend_clip",))):
+        out[name] = (practitioner[name], fams)
+    out["planet_hd80606b"] = (practitioner["planet_hd80606b"], ("recursive_clip", "recursive_adaptive"))
     for e in (0.9, 0.98):
         s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
         out[s.name] = (s, ("recursive_adaptive",))
