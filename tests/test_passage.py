@@ -528,3 +528,10 @@ def test_soft_radial_config_is_the_radial_config_without_the_factor_jumps_term()
     assert config_changes("configs/generalist_radial.yaml", "configs/generalist_soft_radial.yaml") == {
         ("run", "name"), ("train", "passage_factor_jumps")}
     assert Config.load("configs/generalist_soft_radial.yaml").train.passage_factor_jumps == 0.0
+
+
+def test_apsis_hinge_config_is_the_soft_radial_config_with_apsis_starts_and_the_hinge():
+    assert config_changes("configs/generalist_soft_radial.yaml", "configs/generalist_apsis_hinge.yaml") == {
+        ("run", "name"), ("train", "passage_apsis"), ("train", "passage_apsis_families"), ("train", "passage_hinge")}
+    t = Config.load("configs/generalist_apsis_hinge.yaml").train
+    assert (t.passage_apsis, t.passage_apsis_families, t.passage_hinge) == (1.0, ["binary", "triple", "planets"], 1.0)
