@@ -53,7 +53,7 @@ GOALS = {
     "pipeline_speedup": (">=", 1.0),
     "learned_step_vs_adaptive_step": ("<=", 2.0),
     "generalist_step_vs_recursive_step": ("<=", 2.0),
-    "radial_step_vs_recursive_step": ("<=", 2.0),  # issue 19's G5: the README's recommended rule, N = 2
+    "radial_step_vs_recursive_step": ("<=", 2.0),  # issue 19's G5: the recommended rule's step, N = 2
     "compiled_passage_speedup": (">=", 3.0),
 }
 
@@ -528,8 +528,9 @@ def steps(quick: bool) -> dict:
            "recursive_prs": make_baseline("recursive_prs", 0.01),
            "blend": methods(generalist_config("features.timescale=blend"))["learned"],
            "recursive_blend_clip": make_baseline("recursive_blend_clip", 0.01),
-           # the README's recommendation (configs/generalist_radial.yaml) with the range box its validation would
-           # store: on this orbit the features lie inside it, so every step evaluates the network
+           # configs/generalist_radial.yaml with the range box its validation would store: on this orbit the
+           # features lie inside it, so every step evaluates the network. The README's recommendation,
+           # generalist_apsis_hinge.yaml, is the same rule (features, timescale, network), trained otherwise
            "radial": learned_methods(boxed_checkpoint(Config.load(ROOT / "configs" / "generalist_radial.yaml",
                                                                   ["wandb.mode=disabled"]), quick))["learned"],
            "recursive_soft_blend_clip": make_baseline("recursive_soft_blend_clip", 0.01)}
