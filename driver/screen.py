@@ -10,11 +10,12 @@ Systems: the Pythagorean problem, the unsoftened N = 8 cluster, HD 80606 b, the 
 (N = 16, 64), the near-radial Kepler orbits e = 0.99 and 0.999, the outer solar system, the hierarchical triple and
 the Kozai-Lidov triple (the practitioner suite; Kozai-Lidov alone takes about a minute), Kepler orbits e = 0.9 and
 0.98 over 10 periods, four random N = 3 systems of the standard suite (seeds 0, 3, 4, 7) and three random N = 4
-systems (seeds 3, 5, 8): the hardest for the learned rules so far. ``position``: the learned run's position error against IAS15 at the reference's horizon (as on
-the boards) over the smallest of the screened families' at equal evaluations (blank where the reference's
-horizon is too short to rank), the drift that decides chaotic
-systems (docs/RESULTS.md, "Is it the rule or the trajectory?"). ``held``: the share of the learned run's steps that the range check held at the classical rule
-(w < 0.5, aits.ranges.RangeTally); 1.00 says the system lies outside what the rule was trained on.
+systems (seeds 3, 5, 8): the hardest for the learned rules so far. ``position``: the learned run's position error
+against IAS15 at the reference's horizon (as on the boards) over the smallest of the screened families' at equal
+evaluations (blank where the reference's horizon is too short to rank), the drift that decides chaotic systems
+(docs/RESULTS.md, "Is it the rule or the trajectory?"). ``held``: the share of the learned run's steps that the range
+check held at the classical rule (w < 0.5, aits.ranges.RangeTally); 1.00 says the system lies outside what the rule
+was trained on.
 """
 from __future__ import annotations
 
