@@ -44,10 +44,31 @@ def test_the_position_ratio_is_the_drift_against_ias15(tmp_path, monkeypatch):
     equal evaluations, and three times as far at a step 1.7x as large (sqrt 3: twice the evaluations' ratio)."""
     ckpt = _classical_checkpoint(tmp_path / "model_epoch_0001.pt")
     orbit = SB.kepler_system(0.9, 1.0, 10, "kepler_scale", 3)
-    monkeypatch.setattr(S, "screen_systems", lambda: {"k": (orbit, ("recursive_blend_clip",))})
+    monkeypatch.setattr(S, "screen_systems", lambda extra=(): {"k": (orbit, ("recursive_blend_clip",))})
     row = S.screen_one(ckpt, "k")
     assert row["position_ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.1)
     ref = SB.ias15(orbit)
     fine, _ = SB.match_evals("recursive_blend_clip", orbit, int(row["force_evals"] * 3 ** 0.5), 1)
     learned = SB.run_method(S.learned_methods(S.load_checkpoint(ckpt))["learned"], orbit, 1, 2_000_000)
     assert SB.position_error(learned, ref) / SB.position_error(fine, ref) == pytest.approx(3.0, rel=0.2)
+
+
+def test_random_adds_fresh_standard_suite_systems_and_their_tail(tmp_path, capsys):
+    """--random N:A-B screens the standard suite's draws of those seeds (alone, without --systems) and
+    summarises their tail; a malformed range is refused with the flag named."""
+    ckpt = _classical_checkpoint(tmp_path / "model_epoch_0001.pt")
+    out = tmp_path / "screen.json"
+    assert S.main([ckpt, "--random", "3:20", "--workers", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())[ckpt]
+    assert list(rows) == ["random_N3_s20"]
+    assert rows["random_N3_s20"]["ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.08)
+    text = capsys.readouterr().out
+    assert "random N = 3, median" in text and "above 5: 0 of 1" in text
+    drawn = S.screen_systems(((3, 20),))["random_N3_s20"][0]
+    assert (drawn.x == SB.random_system(3, 3, 20, 10, 0.0).x).all()
+    assert S.parse_random("4:10-29") == (4, range(10, 30))
+    for bad in ("4:9-3", "4", "x:1-2", "1:0-3"):
+        with pytest.raises(ValueError, match="--random"):
+            S.parse_random(bad)
+    with pytest.raises(SystemExit):
+        S.main([ckpt, "--random", "4:9-3"])
