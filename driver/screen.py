@@ -147,7 +147,15 @@ def main(argv=None) -> int:
         print(f"screen: error: {exc}", file=sys.stderr)
         return 2
     calls = [(c, n, extra) for c in a.checkpoints for n in names]
-    results = map_tasks(screen_one, calls, a.workers)
+    finished = []
+
+    def progress(i, r):  # a long tail screen says how far it is, on stderr
+        finished.append(i)
+        known_ratios = [v for v in r["ratios"].values() if v is not None]
+        print(f"screen: {len(finished)}/{len(calls)} {calls[i][0]} {calls[i][1]} "
+              f"{_num(max(known_ratios) if known_ratios else None)}", file=sys.stderr, flush=True)
+
+    results = map_tasks(screen_one, calls, a.workers, on_done=progress)
     table: dict[str, dict] = {}
     for (c, n, _), r in zip(calls, results):
         known_ratios = [v for v in r["ratios"].values() if v is not None]  # None: a run with no finite error

@@ -62,8 +62,10 @@ def test_random_adds_fresh_standard_suite_systems_and_their_tail(tmp_path, capsy
     rows = json.loads(out.read_text())[ckpt]
     assert list(rows) == ["random_N3_s20"]
     assert rows["random_N3_s20"]["ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.08)
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "random N = 3, median" in text and "above 5: 0 of 1" in text
+    assert f"screen: 1/1 {ckpt} random_N3_s20" in captured.err  # the progress line of each finished run
     drawn = S.screen_systems(((3, 20),))["random_N3_s20"][0]
     assert (drawn.x == SB.random_system(3, 3, 20, 10, 0.0).x).all()
     assert S.parse_random("4:10-29") == (4, range(10, 30))
