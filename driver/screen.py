@@ -108,7 +108,9 @@ def screen_one(path: str, name: str, extra: tuple = ()) -> dict:
         ratios[family] = SB.ratio(run.metrics["max_rel_dE"], classical.metrics["max_rel_dE"])
         if ranked:
             positions[family] = SB.ratio(SB.position_error(run, ref), SB.position_error(classical, ref))
+    known_ratios = [v for v in ratios.values() if v is not None]  # None: a run with no finite error
     return {"status": run.metrics["status"], "force_evals": run.metrics["force_evals"], "ratios": ratios,
+            "learned_over_strongest": max(known_ratios) if known_ratios else None,
             "position_ratios": positions, "range_check": None if tally is None else range_report(tally)}
 
 
@@ -130,11 +132,12 @@ def main(argv=None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     known = screen_systems(extra)
-    names = list(known) if a.systems is None else [s.strip() for s in a.systems.split(",") if s.strip()]
-    if a.random:  # the random systems join the named ones (alone where --systems is not given)
-        names = [] if a.systems is None else names
-        added = [random_screen_system(n, seed).name for n, seed in extra]
-        names += [n for n in dict.fromkeys(added) if n not in names]
+    if a.systems is not None:
+        names = [s.strip() for s in a.systems.split(",") if s.strip()]
+    else:  # every screen system, or with --random only the random ones
+        names = [] if a.random else list(known)
+    added = [random_screen_system(n, seed).name for n, seed in extra]  # the random systems join the named ones
+    names += [n for n in dict.fromkeys(added) if n not in names]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         p.error(f"--systems: unknown {', '.join(unknown) or '(none given)'}; systems: {', '.join(known)}")
@@ -151,15 +154,12 @@ def main(argv=None) -> int:
 
     def progress(i, r):  # a long tail screen says how far it is, on stderr
         finished.append(i)
-        known_ratios = [v for v in r["ratios"].values() if v is not None]
-        print(f"screen: {len(finished)}/{len(calls)} {calls[i][0]} {calls[i][1]} "
-              f"{_num(max(known_ratios) if known_ratios else None)}", file=sys.stderr, flush=True)
+        print(f"screen: {len(finished)}/{len(calls)} {calls[i][0]} {calls[i][1]} {_num(r['learned_over_strongest'])}",
+              file=sys.stderr, flush=True)
 
     results = map_tasks(screen_one, calls, a.workers, on_done=progress)
     table: dict[str, dict] = {}
     for (c, n, _), r in zip(calls, results):
-        known_ratios = [v for v in r["ratios"].values() if v is not None]  # None: a run with no finite error
-        r["learned_over_strongest"] = max(known_ratios) if known_ratios else None
         table.setdefault(c, {})[n] = r
     width = max(len(n) for n in names)
     for c, rows in table.items():
