@@ -702,18 +702,25 @@ def downsample(run: I.Run, points: int = PLOT_POINTS, m=None) -> dict:
 
 
 # ---------------------------------------------------------------- summary
+# the ratios a board's entry carries, with the prefix their comparisons get in a summary: max |dE/E|
+# ("equal_force_evals", ...), the position error ("trajectory_equal_force_evals", ...) and the energy band
+RATIO_KINDS = (("", "ratios"), ("trajectory_", "ratios_trajectory"), ("band_", "ratios_band"))
+
+
 def summarize(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
-    """Per family of systems and baseline: median and worst ratio (per checkpoint), and over
-    checkpoints the median and spread (min, max) of those per-checkpoint medians; per system the
-    median and spread over checkpoints; and the learned runs' drift slopes and statuses."""
+    """Per family of systems and baseline: median and worst ratio per checkpoint (energy, position and energy
+    band, see ``RATIO_KINDS``), and over checkpoints the median and spread (min, max) of those per-checkpoint
+    medians; per system the median and spread over checkpoints; and the learned runs' drift slopes and
+    statuses."""
     per_ckpt: dict[str, dict] = {}
     for label, systems in systems_by_ckpt.items():
         fams: dict = {}
         for entry in systems.values():
-            for comp, rs in entry["ratios"].items():
-                for base, r in rs.items():
-                    if r is not None:
-                        fams.setdefault(entry["family"], {}).setdefault(comp, {}).setdefault(base, []).append(r)
+            for prefix, key in RATIO_KINDS:
+                for comp, rs in entry.get(key, {}).items():
+                    for base, r in rs.items():
+                        if r is not None:
+                            fams.setdefault(entry["family"], {}).setdefault(prefix + comp, {}).setdefault(base, []).append(r)
         per_ckpt[label] = {fam: {comp: {b: {"median": float(np.median(v)), "worst": float(np.max(v))}
                                         for b, v in bs.items()} for comp, bs in comps.items()}
                            for fam, comps in fams.items()}
@@ -743,7 +750,7 @@ def per_system_summary(systems_by_ckpt: dict[str, dict[str, dict]]) -> dict:
     for label, systems in systems_by_ckpt.items():
         for name, entry in systems.items():
             slot = per_system.setdefault(name, {})
-            for prefix, key in (("", "ratios"), ("trajectory_", "ratios_trajectory"), ("band_", "ratios_band")):
+            for prefix, key in RATIO_KINDS:
                 for comp, rs in entry.get(key, {}).items():
                     for b, r in rs.items():
                         if r is not None:

@@ -91,3 +91,17 @@ def test_versus_headline_is_the_median_over_checkpoints_of_each_checkpoints_medi
                 for systems in board["systems"].values()]
         assert len(meds) > 1 and max(meds) > min(meds)
         assert f"{name} {np.median(meds):.3g} [{min(meds):.3g}, {max(meds):.3g}]" in line
+
+
+def test_summary_per_family_carries_position_and_band_beside_energy():
+    board = json.loads((BOARD.parents[1] / "practitioner_radial" / "scoreboard.json").read_text())
+    summ = results.summarize(results.systems_by_label(board))
+    for label, systems in board["systems"].items():
+        fam = summ["per_checkpoint"][label]["practitioner"]
+        for comp, key in (("equal_force_evals", "ratios"), ("band_equal_force_evals", "ratios_band"),
+                          ("trajectory_equal_force_evals", "ratios_trajectory")):
+            vals = [e[key]["equal_force_evals"]["strongest"] for e in systems.values()
+                    if e.get(key, {}).get("equal_force_evals", {}).get("strongest") is not None]
+            assert len(vals) >= 10
+            assert fam[comp]["strongest"] == approx({"median": float(np.median(vals)), "worst": float(np.max(vals))})
+    assert summ["across_checkpoints"]["practitioner"]["band_equal_force_evals"]["strongest"]["median"] < 1.5
