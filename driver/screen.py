@@ -3,6 +3,7 @@ learned rule's max |dE/E| over the strongest of the classical rules that win the
 
     python driver/screen.py CKPT [CKPT ...] [--systems pythagorean,kepler_e0.9_a1_10P] [--random 4:10-29]
                             [--workers 2] [--json FILE]
+    python driver/screen.py --table FILE        # a --json file's table again, without running anything
 
 Minutes where driver/evaluate.py's boards take an hour: no IAS15 reference, no wall-time match, and per system
 only the classical families that are the strongest there on the boards (docs/RESULTS.md), so a ratio here can
@@ -21,7 +22,9 @@ was trained on.
 ``--random N:A-B`` adds the random N-body systems of seeds A to B, drawn as the standard suite draws its own (3-D,
 unsoftened, 10 crossing times) and judged as its seeds are: a tail over fresh chaotic systems, where one system
 (`random_N4_s8`) can end far from the strongest rule by where its trajectory drifts (docs/RESULTS.md). The summary
-line then gives the median, the largest value and how many systems end above 2 and above 5.
+line then gives the median, the largest value and how many systems end above 2 and above 5, for the learned rule
+and, beside it, for each screened classical family alone (its error over the strongest family's): the tail a
+single fixed classical rule has on the same draws.
 """
 from __future__ import annotations
 
@@ -118,15 +121,63 @@ def _num(v) -> str:
     return "  n/a" if v is None else f"{v:5.2f}"
 
 
+def _tail(values) -> str:
+    return (f"median {statistics.median(values):5.2f}  largest {max(values):.2f}, above 2: "
+            f"{sum(v > 2 for v in values)}, above 5: {sum(v > 5 for v in values)} of {len(values)}")
+
+
+def print_table(table: dict[str, dict], tail: bool = False) -> None:
+    """The screen's table, one block per checkpoint. With ``tail`` (random systems screened) each random-N
+    summary also gives every screened classical family's own tail: its error over the strongest family's at the
+    learned run's evaluations, (learned / strongest) / (learned / family), the same for a single fixed rule."""
+    for c, rows in table.items():
+        names = list(rows)
+        width = max(len(n) for n in names)
+        print(c)
+        for n in names:
+            r = rows[n]
+            held = "" if r["range_check"] is None else f"held {r['range_check']['held_share']:4.2f}  "
+            pos = [v for v in r["position_ratios"].values() if v is not None]
+            print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} {held}"
+                  f"position {_num(max(pos) if pos else None)}  "
+                  + "  ".join(f"{f} {_num(v)}" for f, v in r["ratios"].items()))
+        for n_bodies in (3, 4):
+            picked = [rows[n] for n in names if n.startswith(f"random_N{n_bodies}_")]
+            few = [r["learned_over_strongest"] for r in picked if r["learned_over_strongest"] is not None]
+            if not few:
+                continue
+            if not tail:
+                print(f"  {f'random N = {n_bodies}, median':<{width}}  {statistics.median(few):5.2f}")
+                continue
+            print(f"  random N = {n_bodies}, learned / strongest: {_tail(few)}")
+            for fam in dict.fromkeys(f for r in picked for f in r["ratios"]):
+                own = [r["learned_over_strongest"] / r["ratios"][fam] for r in picked
+                       if r["learned_over_strongest"] is not None and r["ratios"].get(fam)]
+                if own:
+                    print(f"  random N = {n_bodies}, {fam} / strongest: {_tail(own)}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT")
     p.add_argument("--systems", default=None, help="comma-separated names (default: every screen system)")
     p.add_argument("--random", action="append", default=[], metavar="N:A-B",
                    help="add the random N-body systems of seeds A..B (repeatable), e.g. 4:10-29")
     p.add_argument("--workers", type=int, default=2, help="parallel Ray tasks (1: in this process)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
+    p.add_argument("--table", default=None, metavar="FILE",
+                   help="print the table (and tails) of a screen's --json file again; runs nothing")
     a = p.parse_args(argv)
+    if a.table is not None:
+        try:
+            table = json.loads(Path(a.table).read_text())
+            print_table(table, tail=any(n.startswith("random_") for rows in table.values() for n in rows))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(f"screen: error: --table {a.table}: not a screen's --json file ({exc})", file=sys.stderr)
+            return 2
+        return 0
+    if not a.checkpoints:
+        p.error("give checkpoints to screen, or --table FILE")
     try:
         extra = tuple((n, seed) for spec in a.random for n, seeds in [parse_random(spec)] for seed in seeds)
     except ValueError as exc:
@@ -161,23 +212,7 @@ def main(argv=None) -> int:
     table: dict[str, dict] = {}
     for (c, n, _), r in zip(calls, results):
         table.setdefault(c, {})[n] = r
-    width = max(len(n) for n in names)
-    for c, rows in table.items():
-        print(c)
-        for n in names:
-            r = rows[n]
-            held = "" if r["range_check"] is None else f"held {r['range_check']['held_share']:4.2f}  "
-            pos = [v for v in r["position_ratios"].values() if v is not None]
-            print(f"  {n:<{width}}  {_num(r['learned_over_strongest'])}  {r['status']:<12} {held}"
-                  f"position {_num(max(pos) if pos else None)}  "
-                  + "  ".join(f"{f} {_num(v)}" for f, v in r["ratios"].items()))
-        for n_bodies in (3, 4):
-            few = [rows[n]["learned_over_strongest"] for n in names if n.startswith(f"random_N{n_bodies}_")]
-            few = [v for v in few if v is not None]
-            if few:
-                print(f"  {f'random N = {n_bodies}, median':<{width}}  {statistics.median(few):5.2f}"
-                      + (f"  largest {max(few):.2f}, above 2: {sum(v > 2 for v in few)}, above 5: "
-                         f"{sum(v > 5 for v in few)} of {len(few)}" if a.random else ""))
+    print_table(table, tail=bool(a.random))
     if a.json:
         Path(a.json).write_text(json.dumps(table, indent=1))
     return 0

@@ -64,8 +64,21 @@ def test_random_adds_fresh_standard_suite_systems_and_their_tail(tmp_path, capsy
     assert rows["random_N3_s20"]["ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.08)
     captured = capsys.readouterr()
     text = captured.out
-    assert "random N = 3, median" in text and "above 5: 0 of 1" in text
+    assert "random N = 3, learned / strongest: median" in text and "above 5: 0 of 1" in text
     assert f"screen: 1/1 {ckpt} random_N3_s20" in captured.err  # the progress line of each finished run
+    row = rows["random_N3_s20"]
+    for fam, r in row["ratios"].items():  # each family's own tail: its error over the strongest family's
+        line = next(x for x in text.splitlines() if x.startswith(f"  random N = 3, {fam} / strongest:"))
+        assert f"median {row['learned_over_strongest'] / r:5.2f}" in line
+    assert "median  1.00" in next(x for x in text.splitlines() if "strongest" in x and any(
+        f"{f} / strongest" in x for f, r in row["ratios"].items() if r == row["learned_over_strongest"]))
+    # --table prints the same table again from the --json file, running nothing; a wrong file is one line
+    assert S.main(["--table", str(out)]) == 0
+    assert capsys.readouterr().out == text
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert S.main(["--table", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--table" in err[0] and "bad.json" in err[0]
     drawn = S.screen_systems(((3, 20),))["random_N3_s20"][0]
     assert (drawn.x == SB.random_system(3, 3, 20, 10, 0.0).x).all()
     assert S.parse_random("4:10-29") == (4, range(10, 30))
