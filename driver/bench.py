@@ -528,9 +528,10 @@ def steps(quick: bool) -> dict:
            "recursive_prs": make_baseline("recursive_prs", 0.01),
            "blend": methods(generalist_config("features.timescale=blend"))["learned"],
            "recursive_blend_clip": make_baseline("recursive_blend_clip", 0.01),
-           # the README's recommendation, configs/generalist_radial.yaml, with the range box its validation would
-           # store: on this orbit the features lie inside it, so every step evaluates the network (the soft radial
-           # and apsis-hinge configs are the same rule, trained otherwise)
+           # configs/generalist_radial.yaml, with the range box its validation would store: on this orbit the
+           # features lie inside it, so every step evaluates the network. The README's recommendation,
+           # generalist_apsis_hinge.yaml, is the same rule (features, model) trained otherwise, as is soft radial's
+           # (tests/test_passage.py holds the configs' differences)
            "radial": learned_methods(boxed_checkpoint(Config.load(ROOT / "configs" / "generalist_radial.yaml",
                                                                   ["wandb.mode=disabled"]), quick))["learned"],
            "recursive_soft_blend_clip": make_baseline("recursive_soft_blend_clip", 0.01)}
