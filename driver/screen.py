@@ -171,6 +171,8 @@ def main(argv=None) -> int:
     if a.table is not None:
         try:
             table = json.loads(Path(a.table).read_text())
+            if not isinstance(table, dict) or not table:
+                raise ValueError("no checkpoint in it")
             print_table(table, tail=any(n.startswith("random_") for rows in table.values() for n in rows))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             print(f"screen: error: --table {a.table}: not a screen's --json file ({exc})", file=sys.stderr)

@@ -75,10 +75,11 @@ def test_random_adds_fresh_standard_suite_systems_and_their_tail(tmp_path, capsy
     # --table prints the same table again from the --json file, running nothing; a wrong file is one line
     assert S.main(["--table", str(out)]) == 0
     assert capsys.readouterr().out == text
-    (tmp_path / "bad.json").write_text("[1, 2]")
-    assert S.main(["--table", str(tmp_path / "bad.json")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--table" in err[0] and "bad.json" in err[0]
+    for bad in ("[1, 2]", "{}", "{\"c\": {\"random_N3_s0\": {}}}"):
+        (tmp_path / "bad.json").write_text(bad)
+        assert S.main(["--table", str(tmp_path / "bad.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--table" in err[0] and "bad.json" in err[0]
     drawn = S.screen_systems(((3, 20),))["random_N3_s20"][0]
     assert (drawn.x == SB.random_system(3, 3, 20, 10, 0.0).x).all()
     assert S.parse_random("4:10-29") == (4, range(10, 30))
