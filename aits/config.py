@@ -93,8 +93,9 @@ class FeaturesConfig:
     feature_type: str = opt("basic", "per-state features", choices=("basic", "rich", "delta_mag", "scale_free"))
     timescale: str = opt("nn", "scale_free features: 'nn' (tau = min sqrt(r/|a|)), 'blend' (a 9th feature "
                                "log(tau_prs / tau_nn); the factor scales sqrt(tau_nn tau_prs)) or 'soft_blend' (as blend, "
-                               "leaning to tau_nn with the softening feature eps / (r + eps))",
-                         choices=("nn", "blend", "soft_blend"))
+                               "leaning to tau_nn with the softening feature eps / (r + eps)) or 'prs_lean' (as "
+                               "soft_blend with tau_nn^(1/4) tau_prs^(3/4) in place of the mean)",
+                         choices=("nn", "blend", "soft_blend", "prs_lean"))
     radial_feature: str = opt("fraction", "scale_free feature 1: 'fraction', the squared cosine (r.u)^2 / (r^2 u^2) "
                                           "between the pair's separation and relative velocity, or 'energy', "
                                           "(r.u)^2 / (r mu), that cosine times u^2 r / mu (feature 0): the fraction "

@@ -14,7 +14,7 @@ import torch
 from .physics import acceleration
 from . import steprules
 from .steprules import (BLENDS, nn_pairs_small, prs_at_small, prs_timescale_at, prs_timescale_at_torch,
-                        set_diagonal, soft_blend)
+                        PRS_WEIGHT, set_diagonal, soft_blend)
 
 STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
@@ -163,7 +163,8 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn", radial: str = "frac
     timescale where they differ by less than M^2, and the rule at zero modulation is the classical
     ``blend`` rule. ``timescale: soft_blend``: the same 9 features, and the returned timescale leans from that
     mean to tau as the pair's softening feature eps / (r + eps) goes from 0 to 1
-    (:func:`aits.steprules.soft_blend`; equal to ``blend`` on unsoftened systems).
+    (:func:`aits.steprules.soft_blend`; equal to ``blend`` on unsoftened systems). ``timescale: prs_lean``: as
+    ``soft_blend`` with tau^(1/4) tau_prs^(3/4) in place of the mean (:data:`aits.steprules.PRS_WEIGHT`).
 
     ``radial`` (``features.radial_feature``): feature 1 is the cosine squared between the pair's separation and
     relative velocity (``fraction``), or ``energy``, (r . u)^2 / (r mu): that fraction times feature 0, the
@@ -216,7 +217,7 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn", radial: str = "frac
         t_prs = prs_timescale_at_torch(x, v, a, m, i, eps)  # body i*'s (aits.steprules.blend_timescale)
         t_prs = torch.where(torch.isinf(t_prs), tau, t_prs)
         cols.append(torch.log(t_prs / tau).clamp(-TAU_RATIO_CAP, TAU_RATIO_CAP))
-        tau = torch.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, cols[6])
+        tau = torch.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, cols[6], PRS_WEIGHT[timescale])
     return torch.stack(cols, -1), tau
 
 
@@ -271,7 +272,7 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
         feats.append(min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, f6)
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, f6, PRS_WEIGHT[timescale])
     feats = np.array(feats)
     return feats, tau
 
@@ -310,7 +311,7 @@ def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         t_prs = prs_at_small(xl, vl, al, mass, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
         feats.append(min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6])
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6], PRS_WEIGHT[timescale])
     return np.array(feats), tau
 
 

@@ -293,8 +293,9 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         elif f.timescale == "blend":
             hstr = (", h = g(9 scale-free features) * sqrt(tau * tau_prs), tau = min_i sqrt(r_i,nn / |a_i|), "
                     "tau_prs IAS15's 2024 timescale of the body that sets tau")
-        elif f.timescale == "soft_blend":
-            hstr = (", h = g(9 scale-free features) * tau * (tau_prs / tau)^((1 - f) / 2), tau = min_i sqrt(r_i,nn / "
+        elif f.timescale in ("soft_blend", "prs_lean"):
+            w = "(1 - f) / 2" if f.timescale == "soft_blend" else "3 (1 - f) / 4"
+            hstr = (f", h = g(9 scale-free features) * tau * (tau_prs / tau)^({w}), tau = min_i sqrt(r_i,nn / "
                     "|a_i|), tau_prs IAS15's 2024 timescale of the body that sets tau, f = eps / (r + eps) of its pair")
         else:
             hstr = ", h = g(8 scale-free features) * tau, tau = min_i sqrt(r_i,nn / |a_i|)"

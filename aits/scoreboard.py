@@ -37,9 +37,11 @@ from .steprules import RECURSION_CLIP
 # ``recursive_blend_clip``: the clipped recursion on sqrt(tau_nn tau_prs) (aits.steprules.blend_timescale), the
 # classical rule that a ``features.timescale: blend`` model contains; ``recursive_soft_blend_clip``: the same on
 # tau * (tau_prs / tau)^((1 - f) / 2), f = eps / (r + eps) of the pair that sets tau (aits.steprules.soft_blend), the
-# rule a ``soft_blend`` model contains (the blend's own numbers on an unsoftened system).
+# rule a ``soft_blend`` model contains (the blend's own numbers on an unsoftened system); ``recursive_prs_lean_clip``:
+# the same with tau^(1/4) tau_prs^(3/4) in place of the mean, the rule a ``prs_lean`` model contains.
 CLASSICAL = ("fixed", "adaptive", "symmetric_adaptive", "recursive_adaptive", "adaptive_prs", "symmetric_prs",
-             "recursive_prs", "recursive_clip", "recursive_prs_clip", "recursive_blend_clip", "recursive_soft_blend_clip")
+             "recursive_prs", "recursive_clip", "recursive_prs_clip", "recursive_blend_clip", "recursive_soft_blend_clip",
+             "recursive_prs_lean_clip")
 # logh (two bodies) is another integrator: a reference row, never a candidate for ``strongest``.
 BASELINES = (*CLASSICAL, "logh")
 METHOD_NAMES = ("learned", *BASELINES, "ias15")
@@ -48,10 +50,12 @@ FAMILY_FORMS = {"adaptive": ("explicit", "nn"), "symmetric_adaptive": ("symmetri
                 "recursive_adaptive": ("recursive", "nn"), "adaptive_prs": ("explicit", "prs"),
                 "symmetric_prs": ("symmetric", "prs"), "recursive_prs": ("recursive", "prs"),
                 "recursive_clip": ("recursive", "nn"), "recursive_prs_clip": ("recursive", "prs"),
-                "recursive_blend_clip": ("recursive", "blend"), "recursive_soft_blend_clip": ("recursive", "soft_blend")}
+                "recursive_blend_clip": ("recursive", "blend"), "recursive_soft_blend_clip": ("recursive", "soft_blend"),
+                "recursive_prs_lean_clip": ("recursive", "prs_lean")}
 # family -> the recursion's clip
 FAMILY_CLIP = {"recursive_clip": RECURSION_CLIP, "recursive_prs_clip": RECURSION_CLIP,
-               "recursive_blend_clip": RECURSION_CLIP, "recursive_soft_blend_clip": RECURSION_CLIP}
+               "recursive_blend_clip": RECURSION_CLIP, "recursive_soft_blend_clip": RECURSION_CLIP,
+               "recursive_prs_lean_clip": RECURSION_CLIP}
 EVAL_TOL = 0.02  # equal force evaluations: within 2 %
 WALL_TOL = 0.10  # equal wall time: within 10 % (wall clocks on shared cores wander more than that)
 SYMMETRIC_ITERATIONS = 1  # fixed-point iterations of symmetric_adaptive: 1 is the strongest at equal evaluations (k = 2, 3 measured 2-4x worse)

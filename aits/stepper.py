@@ -79,7 +79,7 @@ class Stepper:
         self.per_system_eps = cfg.system.ic == "mixture" and cfg.system.mixture.get("soft_few_body", 0) > 0
         self.n_steps = cfg.system.n_steps
         self.feature_type = cfg.features.feature_type
-        self.timescale = cfg.features.timescale  # scale_free: 'nn', 'blend' or 'soft_blend' (aits.features.scale_free_torch)
+        self.timescale = cfg.features.timescale  # scale_free: 'nn', 'blend', 'soft_blend' or 'prs_lean' (aits.features.scale_free_torch)
         self.radial = cfg.features.radial_feature  # scale_free feature 1: 'fraction' or 'energy'
         self.K = cfg.features.history_len
         self.scales = scales

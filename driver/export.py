@@ -75,6 +75,8 @@ BLEND_DEFINITIONS = {
     "tau_blend": "sqrt(tau * tau_prs): the timescale h scales with (timescale 'blend')",
     "tau_soft_blend": "tau * (tau_prs / tau)^((1 - f6) / 2), f6 = eps / (r + eps) (feature 6): the timescale h "
                       "scales with (timescale 'soft_blend'); tau_blend on an unsoftened system",
+    "tau_prs_lean": "tau * (tau_prs / tau)^(3 (1 - f6) / 4), f6 = eps / (r + eps) (feature 6): the timescale h "
+                    "scales with (timescale 'prs_lean'); tau^(1/4) tau_prs^(3/4) on an unsoftened system",
 }
 ACTIVATIONS = {"tanh": "tanh(y)", "relu": "max(y, 0)", "silu": "y / (1 + exp(-y))",
                "sigmoid": "1 / (1 + exp(-y))"}
@@ -201,9 +203,10 @@ def export(path: str, softening: float | None = None) -> dict:
         timescale = {**timescale, "name": "tau_blend",
                      "formula": "tau_blend = sqrt(tau * tau_prs), tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                      "prs_a_floor": PRS_A_FLOOR}
-    if cfg.features.timescale == "soft_blend":
-        timescale = {**timescale, "name": "tau_soft_blend",
-                     "formula": "tau_soft_blend = tau * (tau_prs / tau)^((1 - f6) / 2), f6 = eps / (r + eps) the "
+    if cfg.features.timescale in ("soft_blend", "prs_lean"):
+        w = "(1 - f6) / 2" if cfg.features.timescale == "soft_blend" else "3 (1 - f6) / 4"
+        timescale = {**timescale, "name": f"tau_{cfg.features.timescale}",
+                     "formula": f"tau_{cfg.features.timescale} = tau * (tau_prs / tau)^({w}), f6 = eps / (r + eps) the "
                                 "softening feature; tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))"}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,

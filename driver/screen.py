@@ -21,10 +21,10 @@ was trained on.
 
 ``--random N:A-B`` adds the random N-body systems of seeds A to B, drawn as the standard suite draws its own (3-D,
 unsoftened, 10 crossing times) and judged as its seeds are: a tail over fresh chaotic systems, where one system
-(`random_N4_s8`) can end far from the strongest rule by where its trajectory drifts (docs/RESULTS.md). The summary
-line then gives the median, the largest value and how many systems end above 2 and above 5, for the learned rule
-and, beside it, for each screened classical family alone (its error over the strongest family's): the tail a
-single fixed classical rule has on the same draws.
+(`random_N4_s8`) can end far from the strongest rule by where its trajectory drifts (docs/RESULTS.md). For the
+random systems of each N screened (the default ones too), summary lines give the median, the largest value and how
+many systems end above 2 and above 5, for the learned rule and, beside it, for each screened classical family alone
+(its error over the strongest family's): the tail a single fixed classical rule has on the same draws.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from aits.policy import learned_methods  # noqa: E402
 from aits.ranges import range_report, range_tally  # noqa: E402
 from driver.backends import map_tasks  # noqa: E402
 
-FEW_BODY = ("adaptive_prs", "recursive_prs", "recursive_prs_clip", "recursive_blend_clip")
+FEW_BODY = ("adaptive_prs", "recursive_prs", "recursive_prs_clip", "recursive_blend_clip", "recursive_prs_lean_clip")
 
 
 def random_screen_system(n: int, seed: int) -> SB.System:
@@ -67,8 +67,10 @@ def screen_systems(extra: tuple[tuple[int, int], ...] = ()) -> dict[str, tuple[S
     """name -> (system, the classical families it is judged against); ``extra``: (N, seed) of more random
     systems (``--random``)."""
     practitioner = {s.name: s for s in SB.practitioner_systems()}
-    out = {"pythagorean": (practitioner["pythagorean"], ("adaptive_prs", "recursive_blend_clip")),
-           "cluster_N8_unsoftened": (practitioner["cluster_N8_unsoftened"], ("adaptive_prs", "recursive_blend_clip")),
+    out = {"pythagorean": (practitioner["pythagorean"], ("adaptive_prs", "recursive_blend_clip",
+                                                         "recursive_prs_lean_clip")),
+           "cluster_N8_unsoftened": (practitioner["cluster_N8_unsoftened"], ("adaptive_prs", "recursive_blend_clip",
+                                                                             "recursive_prs_lean_clip")),
            "planet_hd80606b": (practitioner["planet_hd80606b"], ("recursive_clip", "recursive_adaptive")),
            "plummer_N16_eps0.05": (practitioner["plummer_N16_eps0.05"], ("recursive_adaptive", "recursive_clip",
                                                                          "recursive_soft_blend_clip")),
@@ -79,7 +81,7 @@ def screen_systems(extra: tuple[tuple[int, int], ...] = ()) -> dict[str, tuple[S
     for name, fams in (("kepler_e0.99", ("recursive_adaptive",)), ("kepler_e0.999_3d", ("recursive_adaptive",)),
                        ("outer_solar_system", ("recursive_prs",)),
                        ("hierarchical_triple", ("recursive_prs", "adaptive_prs")),
-                       ("kozai_lidov_i75", ("recursive_blend_clip",))):
+                       ("kozai_lidov_i75", ("recursive_blend_clip", "recursive_prs_lean_clip"))):
         out[name] = (practitioner[name], fams)
     for e in (0.9, 0.98):
         s = SB.kepler_system(e, 1.0, 10, "kepler_scale", 3)
@@ -126,10 +128,11 @@ def _tail(values) -> str:
             f"{sum(v > 2 for v in values)}, above 5: {sum(v > 5 for v in values)} of {len(values)}")
 
 
-def print_table(table: dict[str, dict], tail: bool = False) -> None:
-    """The screen's table, one block per checkpoint. With ``tail`` (random systems screened) each random-N
-    summary also gives every screened classical family's own tail: its error over the strongest family's at the
-    learned run's evaluations, (learned / strongest) / (learned / family), the same for a single fixed rule."""
+def print_table(table: dict[str, dict]) -> None:
+    """The screen's table, one block per checkpoint. Where random systems were screened, a summary per N: the
+    learned rule's tail and every screened classical family's own tail, its error over the strongest family's at
+    the learned run's evaluations, (learned / strongest) / (learned / family), the same for a single fixed rule.
+    A run and ``--table`` of its file print the same text (the summary is read from the rows alone)."""
     for c, rows in table.items():
         names = list(rows)
         width = max(len(n) for n in names)
@@ -145,9 +148,6 @@ def print_table(table: dict[str, dict], tail: bool = False) -> None:
             picked = [rows[n] for n in names if n.startswith(f"random_N{n_bodies}_")]
             few = [r["learned_over_strongest"] for r in picked if r["learned_over_strongest"] is not None]
             if not few:
-                continue
-            if not tail:
-                print(f"  {f'random N = {n_bodies}, median':<{width}}  {statistics.median(few):5.2f}")
                 continue
             print(f"  random N = {n_bodies}, learned / strongest: {_tail(few)}")
             for fam in dict.fromkeys(f for r in picked for f in r["ratios"]):
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
             table = json.loads(Path(a.table).read_text())
             if not isinstance(table, dict) or not table:
                 raise ValueError("no checkpoint in it")
-            print_table(table, tail=any(n.startswith("random_") for rows in table.values() for n in rows))
+            print_table(table)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             print(f"screen: error: --table {a.table}: not a screen's --json file ({exc})", file=sys.stderr)
             return 2
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     table: dict[str, dict] = {}
     for (c, n, _), r in zip(calls, results):
         table.setdefault(c, {})[n] = r
-    print_table(table, tail=bool(a.random))
+    print_table(table)
     if a.json:
         Path(a.json).write_text(json.dumps(table, indent=1))
     return 0

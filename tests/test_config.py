@@ -56,7 +56,7 @@ INVALID = [
      "features.radial_feature: 'energy' needs features.feature_type scale_free and model.output factor"),
     ({"features": {"radial_feature": "cosine"}}, "features.radial_feature: 'cosine' is not one of fraction, energy"),
     ({"features": {"feature_type": "scale_free", "timescale": "prs"}},
-     "features.timescale: 'prs' is not one of nn, blend, soft_blend"),
+     "features.timescale: 'prs' is not one of nn, blend, soft_blend, prs_lean"),
     ({"features": {"feature_type": "scale_free", "history_len": 0},
       "model": {"output": "factor", "recursive": True, "symmetric_iterations": 1}},
      "model.recursive: pick one step rule; symmetric_iterations is 1"),

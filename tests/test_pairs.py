@@ -46,7 +46,7 @@ def without_pairs(h):
     return lambda x, v, a, m: h(x, v, a, m)
 
 
-@pytest.mark.parametrize("timescale", ["nn", "blend", "soft_blend"])
+@pytest.mark.parametrize("timescale", ["nn", "blend", "soft_blend", "prs_lean"])
 def test_classical_rules_given_the_pairs_step_to_the_bit(timescale):
     m, x, v = cluster()
     eps = 0.05

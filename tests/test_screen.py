@@ -29,7 +29,10 @@ def test_the_classical_rule_screens_at_one_against_itself(tmp_path, capsys):
     # the same rule at (within 2 %) the same evaluations: the same error, up to the step count's difference
     assert row["ratios"]["recursive_blend_clip"] == pytest.approx(1.0, abs=0.08)
     assert row["learned_over_strongest"] == max(row["ratios"].values())
-    assert "random N = 3, median" in capsys.readouterr().out
+    live = capsys.readouterr().out
+    assert "random N = 3, learned / strongest: median" in live and "recursive_blend_clip / strongest" in live
+    assert S.main(["--table", str(out)]) == 0  # the file prints the run's own text, summary lines included
+    assert capsys.readouterr().out == live
     # the N = 4 systems are the standard suite's own (the same draw as driver/evaluate.py --bodies 4)
     s8 = S.screen_systems()["random_N4_s8"][0]
     board = {s.name: s for s in SB.suite_systems("standard", 4, 3, 0.0)}["random_N4_s8"]

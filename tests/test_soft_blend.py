@@ -1,6 +1,7 @@
 """The ``soft_blend`` timescale (docs/DESIGN.md §2.3b): the blend sqrt(tau tau_prs) on unsoftened pairs, leaning to
 tau = sqrt(r/|a|) as the softening smooths the pair that sets tau; its classical rule on the boards, the learned
-rule that contains it, and the shipped config that uses it."""
+rule that contains it, and the shipped config that uses it. The ``prs_lean`` timescale is the same with weight 3/4 on
+tau_prs in place of 1/2."""
 from __future__ import annotations
 
 import math
@@ -15,7 +16,8 @@ from aits import problems as P
 from aits import scoreboard as SB
 from aits.features import scale_free_numpy, scale_free_torch
 from aits.policy import learned_methods
-from aits.steprules import blend_timescale, nn_timescales, prs_timescales, soft_blend_timescale
+from aits.steprules import (PRS_WEIGHT, TIMESCALES, blend_timescale, nn_timescales, prs_timescales,
+                            soft_blend_timescale)
 from helpers import ETA0, bounded_cfg, classical_model, config_changes, forward_back, wild_model
 
 
@@ -27,10 +29,12 @@ def parts(x, v, a, m, eps):
     return float(tau_i[i]), float(prs_timescales(x, v, a, m, eps)[i]), eps / (r + eps)
 
 
+@pytest.mark.parametrize("ts,w", [("soft_blend", 0.5), ("prs_lean", 0.75)])
 @pytest.mark.parametrize("n", [2, 3, 7, 12])  # 7, 12: above aits.steprules.SMALL_N, the vectorised forms
-def test_soft_blend_is_tau_to_the_softened_share_of_the_prs_ratio(n):
-    """tau * (tau_prs / tau)^((1 - f) / 2) in the classical rule, the numpy features and the torch features alike;
-    the blend where eps = 0, and tau where the softening swamps the pair."""
+def test_soft_blend_is_tau_to_the_softened_share_of_the_prs_ratio(n, ts, w):
+    """tau * (tau_prs / tau)^(w (1 - f)) in the classical rule, the numpy features and the torch features alike;
+    tau^(1 - w) tau_prs^w where eps = 0 (the blend for soft_blend), and tau where the softening swamps the pair."""
+    assert PRS_WEIGHT[ts] == w
     rng = np.random.default_rng(n)
     seen = []
     for k in range(8):
@@ -38,15 +42,18 @@ def test_soft_blend_is_tau_to_the_softened_share_of_the_prs_ratio(n):
         eps = (0.0, 0.05, 0.3, 1e8)[k % 4]
         a = I.accel(x, m, eps)
         tau, t_prs, f = parts(x, v, a, m, eps)
-        want = tau * (t_prs / tau) ** (0.5 * (1 - f))
-        got = soft_blend_timescale(x, v, a, m, eps)
+        want = tau * (t_prs / tau) ** (w * (1 - f))
+        got = TIMESCALES[ts](x, v, a, m, eps)
         assert got == pytest.approx(want, rel=1e-12)
-        feats, t_np = scale_free_numpy(x, v, a, m, eps, "soft_blend")
+        feats, t_np = scale_free_numpy(x, v, a, m, eps, ts)
         assert t_np == pytest.approx(want, rel=1e-12) and feats[6] == pytest.approx(f, rel=1e-12)
-        _, t_t = scale_free_torch(*(torch.tensor(z)[None] for z in (x, v, a, m)), eps, "soft_blend")
+        _, t_t = scale_free_torch(*(torch.tensor(z)[None] for z in (x, v, a, m)), eps, ts)
         assert float(t_t[0]) == pytest.approx(want, rel=1e-12)
-        if eps == 0:
+        if eps == 0 and ts == "soft_blend":
             assert got == pytest.approx(blend_timescale(x, v, a, m, 0.0), rel=1e-14)
+        if eps == 0 and ts == "prs_lean":  # the blend's log ratio to tau, three halves of it
+            assert math.log(got / tau) == pytest.approx(1.5 * math.log(blend_timescale(x, v, a, m, 0.0) / tau),
+                                                        rel=1e-9, abs=1e-12)
         if eps == 1e8:  # f = 1 - O(r / eps): tau itself
             assert got == pytest.approx(tau, rel=1e-5)
         seen.append(abs(math.log(got / blend_timescale(x, v, a, m, eps))))
@@ -113,6 +120,31 @@ def test_board_judges_softened_systems_against_the_soft_blend_rule():
     plain = SB.System("plummer16_plain", "problem", "test", {}, m, x, v, 0.3, bounded=False)
     entry = SB.score_system(plain, {"learned": learned}, baselines=families, reference=False, wall=False)
     assert set(entry["methods"]) == {"learned", "recursive_blend_clip", "recursive_clip"}
+
+
+def test_prs_lean_model_at_zero_modulation_is_its_classical_rule_on_a_three_body_system():
+    """A prs_lean model with its last layer zeroed runs the classical recursive_prs_lean_clip at ETA0 (the same run to
+    rounding) on the Pythagorean problem, not the blend rule; the board runs that family."""
+    cfg = bounded_cfg("prs_lean", max_modulation=3.0, recursion_clip=1.2)
+    pyth = {s.name: s for s in SB.practitioner_systems()}["pythagorean"]
+    pyth = SB.System("pyth1", "problem", "test", {}, pyth.m, pyth.x, pyth.v, 5.0, bounded=False)
+    learned = learned_methods(build_payload(0, classical_model(cfg).state_dict(), None, cfg, NormScales().to_dict()),
+                              eps=0.0)["learned"]
+    runs = {name: SB.run_method(method, pyth, 1, 200_000).metrics for name, method in
+            (("learned", learned), ("lean", SB.make_baseline("recursive_prs_lean_clip", ETA0)),
+             ("blend", SB.make_baseline("recursive_blend_clip", ETA0)))}
+    assert runs["learned"]["force_evals"] == runs["lean"]["force_evals"] > 300
+    assert runs["learned"]["max_rel_dE"] == pytest.approx(runs["lean"]["max_rel_dE"], rel=1e-6)
+    assert runs["blend"]["force_evals"] != runs["lean"]["force_evals"]
+    assert "recursive_prs_lean_clip" in SB.families_for(pyth)
+
+
+def test_prs_lean_config_is_the_apsis_hinge_config_with_the_prs_lean_timescale():
+    from aits import Config
+
+    assert config_changes("configs/generalist_apsis_hinge.yaml", "configs/generalist_prs_lean.yaml") == {
+        ("run", "name"), ("features", "timescale")}
+    assert Config.load("configs/generalist_prs_lean.yaml").features.timescale == "prs_lean"
 
 
 def test_soft_config_is_the_blend_config_with_the_soft_blend_timescale():
