@@ -276,10 +276,10 @@ def soft_weight(eps: float, r: float) -> float:
 
 
 # The weight on tau_prs of each blended timescale on an unsoftened pair: ``soft_blend`` the geometric mean,
-# ``prs_lean`` tau^(1/4) tau_prs^(3/4). Measured with the clipped recursion at the learned rule's force evaluations
-# (docs/RESULTS.md, "Leaning to the PRS timescale"): over thirty random four-body systems (seeds 10-39) the median
-# over the strongest classical rule is 1.31 for the mean and 1.15 for 3/4 (the PRS timescale alone 1.07, largest
-# 10.7); on eight practitioner systems 1.12 and 1.07 (the near-radial orbits 1.1 -> 1.3, Kozai-Lidov 1.44 -> 1.00).
+# ``prs_lean`` tau^(1/4) tau_prs^(3/4). The clipped classical recursion at the blend's force evaluations at h = 0.01
+# (examples/timescale_weights.py; docs/RESULTS.md, "Leaning to the PRS timescale"), over the best rule run: on thirty
+# random four-body systems (seeds 10-39) median 1.33 for the mean, 1.15 for 3/4 (largest 5.0 and 2.4); on eight
+# practitioner systems 1.12 and 1.07 (the near-radial orbits 1.10-1.13 -> 1.29-1.32, Kozai-Lidov 1.44 -> 1.00).
 PRS_WEIGHT = {"blend": 0.5, "soft_blend": 0.5, "prs_lean": 0.75}
 
 

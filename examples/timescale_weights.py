@@ -1,0 +1,83 @@
+"""How much weight on the PRS timescale? The clipped classical recursion on tau^(1 - w) tau_prs^w, before training.
+
+    python examples/timescale_weights.py random4      # the standard suite's random N = 4 systems of seeds 10-39, ~7 min
+    python examples/timescale_weights.py practitioner # eight practitioner systems, ~4 min
+
+The exploration behind ``features.timescale: prs_lean`` (docs/DESIGN.md §2.3b, docs/RESULTS.md "Leaning to the PRS
+timescale"). Per system, every family runs at the same force evaluations (within 2 %, ``aits.scoreboard.match_evals``):
+those of the classical ``recursive_blend_clip`` at h = 0.01, the level a bounded factor model starts from. Printed:
+each family's max |dE/E| over the best of the families run, per system, then the median, the largest and how many
+end above 2. w = 1/2 is ``recursive_blend_clip``, 3/4 ``recursive_prs_lean_clip``; 2/3 is registered here alone.
+No IAS15, no learned rule: a measurement of the classical rules a learned factor would modulate, on two workers.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aits import integrators as I  # noqa: E402
+from aits import scoreboard as SB  # noqa: E402
+from aits import steprules as S  # noqa: E402
+
+PRACTITIONER = ("kepler_e0.99", "kepler_e0.999_3d", "planet_hd80606b", "pythagorean", "hierarchical_triple",
+                "cluster_N8_unsoftened", "figure_eight", "kozai_lidov_i75")
+
+
+def two_thirds(x, v, a, m, eps=0.0, r2=None):
+    """tau^(1/3) tau_prs^(2/3) (soft, as ``prs_lean``): a weight between the blend's and prs_lean's."""
+    return S.blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=2.0 / 3.0)
+
+
+def register() -> None:
+    """The 2/3 family, in this process (each worker registers its own)."""
+    S.TIMESCALES["prs_two_thirds"] = I.TIMESCALES["prs_two_thirds"] = two_thirds
+    SB.FAMILY_FORMS["recursive_prs_two_thirds_clip"] = ("recursive", "prs_two_thirds")
+    SB.FAMILY_CLIP["recursive_prs_two_thirds_clip"] = S.RECURSION_CLIP
+
+
+def families(which: str) -> tuple[str, ...]:
+    lean = ("recursive_blend_clip", "recursive_prs_two_thirds_clip", "recursive_prs_lean_clip")
+    if which == "random4":
+        return ("adaptive_prs", "recursive_prs_clip", *lean)
+    return ("recursive_clip", "adaptive_prs", "recursive_prs_clip", *lean)
+
+
+def one(task) -> tuple[str, dict]:
+    register()
+    name, system, fams = task
+    start = SB.run_method(SB.make_baseline("recursive_blend_clip", 0.01, system.eps), system, 1, 5_000_000)
+    target = start.metrics["force_evals"]
+    return name, {f: SB.match_evals(f, system, target, 1)[0].metrics["max_rel_dE"] for f in fams}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    which = argv[0] if argv else "random4"
+    if which == "random4":
+        systems = [(f"random_N4_s{s}", SB.random_system(4, 3, s, 10, 0.0)) for s in range(10, 40)]
+    elif which == "practitioner":
+        known = {s.name: s for s in SB.practitioner_systems()}
+        systems = [(n, known[n]) for n in PRACTITIONER]
+    else:
+        print(f"timescale_weights: error: {which!r}: expected random4 or practitioner", file=sys.stderr)
+        return 2
+    fams = families(which)
+    rows = {}
+    with Pool(2) as pool:
+        for name, errs in pool.imap_unordered(one, [(n, s, fams) for n, s in systems]):
+            best = min(errs.values())
+            rows[name] = {f: e / best for f, e in errs.items()}
+            print(f"{name:<24}" + "  ".join(f"{f} {r:6.2f}" for f, r in rows[name].items()), flush=True)
+    for f in fams:
+        r = [row[f] for row in rows.values()]
+        print(f"{f:<32} median {statistics.median(r):5.2f}  largest {max(r):6.2f}  above 2: {sum(x > 2 for x in r)} "
+              f"of {len(r)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
