@@ -326,8 +326,6 @@ def soft_blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndar
     return blend_timescale(x, v, a, m, eps, soft=True, r2=r2)
 
 
-# Classical timescales by name, all called as f(x, v, a, m, eps, r2=None) -> tau (time units); r2: the squared
-# pair separations of x where the caller has them (aits.integrators.accel_pairs), the same numbers either way.
 def prs_lean_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
                        r2: np.ndarray | None = None) -> float:
     """:func:`blend_timescale` with ``soft`` and weight 3/4 on tau_prs: tau^(1/4) tau_prs^(3/4) on an unsoftened pair,
@@ -335,6 +333,8 @@ def prs_lean_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarra
     return blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=PRS_WEIGHT["prs_lean"])
 
 
+# Classical timescales by name, all called as f(x, v, a, m, eps, r2=None) -> tau (time units); r2: the squared
+# pair separations of x where the caller has them (aits.integrators.accel_pairs), the same numbers either way.
 TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale, "soft_blend": soft_blend_timescale,
               "prs_lean": prs_lean_timescale}
 # the timescales of scale-free features with the 9th feature log(tau_prs / tau) (aits.features.scale_free_torch)
