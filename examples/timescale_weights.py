@@ -7,15 +7,19 @@ The exploration behind ``features.timescale: prs_lean`` (docs/DESIGN.md §2.3b, 
 timescale"). Per system, every family runs at the same force evaluations (within 2 %, ``aits.scoreboard.match_evals``):
 those of the classical ``recursive_blend_clip`` at h = 0.01, the level a bounded factor model starts from. Printed:
 each family's max |dE/E| over the best of the families run, per system, then the median, the largest and how many
-end above 2. w = 1/2 is ``recursive_blend_clip``, 3/4 ``recursive_prs_lean_clip``; 2/3 is registered here alone.
+end above 2. w = 1/2 is ``recursive_blend_clip``, 3/4 ``recursive_prs_lean_clip``; 2/3 and an eccentric weight (3/4
+falling to 0 as the osculating eccentricity of the pair that sets tau goes from 0.9 to 1) are registered here alone.
 No IAS15, no learned rule: a measurement of the classical rules a learned factor would modulate, on two workers.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from multiprocessing import Pool
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,15 +36,39 @@ def two_thirds(x, v, a, m, eps=0.0, r2=None):
     return S.blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=2.0 / 3.0)
 
 
+def pair_eccentricity(x, v, a, m) -> float:
+    """The osculating eccentricity of body i* (the one that sets tau) and its nearest neighbour, from r, u and
+    mu = m_i + m_j alone: e^2 = 1 + 2 E h^2 / mu^2, E = u^2 / 2 - mu / r, h = |r x u| (even in v)."""
+    tau_i = S.nn_timescales(x, a)
+    i = int(tau_i.argmin())
+    d = np.linalg.norm(x - x[i], axis=1)
+    d[i] = np.inf
+    j = int(d.argmin())
+    r, u, mu = x[j] - x[i], v[j] - v[i], m[i] + m[j]
+    rr = math.sqrt(float(r @ r))
+    energy = 0.5 * float(u @ u) - mu / rr
+    h2 = float(r @ r) * float(u @ u) - float(r @ u) ** 2
+    return math.sqrt(max(1.0 + 2.0 * energy * h2 / (mu * mu), 0.0))
+
+
+def eccentric_lean(x, v, a, m, eps=0.0, r2=None):
+    """prs_lean's weight 3/4 on tau_prs, falling linearly to 0 (tau itself) as the pair's eccentricity goes from 0.9
+    to 1: the near-radial bound pairs on tau, everything else leaning to the PRS timescale."""
+    w = 0.75 * min(max((1.0 - pair_eccentricity(x, v, a, m)) / 0.1, 0.0), 1.0)
+    return S.blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=w)
+
+
 def register() -> None:
-    """The 2/3 family, in this process (each worker registers its own)."""
-    S.TIMESCALES["prs_two_thirds"] = I.TIMESCALES["prs_two_thirds"] = two_thirds
-    SB.FAMILY_FORMS["recursive_prs_two_thirds_clip"] = ("recursive", "prs_two_thirds")
-    SB.FAMILY_CLIP["recursive_prs_two_thirds_clip"] = S.RECURSION_CLIP
+    """The 2/3 and the eccentric families, in this process (each worker registers its own)."""
+    for name, fn in (("prs_two_thirds", two_thirds), ("eccentric_lean", eccentric_lean)):
+        S.TIMESCALES[name] = I.TIMESCALES[name] = fn
+        SB.FAMILY_FORMS[f"recursive_{name}_clip"] = ("recursive", name)
+        SB.FAMILY_CLIP[f"recursive_{name}_clip"] = S.RECURSION_CLIP
 
 
 def families(which: str) -> tuple[str, ...]:
-    lean = ("recursive_blend_clip", "recursive_prs_two_thirds_clip", "recursive_prs_lean_clip")
+    lean = ("recursive_blend_clip", "recursive_prs_two_thirds_clip", "recursive_prs_lean_clip",
+            "recursive_eccentric_lean_clip")
     if which == "random4":
         return ("adaptive_prs", "recursive_prs_clip", *lean)
     return ("recursive_clip", "adaptive_prs", "recursive_prs_clip", *lean)
