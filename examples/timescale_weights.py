@@ -22,8 +22,6 @@ import sys
 from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aits import integrators as I  # noqa: E402
@@ -42,11 +40,9 @@ def two_thirds(x, v, a, m, eps=0.0, r2=None):
 def pair_eccentricity(x, v, a, m) -> float:
     """The osculating eccentricity of body i* (the one that sets tau) and its nearest neighbour, from r, u and
     mu = m_i + m_j alone: e^2 = 1 + 2 E h^2 / mu^2, E = u^2 / 2 - mu / r, h = |r x u| (even in v)."""
-    tau_i = S.nn_timescales(x, a)
-    i = int(tau_i.argmin())
-    d = np.linalg.norm(x - x[i], axis=1)
-    d[i] = np.inf
-    j = int(d.argmin())
+    _, tau_i, jnn = S.nn_pairs_small(x.tolist(), a.tolist())  # the pairs the timescale itself takes
+    i = min(range(len(tau_i)), key=tau_i.__getitem__)
+    j = jnn[i]
     r, u, mu = x[j] - x[i], v[j] - v[i], m[i] + m[j]
     rr = math.sqrt(float(r @ r))
     energy = 0.5 * float(u @ u) - mu / rr
