@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from operator import mul, sub
 
 import numpy as np
 import torch
@@ -290,12 +291,12 @@ def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
     r2, tau_i, jnn = nn_pairs_small(xl, al)
     i = min(range(n), key=tau_i.__getitem__)
     tau, j = tau_i[i], jnn[i]
-    rvec = [p - q for p, q in zip(xl[j], xl[i])]
-    uvec = [p - q for p, q in zip(vl[j], vl[i])]
+    rvec = list(map(sub, xl[j], xl[i]))
+    uvec = list(map(sub, vl[j], vl[i]))
     rr = r2[i][j]
     r = math.sqrt(rr)
-    u2 = sum(c * c for c in uvec)
-    ru = sum(p * q for p, q in zip(rvec, uvec))
+    u2 = sum(map(mul, uvec, uvec))
+    ru = sum(map(mul, rvec, uvec))
     mi, mj = mass[i], mass[j]
     mu = mi + mj
     if n > 2:
@@ -304,8 +305,9 @@ def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         f7 = math.log(r / (2.0 * pairs / (n * (n - 1))))
     else:
         f3, f7 = TAU_RATIO_CAP, 0.0
+    ai = al[i]
     feats = [u2 * r / mu, ru * ru / (r * mu) if radial == "energy" else ru * ru / (rr * u2 + 1e-300),
-             math.sqrt(sum(c * c for c in al[i])) * rr / mj, f3,
+             math.sqrt(sum(map(mul, ai, ai))) * rr / mj, f3,
              mu / sum(mass), min(mi, mj) / max(mi, mj), eps / (r + eps), f7]
     if timescale in BLENDS:
         t_prs = prs_at_small(xl, vl, al, mass, i, eps)

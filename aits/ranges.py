@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import le
 
 import numpy as np
 
@@ -46,12 +47,13 @@ class FeatureRanges:
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"feature_ranges: margin must be > 0, got {self.margin}")
         self.delta = self.margin * (self.hi - self.lo) + DELTA_FLOOR
-        self._box = list(zip(self.lo.tolist(), self.hi.tolist()))  # for inside(): Python floats beat numpy calls
+        self._lo, self._hi = self.lo.tolist(), self.hi.tolist()  # for inside(): Python floats beat numpy calls
 
     def inside(self, f: np.ndarray) -> bool:
         """Every feature of ``f`` inside the box (then :meth:`excess` is all 0 and w exactly 1; False for NaN):
         the common case of a rule on its own kind of system, checked in a few microseconds at batch 1."""
-        return all(lo <= x <= hi for (lo, hi), x in zip(self._box, f.tolist()))
+        fl = f.tolist()
+        return all(map(le, self._lo, fl)) and all(map(le, fl, self._hi))
 
     def excess(self, f: np.ndarray) -> np.ndarray:
         """d_k / delta_k of one feature vector (n_features,): how far outside the box each feature lies, in

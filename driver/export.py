@@ -25,7 +25,7 @@ import numpy as np
 
 from aits import CheckpointError, ConfigError, load_checkpoint, load_rule
 from aits.features import TAU_RATIO_CAP, scale_free_numpy
-from aits.steprules import BLENDS, PRS_A_FLOOR
+from aits.steprules import BLENDS, PRS_A_FLOOR, soft_blend_exponent
 from aits.model import SOFTPLUS_THRESHOLD
 from aits.physics import kepler_ic
 from aits.rule import Rule
@@ -73,10 +73,12 @@ BLEND_DEFINITIONS = {
                "body i*, Pham, Rein & Spiegel 2024, eq. 16); tau_prs = tau when |a_i*|^2 <= prs_a_floor^2 * "
                "max_k |a_k|^2 or den = 0",
     "tau_blend": "sqrt(tau * tau_prs): the timescale h scales with (timescale 'blend')",
-    "tau_soft_blend": "tau * (tau_prs / tau)^((1 - f6) / 2), f6 = eps / (r + eps) (feature 6): the timescale h "
-                      "scales with (timescale 'soft_blend'); tau_blend on an unsoftened system",
-    "tau_prs_lean": "tau * (tau_prs / tau)^(3 (1 - f6) / 4), f6 = eps / (r + eps) (feature 6): the timescale h "
-                    "scales with (timescale 'prs_lean'); tau^(1/4) tau_prs^(3/4) on an unsoftened system",
+    "tau_soft_blend": f"tau * (tau_prs / tau)^({soft_blend_exponent('soft_blend', 'f6')}), f6 = eps / (r + eps) "
+                      "(feature 6): the timescale h scales with (timescale 'soft_blend'); tau_blend on an unsoftened "
+                      "system",
+    "tau_prs_lean": f"tau * (tau_prs / tau)^({soft_blend_exponent('prs_lean', 'f6')}), f6 = eps / (r + eps) "
+                    "(feature 6): the timescale h scales with (timescale 'prs_lean'); tau^(1/4) tau_prs^(3/4) on an "
+                    "unsoftened system",
 }
 ACTIVATIONS = {"tanh": "tanh(y)", "relu": "max(y, 0)", "silu": "y / (1 + exp(-y))",
                "sigmoid": "1 / (1 + exp(-y))"}
@@ -204,7 +206,7 @@ def export(path: str, softening: float | None = None) -> dict:
                      "formula": "tau_blend = sqrt(tau * tau_prs), tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                      "prs_a_floor": PRS_A_FLOOR}
     if cfg.features.timescale in ("soft_blend", "prs_lean"):
-        w = "(1 - f6) / 2" if cfg.features.timescale == "soft_blend" else "3 (1 - f6) / 4"
+        w = soft_blend_exponent(cfg.features.timescale, "f6")
         timescale = {**timescale, "name": f"tau_{cfg.features.timescale}",
                      "formula": f"tau_{cfg.features.timescale} = tau * (tau_prs / tau)^({w}), f6 = eps / (r + eps) the "
                                 "softening feature; tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))"}

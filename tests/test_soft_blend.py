@@ -17,7 +17,7 @@ from aits import scoreboard as SB
 from aits.features import scale_free_numpy, scale_free_torch
 from aits.policy import learned_methods
 from aits.steprules import (PRS_WEIGHT, TIMESCALES, blend_timescale, nn_timescales, prs_timescales,
-                            soft_blend_timescale)
+                            soft_blend_exponent, soft_blend_timescale)
 from helpers import ETA0, bounded_cfg, classical_model, config_changes, forward_back, wild_model
 
 
@@ -58,6 +58,16 @@ def test_soft_blend_is_tau_to_the_softened_share_of_the_prs_ratio(n, ts, w):
             assert got == pytest.approx(tau, rel=1e-5)
         seen.append(abs(math.log(got / blend_timescale(x, v, a, m, eps))))
     assert max(seen) > 0.05  # softened states really move it off the blend
+
+
+@pytest.mark.parametrize("ts,text", [("soft_blend", "(1 - f) / 2"), ("prs_lean", "3 (1 - f) / 4")])
+def test_the_described_exponent_is_the_weight_the_timescale_uses(ts, text):
+    """The formula text of Rule.describe and driver/export.py comes from PRS_WEIGHT: read back as arithmetic, it is
+    the exponent soft_blend raises tau_prs / tau to."""
+    assert soft_blend_exponent(ts) == text
+    for f in (0.0, 0.3, 1.0):
+        got = eval(soft_blend_exponent(ts, "f6").replace(" (", " * ("), {"f6": f})  # noqa: S307 - our own text
+        assert got == pytest.approx(PRS_WEIGHT[ts] * (1 - f), rel=1e-15, abs=1e-15)
 
 
 def test_soft_blend_gradient_flows_through_the_softening_weight():
