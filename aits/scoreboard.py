@@ -593,16 +593,32 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
                                    for t in [*trials, *wall_runs] if t.metrics["status"] == "ok")
     if ref is not None:
         entry["methods"]["ias15"] = ref["metrics"]
-    lm = entry["methods"][next(iter(learned))]
+    judge(entry, families, next(iter(learned)), wall)
+    entry["_plot"] = plot
+    return entry
+
+
+def judge(entry: dict, families: list[str], primary: str = "learned", wall: bool = True) -> None:
+    """Fill a system entry's verdicts from its runs (``entry["methods"]``), in place: ``strongest`` (the classical
+    family among ``families`` with the smallest max |dE/E| at equal evaluations), ``strongest_wall`` (the same at
+    equal wall time, None without ``wall``), ``strongest_band`` (the smallest energy band among the runs that ended
+    ok) and the ratios of the ``primary`` learned run to every family of ``families`` and to the strongest:
+    ``ratios`` (max |dE/E|), ``ratios_trajectory`` (position error) and ``ratios_band``. :func:`score_system`
+    calls it; ``driver/results.py --without`` calls it again with fewer families."""
+    methods = entry["methods"]
+    lm = methods[primary]
     classical = [f for f in families if f in CLASSICAL]
+    entry["ratios"] = {"equal_force_evals": {}, "equal_wall_time": {}}
+    entry["ratios_trajectory"] = {"equal_force_evals": {}, "equal_wall_time": {}}
+    entry["ratios_band"] = {"equal_force_evals": {}}
     # (comparison, the entry's strongest key, the sub-run of a family's entry it compares with)
     comparisons = [("equal_force_evals", "strongest", None)]
     if wall:
         comparisons.append(("equal_wall_time", "strongest_wall", "equal_wall_time"))
     entry["strongest"] = entry["strongest_wall"] = None
     for comp, key, sub in comparisons:
-        runs = {fam: entry["methods"][fam] if sub is None else entry["methods"][fam][sub] for fam in families}
-        entry[key] = strongest(entry["methods"], classical, sub)
+        runs = {fam: methods[fam] if sub is None else methods[fam][sub] for fam in families}
+        entry[key] = strongest(methods, classical, sub)
         if entry[key] is not None:
             runs["strongest"] = runs[entry[key]]
         for fam, bm in runs.items():
@@ -611,13 +627,11 @@ def score_system(sys: System, learned: dict[str, I.Method], n_steps: int = 1, ma
     # the energy band (max E - min E) / |E0|, which does not depend on the start's place in the oscillation:
     # learned / each family's, and / the smallest classical band (``strongest_band``), at equal evaluations
     band = entry["ratios_band"]["equal_force_evals"]
-    entry["strongest_band"] = _smallest(entry["methods"], classical, "band_rel_dE", ok_only=True)
+    entry["strongest_band"] = _smallest(methods, classical, "band_rel_dE", ok_only=True)
     for fam in families:
-        band[fam] = ratio(lm.get("band_rel_dE"), entry["methods"][fam].get("band_rel_dE"))
+        band[fam] = ratio(lm.get("band_rel_dE"), methods[fam].get("band_rel_dE"))
     if entry["strongest_band"] is not None:
         band["strongest"] = band[entry["strongest_band"]]
-    entry["_plot"] = plot
-    return entry
 
 
 def strongest(methods: dict, families: list[str], comp: str | None) -> str | None:

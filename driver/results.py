@@ -8,6 +8,11 @@ the headline over checkpoints (median [min, max]) and the per-system table, with
 max |dE/E| (``--versus FAMILY``: also the ratios to that classical family, per system and as each
 checkpoint's median over systems). Prints nothing else and writes nothing.
 
+    python driver/results.py --without FAMILY BOARD_DIR [BOARD_DIR ...]
+
+judges the boards again with ``strongest`` over the classical families other than FAMILY (repeatable): a
+board made after a family joined ``aits.scoreboard.CLASSICAL`` set beside an older one on the same terms.
+
     python driver/results.py --profile BOARD_DIR [BOARD_DIR ...]
 
 pools the boards' systems (per checkpoint label) and prints, for the learned rule and every classical
@@ -18,13 +23,14 @@ per-system best everywhere, or only the choice per system is.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from aits.scoreboard import CLASSICAL, per_system_summary, rule_profile, spread, summarize
+from aits.scoreboard import CLASSICAL, judge, per_system_summary, rule_profile, spread, summarize
 from driver.evaluate import fmt, systems_by_label
 
 
@@ -87,6 +93,24 @@ def tables(board: dict, versus: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def without(board: dict, left_out: list[str]) -> dict:
+    """A copy of ``board`` judged again (:func:`aits.scoreboard.judge`) with the classical families ``left_out``
+    dropped from every system's comparisons: ``strongest`` and every ratio as if they had not been run. Raises
+    ValueError when a family is on none of the board's systems."""
+    out = copy.deepcopy(board)
+    seen = set()
+    for label, systems in out["systems"].items():
+        for entry in systems.values():
+            fams = [f for f in entry["ratios"]["equal_force_evals"] if f != "strongest"]
+            seen.update(f for f in left_out if f in fams)
+            kept = [f for f in fams if f not in left_out]
+            judge(entry, kept, "learned", all("equal_wall_time" in entry["methods"][f] for f in kept))
+    missing = [f for f in left_out if f not in seen]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} runs to leave out (--without)")
+    return out
+
+
 def versus_headline(by_ckpt: dict, versus: str) -> dict:
     """{'max |dE/E|': spread, 'band': spread}: per checkpoint the median over its systems of the learned rule's
     ratio to ``versus`` (runs where either failed count as missing), then the spread over checkpoints."""
@@ -132,12 +156,16 @@ def main(argv=None) -> int:
                    help="one table over all boards: each rule against the per-system strongest")
     p.add_argument("--versus", metavar="FAMILY", choices=CLASSICAL,
                    help="also the learned rule's energy and band ratios to this classical family")
+    p.add_argument("--without", metavar="FAMILY", choices=CLASSICAL, action="append", default=[],
+                   help="judge again with strongest over the other classical families (repeatable)")
     args = p.parse_args(argv)
     boards = []
     for d in args.boards:
         path = Path(d) / "scoreboard.json"
         try:
             boards.append(json.loads(path.read_text()))
+            if args.without:
+                boards[-1] = without(boards[-1], args.without)
         except (OSError, ValueError) as exc:
             print(f"results: error: {path}: {exc}", file=sys.stderr)
             return 2
@@ -145,7 +173,7 @@ def main(argv=None) -> int:
         print(profile_table(boards))
         return 0
     for d, board in zip(args.boards, boards):
-        print(f"### {d}\n")
+        print(f"### {d}" + (f" (without {', '.join(args.without)})" if args.without else "") + "\n")
         print(tables(board, args.versus))
     return 0
 

@@ -105,3 +105,45 @@ def test_summary_per_family_carries_position_and_band_beside_energy():
             assert len(vals) >= 10
             assert fam[comp]["strongest"] == approx({"median": float(np.median(vals)), "worst": float(np.max(vals))})
     assert summ["across_checkpoints"]["practitioner"]["band_equal_force_evals"]["strongest"]["median"] < 1.5
+
+
+PRS_LEAN_N3 = BOARD.parents[1] / "standard_random3_prs_lean" / "scoreboard.json"
+
+
+def test_judging_a_board_again_with_every_family_reproduces_its_verdicts():
+    """aits.scoreboard.judge is the verdict score_system wrote: re-judged with all its families, a board made with
+    today's code gives back its strongest families and every ratio unchanged."""
+    board = json.loads(PRS_LEAN_N3.read_text())
+    again = results.without(board, [])
+    assert again == board and again is not board
+    entry = next(iter(next(iter(board["systems"].values())).values()))
+    assert "recursive_prs_lean_clip" in entry["ratios"]["equal_force_evals"]
+
+
+def test_without_a_family_judges_against_the_best_of_the_others(capsys):
+    """--without FAMILY: per system the strongest is the smallest max |dE/E| among the other classical families
+    (computed here from the runs by hand), and the table prints those ratios; a family the board never ran is a
+    one-line error."""
+    board = json.loads(PRS_LEAN_N3.read_text())
+    left = "recursive_prs_lean_clip"
+    judged = results.without(board, [left])
+    changed = 0
+    for label, systems in board["systems"].items():
+        for name, entry in systems.items():
+            m = entry["methods"]
+            others = {f: m[f]["max_rel_dE"] for f in results.CLASSICAL if f in m and f != left
+                      and m[f]["max_rel_dE"] is not None and np.isfinite(m[f]["max_rel_dE"])}
+            best = min(others, key=others.get)
+            got = judged["systems"][label][name]
+            assert got["strongest"] == best
+            assert got["ratios"]["equal_force_evals"]["strongest"] == approx(m["learned"]["max_rel_dE"] / others[best],
+                                                                          rel=1e-12)
+            assert left not in got["ratios"]["equal_force_evals"]
+            changed += entry["strongest"] == left
+    assert changed > 0  # the family was the strongest somewhere: the verdicts really move
+    assert results.main(["--without", left, str(PRS_LEAN_N3.parent)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"### {PRS_LEAN_N3.parent} (without {left})") and f"{left} ×" not in out
+    assert results.main(["--without", left, str(BOARD.parent)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and left in err[0] and "scoreboard.json" in err[0]
