@@ -94,8 +94,10 @@ class FeaturesConfig:
     timescale: str = opt("nn", "scale_free features: 'nn' (tau = min sqrt(r/|a|)), 'blend' (a 9th feature "
                                "log(tau_prs / tau_nn); the factor scales sqrt(tau_nn tau_prs)) or 'soft_blend' (as blend, "
                                "leaning to tau_nn with the softening feature eps / (r + eps)) or 'prs_lean' (as "
-                               "soft_blend with tau_nn^(1/4) tau_prs^(3/4) in place of the mean)",
-                         choices=("nn", "blend", "soft_blend", "prs_lean"))
+                               "soft_blend with tau_nn^(1/4) tau_prs^(3/4) in place of the mean) or 'prs_point_lean' "
+                               "(prs_lean's on an unsoftened pair, soft_blend's once the pair's softening is above "
+                               "about 1 % of its separation)",
+                         choices=("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean"))
     radial_feature: str = opt("fraction", "scale_free feature 1: 'fraction', the squared cosine (r.u)^2 / (r^2 u^2) "
                                           "between the pair's separation and relative velocity, or 'energy', "
                                           "(r.u)^2 / (r mu), that cosine times u^2 r / mu (feature 0): the fraction "

@@ -15,7 +15,7 @@ import torch
 from .physics import acceleration
 from . import steprules
 from .steprules import (BLENDS, nn_pairs_small, prs_at_small, prs_timescale_at, prs_timescale_at_torch,
-                        PRS_WEIGHT, set_diagonal, soft_blend)
+                        lean_of, set_diagonal, soft_blend)
 
 STATE_DIMS = {"basic": 11, "rich": 23}
 DELTA_DIM = 10
@@ -165,7 +165,9 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn", radial: str = "frac
     ``blend`` rule. ``timescale: soft_blend``: the same 9 features, and the returned timescale leans from that
     mean to tau as the pair's softening feature eps / (r + eps) goes from 0 to 1
     (:func:`aits.steprules.soft_blend`; equal to ``blend`` on unsoftened systems). ``timescale: prs_lean``: as
-    ``soft_blend`` with tau^(1/4) tau_prs^(3/4) in place of the mean (:data:`aits.steprules.PRS_WEIGHT`).
+    ``soft_blend`` with tau^(1/4) tau_prs^(3/4) in place of the mean (:data:`aits.steprules.PRS_WEIGHT`);
+    ``prs_point_lean``: prs_lean's on an unsoftened pair, the soft blend's once softening matters
+    (:data:`aits.steprules.PRS_HANDBACK`).
 
     ``radial`` (``features.radial_feature``): feature 1 is the cosine squared between the pair's separation and
     relative velocity (``fraction``), or ``energy``, (r . u)^2 / (r mu): that fraction times feature 0, the
@@ -218,7 +220,7 @@ def scale_free_torch(x, v, a, m, eps, timescale: str = "nn", radial: str = "frac
         t_prs = prs_timescale_at_torch(x, v, a, m, i, eps)  # body i*'s (aits.steprules.blend_timescale)
         t_prs = torch.where(torch.isinf(t_prs), tau, t_prs)
         cols.append(torch.log(t_prs / tau).clamp(-TAU_RATIO_CAP, TAU_RATIO_CAP))
-        tau = torch.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, cols[6], PRS_WEIGHT[timescale])
+        tau = torch.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, cols[6], *lean_of(timescale))
     return torch.stack(cols, -1), tau
 
 
@@ -273,7 +275,7 @@ def scale_free_numpy(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         t_prs = prs_timescale_at(x, v, a, m, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
         feats.append(min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, f6, PRS_WEIGHT[timescale])
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, f6, *lean_of(timescale))
     feats = np.array(feats)
     return feats, tau
 
@@ -313,7 +315,7 @@ def scale_free_small(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray,
         t_prs = prs_at_small(xl, vl, al, mass, i, eps)
         t_prs = t_prs if math.isfinite(t_prs) else tau
         feats.append(min(max(math.log(t_prs / tau), -TAU_RATIO_CAP), TAU_RATIO_CAP))
-        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6], PRS_WEIGHT[timescale])
+        tau = math.sqrt(tau * t_prs) if timescale == "blend" else soft_blend(tau, t_prs, feats[6], *lean_of(timescale))
     return np.array(feats), tau
 
 

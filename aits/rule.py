@@ -294,7 +294,7 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         elif f.timescale == "blend":
             hstr = (", h = g(9 scale-free features) * sqrt(tau * tau_prs), tau = min_i sqrt(r_i,nn / |a_i|), "
                     "tau_prs IAS15's 2024 timescale of the body that sets tau")
-        elif f.timescale in ("soft_blend", "prs_lean"):
+        elif f.timescale in ("soft_blend", "prs_lean", "prs_point_lean"):
             w = soft_blend_exponent(f.timescale)
             hstr = (f", h = g(9 scale-free features) * tau * (tau_prs / tau)^({w}), tau = min_i sqrt(r_i,nn / "
                     "|a_i|), tau_prs IAS15's 2024 timescale of the body that sets tau, f = eps / (r + eps) of its pair")

@@ -282,25 +282,50 @@ def soft_weight(eps: float, r: float) -> float:
 # (examples/timescale_weights.py; docs/RESULTS.md, "Leaning to the PRS timescale"), over the best rule run: on thirty
 # random four-body systems (seeds 10-39) median 1.33 for the mean, 1.15 for 3/4 (largest 5.0 and 2.4); on eight
 # practitioner systems 1.12 and 1.07 (the near-radial orbits 1.10-1.13 -> 1.29-1.32, Kozai-Lidov 1.44 -> 1.00).
-PRS_WEIGHT = {"blend": 0.5, "soft_blend": 0.5, "prs_lean": 0.75}
+PRS_WEIGHT = {"blend": 0.5, "soft_blend": 0.5, "prs_lean": 0.75, "prs_point_lean": 0.75}
+# ``prs_point_lean`` leans as ``prs_lean`` on a point-mass pair and hands the weight above 1/2 back to the blend as
+# the pair's softening appears: w(f) = 1/2 + (3/4 - 1/2) exp(-f / F), F = 0.01, so the lean holds while eps is below
+# about 1 % of the pair's separation and is gone (below 1e-4 of it) from f = 0.1 on. Reason: on the Plummer sphere
+# N = 16 (eps = 0.05, f of the pair that sets tau 0.11-0.64) prs_lean's classical rule is 1.4x the soft blend's, while
+# on unsoftened few-body systems it is the better one (docs/RESULTS.md, "The lean on point-mass pairs only").
+PRS_HANDBACK = {"prs_point_lean": 0.01}
+
+
+def lean_of(timescale: str) -> tuple[float, float | None]:
+    """(w, handback) of a blended timescale, the arguments :func:`soft_blend` takes after f."""
+    return PRS_WEIGHT[timescale], PRS_HANDBACK.get(timescale)
 
 
 def soft_blend_exponent(timescale: str, f: str = "f") -> str:
-    """The exponent of ``timescale``'s :func:`soft_blend` as text, from its :data:`PRS_WEIGHT`: "(1 - f) / 2" for
-    soft_blend, "3 (1 - f) / 4" for prs_lean (``f`` the softening feature's name), for the rule's descriptions."""
-    w = Fraction(PRS_WEIGHT[timescale]).limit_denominator(100)
+    """The exponent of ``timescale``'s :func:`soft_blend` as text, from its :data:`PRS_WEIGHT` (and
+    :data:`PRS_HANDBACK`): "(1 - f) / 2" for soft_blend, "3 (1 - f) / 4" for prs_lean, "(1 - f) (1/2 + 1/4 exp(-f /
+    0.01))" for prs_point_lean (``f`` the softening feature's name), for the rule's descriptions."""
+    w, handback = lean_of(timescale)
+    w = Fraction(w).limit_denominator(100)
+    if handback is not None:
+        return f"(1 - {f}) (1/2 + {w - Fraction(1, 2)} exp(-{f} / {handback:g}))"
     return f"{'' if w.numerator == 1 else f'{w.numerator} '}(1 - {f}) / {w.denominator}"
 
 
-def soft_blend(tau, t_prs, f, w: float = 0.5):
+def lean_exponent(f, w: float = 0.5, handback: float | None = None):
+    """The power of t_prs / tau in :func:`soft_blend`: w (1 - f); with ``handback`` F, (1 - f) (1/2 + (w - 1/2)
+    exp(-f / F)), which is w (1 - f) to the bit at f = 0. Floats or tensors alike."""
+    if handback is None:
+        return w * (1.0 - f)
+    fade = torch.exp(-f / handback) if isinstance(f, torch.Tensor) else math.exp(-f / handback)
+    return (1.0 - f) * (0.5 + (w - 0.5) * fade)
+
+
+def soft_blend(tau, t_prs, f, w: float = 0.5, handback: float | None = None):
     """tau * (t_prs / tau)^(w (1 - f)): tau^(1 - w) t_prs^w at f = 0 (an unsoftened pair; w = 1/2 the geometric mean
     sqrt(tau t_prs)), tau itself at f = 1. Floats or tensors alike (``f`` the pair's :func:`soft_weight`, ``w`` the
-    timescale's :data:`PRS_WEIGHT`)."""
-    return tau * (t_prs / tau) ** (w * (1.0 - f))
+    timescale's :data:`PRS_WEIGHT`; ``handback``: :func:`lean_exponent`)."""
+    return tau * (t_prs / tau) ** lean_exponent(f, w, handback)
 
 
 def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
-                    soft: bool = False, r2: np.ndarray | None = None, w: float = 0.5) -> float:
+                    soft: bool = False, r2: np.ndarray | None = None, w: float = 0.5,
+                    handback: float | None = None) -> float:
     """sqrt(tau * tau_prs,i*): the geometric mean of the nearest-neighbour timescale tau = tau_i* and the
     PRS timescale of the same body i* (tau where that is undefined), the classical rule that
     ``features.timescale: blend`` models contain (:func:`aits.features.scale_free_numpy`).
@@ -311,7 +336,8 @@ def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, 
 
     ``soft`` (the ``soft_blend`` timescale): :func:`soft_blend` with f the softening over the separation r of
     body i* and its nearest neighbour, eps / (r + eps): the blend on an unsoftened pair, leaning to tau where the
-    softening smooths the pair's force (docs/DESIGN.md §2.3b); ``w`` its weight on tau_prs (:data:`PRS_WEIGHT`)."""
+    softening smooths the pair's force (docs/DESIGN.md §2.3b); ``w`` its weight on tau_prs (:data:`PRS_WEIGHT`),
+    ``handback`` :data:`PRS_HANDBACK`'s (:func:`lean_exponent`)."""
     if len(x) <= SMALL_N:
         xl, al = x.tolist(), a.tolist()
         r2, tau_i, jnn = nn_pairs_small(xl, al)
@@ -326,7 +352,7 @@ def blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, 
     tau = float(tau_i[i])
     if not math.isfinite(t_prs):
         return tau
-    return soft_blend(tau, t_prs, soft_weight(eps, r_nn), w) if soft else math.sqrt(tau * t_prs)
+    return soft_blend(tau, t_prs, soft_weight(eps, r_nn), w, handback) if soft else math.sqrt(tau * t_prs)
 
 
 def soft_blend_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
@@ -342,12 +368,20 @@ def prs_lean_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarra
     return blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=PRS_WEIGHT["prs_lean"])
 
 
+def prs_point_lean_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.ndarray, eps: float = 0.0,
+                             r2: np.ndarray | None = None) -> float:
+    """:func:`prs_lean_timescale` on an unsoftened pair (to the bit), the soft blend's once softening matters
+    (:data:`PRS_HANDBACK`): the classical rule of ``features.timescale: prs_point_lean`` models."""
+    return blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=PRS_WEIGHT["prs_point_lean"],
+                           handback=PRS_HANDBACK["prs_point_lean"])
+
+
 # Classical timescales by name, all called as f(x, v, a, m, eps, r2=None) -> tau (time units); r2: the squared
 # pair separations of x where the caller has them (aits.integrators.accel_pairs), the same numbers either way.
 TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale, "soft_blend": soft_blend_timescale,
-              "prs_lean": prs_lean_timescale}
+              "prs_lean": prs_lean_timescale, "prs_point_lean": prs_point_lean_timescale}
 # the timescales of scale-free features with the 9th feature log(tau_prs / tau) (aits.features.scale_free_torch)
-BLENDS = ("blend", "soft_blend", "prs_lean")
+BLENDS = ("blend", "soft_blend", "prs_lean", "prs_point_lean")
 
 
 # ---------------------------------------------------------------- the step recursion

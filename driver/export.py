@@ -79,6 +79,9 @@ BLEND_DEFINITIONS = {
     "tau_prs_lean": f"tau * (tau_prs / tau)^({soft_blend_exponent('prs_lean', 'f6')}), f6 = eps / (r + eps) "
                     "(feature 6): the timescale h scales with (timescale 'prs_lean'); tau^(1/4) tau_prs^(3/4) on an "
                     "unsoftened system",
+    "tau_prs_point_lean": f"tau * (tau_prs / tau)^({soft_blend_exponent('prs_point_lean', 'f6')}), f6 = eps / (r + "
+                          "eps) (feature 6): the timescale h scales with (timescale 'prs_point_lean'); tau_prs_lean "
+                          "on an unsoftened system, tau_soft_blend to within 1e-4 of the exponent from f6 = 0.1 on",
 }
 ACTIVATIONS = {"tanh": "tanh(y)", "relu": "max(y, 0)", "silu": "y / (1 + exp(-y))",
                "sigmoid": "1 / (1 + exp(-y))"}
@@ -205,7 +208,7 @@ def export(path: str, softening: float | None = None) -> dict:
         timescale = {**timescale, "name": "tau_blend",
                      "formula": "tau_blend = sqrt(tau * tau_prs), tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                      "prs_a_floor": PRS_A_FLOOR}
-    if cfg.features.timescale in ("soft_blend", "prs_lean"):
+    if cfg.features.timescale in ("soft_blend", "prs_lean", "prs_point_lean"):
         w = soft_blend_exponent(cfg.features.timescale, "f6")
         timescale = {**timescale, "name": f"tau_{cfg.features.timescale}",
                      "formula": f"tau_{cfg.features.timescale} = tau * (tau_prs / tau)^({w}), f6 = eps / (r + eps) the "

@@ -16,8 +16,8 @@ from aits import problems as P
 from aits import scoreboard as SB
 from aits.features import scale_free_numpy, scale_free_torch
 from aits.policy import learned_methods
-from aits.steprules import (PRS_WEIGHT, TIMESCALES, blend_timescale, nn_timescales, prs_timescales,
-                            soft_blend_exponent, soft_blend_timescale)
+from aits.steprules import (PRS_WEIGHT, TIMESCALES, blend_timescale, lean_exponent, lean_of, nn_timescales,
+                            prs_timescales, soft_blend_exponent, soft_blend_timescale)
 from helpers import ETA0, bounded_cfg, classical_model, config_changes, forward_back, wild_model
 
 
@@ -60,14 +60,61 @@ def test_soft_blend_is_tau_to_the_softened_share_of_the_prs_ratio(n, ts, w):
     assert max(seen) > 0.05  # softened states really move it off the blend
 
 
-@pytest.mark.parametrize("ts,text", [("soft_blend", "(1 - f) / 2"), ("prs_lean", "3 (1 - f) / 4")])
+@pytest.mark.parametrize("ts,text", [("soft_blend", "(1 - f) / 2"), ("prs_lean", "3 (1 - f) / 4"),
+                                     ("prs_point_lean", "(1 - f) (1/2 + 1/4 exp(-f / 0.01))")])
 def test_the_described_exponent_is_the_weight_the_timescale_uses(ts, text):
-    """The formula text of Rule.describe and driver/export.py comes from PRS_WEIGHT: read back as arithmetic, it is
-    the exponent soft_blend raises tau_prs / tau to."""
+    """The formula text of Rule.describe and driver/export.py comes from PRS_WEIGHT and PRS_HANDBACK: read back as
+    arithmetic, it is the exponent soft_blend raises tau_prs / tau to."""
     assert soft_blend_exponent(ts) == text
-    for f in (0.0, 0.3, 1.0):
-        got = eval(soft_blend_exponent(ts, "f6").replace(" (", " * ("), {"f6": f})  # noqa: S307 - our own text
-        assert got == pytest.approx(PRS_WEIGHT[ts] * (1 - f), rel=1e-15, abs=1e-15)
+    for f in (0.0, 0.004, 0.3, 1.0):
+        expr = soft_blend_exponent(ts, "f6").replace(" (", " * (").replace(" exp(", " * exp(")
+        got = eval(expr, {"f6": f, "exp": math.exp})  # noqa: S307 - our own text
+        assert got == pytest.approx(lean_exponent(f, *lean_of(ts)), rel=1e-15, abs=1e-15)
+    if ts != "prs_point_lean":
+        assert lean_exponent(0.3, *lean_of(ts)) == PRS_WEIGHT[ts] * (1 - 0.3)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 12])  # 7, 12: above aits.steprules.SMALL_N, the vectorised forms
+def test_prs_point_lean_is_prs_lean_unsoftened_and_the_soft_blend_softened(n):
+    """prs_point_lean: on an unsoftened system prs_lean to the bit in the classical rule, the numpy features and the
+    torch features (values and gradients in x and v: the same training); with softening tau (tau_prs / tau)^((1 - f)
+    (1/2 + 1/4 exp(-f / 0.01))) in all three forms, within 1e-4 of the soft blend's log where f >= 0.1 and between
+    the two where the softening is slight."""
+    rng = np.random.default_rng(50 + n)
+    slight, handed_back = [], 0
+    for k in range(8):
+        m, x, v = rng.uniform(0.3, 2.0, n), rng.normal(size=(n, 3)), 0.5 * rng.normal(size=(n, 3))
+        eps = (0.0, 0.05, 1.0, 1e-3)[k % 4]
+        a = I.accel(x, m, eps)
+        got = TIMESCALES["prs_point_lean"](x, v, a, m, eps)
+        f_np, t_np = scale_free_numpy(x, v, a, m, eps, "prs_point_lean")
+        xt, vt = (torch.tensor(z, requires_grad=True) for z in (x, v))
+        at, mt = torch.tensor(a)[None], torch.tensor(m)[None]
+        out = {}
+        for ts in ("prs_point_lean", "prs_lean", "soft_blend"):
+            feats, t_t = scale_free_torch(xt[None], vt[None], at, mt, eps, ts)
+            gx, gv = torch.autograd.grad(t_t.sum() + feats.sum(), (xt, vt))
+            out[ts] = (feats.detach(), float(t_t[0].detach()), gx, gv)
+        if eps == 0:
+            assert got == TIMESCALES["prs_lean"](x, v, a, m, eps)
+            assert t_np == scale_free_numpy(x, v, a, m, eps, "prs_lean")[1]
+            assert np.array_equal(f_np, scale_free_numpy(x, v, a, m, eps, "prs_lean")[0])
+            assert all(torch.equal(p, q) for p, q in zip(out["prs_point_lean"], out["prs_lean"]) if
+                       isinstance(p, torch.Tensor)) and out["prs_point_lean"][1] == out["prs_lean"][1]
+            continue
+        tau, t_prs, f = parts(x, v, a, m, eps)
+        want = tau * (t_prs / tau) ** ((1 - f) * (0.5 + 0.25 * math.exp(-f / 0.01)))
+        assert got == pytest.approx(want, rel=1e-12) and t_np == pytest.approx(want, rel=1e-12)
+        assert out["prs_point_lean"][1] == pytest.approx(want, rel=1e-12)
+        soft = TIMESCALES["soft_blend"](x, v, a, m, eps)
+        if f >= 0.1:
+            assert abs(math.log(got / soft)) <= 1e-4 * abs(math.log(t_prs / tau)) + 1e-15
+            handed_back += 1
+        else:
+            lean = TIMESCALES["prs_lean"](x, v, a, m, eps)
+            assert min(soft, lean) - 1e-15 <= got <= max(soft, lean) + 1e-15
+            slight.append(abs(math.log(got / soft)))
+    assert handed_back > 0 and slight and max(slight) > 1e-3  # both regimes seen; slight softening keeps some lean
 
 
 def test_soft_blend_gradient_flows_through_the_softening_weight():
@@ -167,6 +214,14 @@ def test_prs_lean_config_is_the_apsis_hinge_config_with_the_prs_lean_timescale()
     assert config_changes("configs/generalist_apsis_hinge.yaml", "configs/generalist_prs_lean.yaml") == {
         ("run", "name"), ("features", "timescale")}
     assert Config.load("configs/generalist_prs_lean.yaml").features.timescale == "prs_lean"
+
+
+def test_prs_point_lean_config_is_the_prs_lean_config_with_its_timescale():
+    from aits import Config
+
+    assert config_changes("configs/generalist_prs_lean.yaml", "configs/generalist_prs_point_lean.yaml") == {
+        ("run", "name"), ("features", "timescale")}
+    assert Config.load("configs/generalist_prs_point_lean.yaml").features.timescale == "prs_point_lean"
 
 
 def test_soft_config_is_the_blend_config_with_the_soft_blend_timescale():
