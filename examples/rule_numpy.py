@@ -45,7 +45,7 @@ class JsonRule:
         self.cap = float(doc["features"]["constants"]["tau_ratio_cap"])
         self.timescale = doc["features"].get("timescale", "nn")
         self.radial = doc["features"].get("radial_feature", "fraction")  # feature 1: the cosine, or the radial energy
-        if self.timescale not in ("nn", "blend", "soft_blend"):
+        if self.timescale not in ("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean"):
             raise ValueError(f"features.timescale {self.timescale!r} is not implemented here")
         self.prs_a_floor = float(doc["timescale"].get("prs_a_floor", 0.0))
         net = doc["network"]
@@ -121,14 +121,21 @@ class JsonRule:
         f = np.array([u2 * r / mu, ru2 / (r * mu) if self.radial == "energy" else ru2 / (r * r * u2 + 1e-300),
                       math.sqrt(float(a[i] @ a[i])) * r * r / float(m[j]), f3, mu / float(m.sum()),
                       float(min(m[i], m[j]) / max(m[i], m[j])), self.eps / (r + self.eps), f7])
-        if self.timescale != "nn":  # blend, soft_blend: a 9th feature, and h scales with a blend of tau and tau_prs
+        if self.timescale != "nn":  # the blends: a 9th feature, and h scales with a blend of tau and tau_prs
             t_prs = self.tau_prs(x, v, a, m, i)
             t_prs = t_prs if math.isfinite(t_prs) else tau
             f = np.append(f, min(max(math.log(t_prs / tau), -self.cap), self.cap))
             if self.timescale == "blend":
                 tau = math.sqrt(tau * t_prs)
-            else:  # soft_blend: tau * (tau_prs / tau)^((1 - f6) / 2), f6 the softening feature
-                tau = tau * (t_prs / tau) ** (0.5 * (1.0 - f[6]))
+            else:  # tau * (tau_prs / tau)^p, f6 = f[6] the softening feature (the JSON's tau_<timescale>)
+                f6 = f[6]
+                if self.timescale == "soft_blend":  # p = (1 - f6) / 2
+                    p = 0.5 * (1.0 - f6)
+                elif self.timescale == "prs_lean":  # p = 3 (1 - f6) / 4
+                    p = 0.75 * (1.0 - f6)
+                else:  # prs_point_lean: p = (1 - f6) (1/2 + 1/4 exp(-f6 / 0.01))
+                    p = (1.0 - f6) * (0.5 + 0.25 * math.exp(-f6 / 0.01))
+                tau = tau * (t_prs / tau) ** p
         return f, tau
 
     def g(self, f):

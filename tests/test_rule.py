@@ -59,6 +59,9 @@ def ckpts(tmp_path_factory):
     out["soft_blend"] = checkpoint(d / "soft_blend.pt", MODELS["recursive"],
                                    {"feature_type": "scale_free", "timescale": "soft_blend"}, softening=0.3, ic="random",
                                    num_particles=3)
+    for ts in ("prs_lean", "prs_point_lean"):  # eps 0.004: f6 near 0.01, where prs_point_lean hands back
+        out[ts] = checkpoint(d / f"{ts}.pt", MODELS["recursive"], {"feature_type": "scale_free", "timescale": ts},
+                             softening=0.004, ic="random", num_particles=3)
     out["radial"] = checkpoint(d / "radial.pt", MODELS["recursive"], {"feature_type": "scale_free", "timescale":
                                                                      "soft_blend", "radial_feature": "energy"})
     out["seed"] = checkpoint(d / "seed.pt", {"init_dt": 0.01}, {"history_len": 2})
@@ -191,7 +194,7 @@ def exported(ckpt: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["recursive", "explicit", "symmetric", "fourier", "softened", "blend", "soft_blend",
-                                  "radial"])
+                                  "prs_lean", "prs_point_lean", "radial"])
 def test_json_alone_gives_the_library_dt_along_a_trajectory(ckpts, tmp_path, name):
     """examples/rule_numpy.py (no aits) from the exported JSON: the library's steps to 1e-12 along
     200 steps of a Kepler orbit at e = 0.9 integrated with the library's rule."""
@@ -204,14 +207,14 @@ def test_json_alone_gives_the_library_dt_along_a_trajectory(ckpts, tmp_path, nam
     jr = load_example("rule_numpy").JsonRule(path)
     assert load_example("rule_numpy").check_test_vectors(jr) < 1e-12
     system = None
-    assert len(doc["features"]["list"]) == (9 if "blend" in name or name == "radial" else 8) == len(
+    assert len(doc["features"]["list"]) == (9 if "blend" in name or "lean" in name or name == "radial" else 8) == len(
         doc["test_vectors"][0]["features"])
     assert doc["features"]["list"][1]["name"] == ("radial_kinetic_over_potential" if name == "radial"
                                                   else "cos2_separation_velocity")
     if name == "blend":  # three bodies: the PRS timescale of the body that sets tau, not of the others
         from aits import problems as P
         system = P.figure_eight()
-    if name in ("softened", "soft_blend"):  # soft_blend: eps 0.3, the timescale off the blend's
+    if name in ("softened", "soft_blend", "prs_lean", "prs_point_lean"):  # soft_blend: eps 0.3, off the blend's
         rng = np.random.default_rng(4)
         system = (rng.uniform(0.5, 1.5, 3), rng.normal(size=(3, 3)), 0.3 * rng.normal(size=(3, 3)), None)
     m, tr = library_run(ckpts[name], steps=200, system=system)
