@@ -38,7 +38,8 @@ def test_quick_bench_reports_the_step_cost_figures(tmp_path, capsys):
               "generalist_step_vs_recursive_step_N64", "step_profile_N16_features_us", "step_profile_N64_mlp_us",
               "soft_step_vs_recursive_step_N16", "soft_step_vs_recursive_step_N64",
               "recursive_soft_blend_step_vs_recursive_step_N16", "recursive_soft_blend_step_vs_recursive_step_N64",
-              "radial_step_vs_recursive_step", "recursive_soft_blend_step_vs_recursive_step_N2"):
+              "radial_step_vs_recursive_step", "recursive_soft_blend_step_vs_recursive_step_N2",
+              "point_lean_step_vs_recursive_step"):
         assert res[k] > 0, k
     # at N = 64 the force evaluation's pairs spare tau its own pass over them (about 7x on the idle machine)
     assert res["step_profile_N64_timescale_given_pairs_us"] < 0.5 * res["step_profile_N64_timescale_us"]
