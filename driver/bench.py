@@ -530,12 +530,13 @@ def steps(quick: bool) -> dict:
            "blend": methods(generalist_config("features.timescale=blend"))["learned"],
            "recursive_blend_clip": make_baseline("recursive_blend_clip", 0.01),
            # configs/generalist_radial.yaml, with the range box its validation would store: on this orbit the
-           # features lie inside it, so every step evaluates the network. The README's recommendation,
-           # generalist_apsis_hinge.yaml, is the same rule (features, model) trained otherwise, as is soft radial's
+           # features lie inside it, so every step evaluates the network. generalist_apsis_hinge.yaml is the same rule
+           # (features, model) trained otherwise, as is soft radial's
            # (tests/test_passage.py holds the configs' differences)
            "radial": learned_methods(boxed_checkpoint(Config.load(ROOT / "configs" / "generalist_radial.yaml",
                                                                   ["wandb.mode=disabled"]), quick))["learned"],
-           # configs/generalist_prs_point_lean.yaml: the same rule on the prs_point_lean timescale (one exp more)
+           # configs/generalist_prs_point_lean.yaml (the README's recommendation): the same rule on the prs_point_lean
+           # timescale (one exp more)
            "point_lean": learned_methods(boxed_checkpoint(Config.load(
                ROOT / "configs" / "generalist_prs_point_lean.yaml", ["wandb.mode=disabled"]), quick))["learned"],
            "recursive_soft_blend_clip": make_baseline("recursive_soft_blend_clip", 0.01)}
