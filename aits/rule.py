@@ -31,7 +31,7 @@ from .features import NormScales
 from .model import build_model
 from .policy import FactorStep, learned_methods
 from .ranges import range_report, range_tally
-from .steprules import soft_blend_exponent
+from .steprules import SOFT_BLENDS, soft_blend_exponent
 
 Trial = Callable[[float], tuple]
 
@@ -294,7 +294,7 @@ The explicit form is a function of the state (here at pericentre, where tau = sq
         elif f.timescale == "blend":
             hstr = (", h = g(9 scale-free features) * sqrt(tau * tau_prs), tau = min_i sqrt(r_i,nn / |a_i|), "
                     "tau_prs IAS15's 2024 timescale of the body that sets tau")
-        elif f.timescale in ("soft_blend", "prs_lean", "prs_point_lean"):
+        elif f.timescale in SOFT_BLENDS:
             w = soft_blend_exponent(f.timescale)
             hstr = (f", h = g(9 scale-free features) * tau * (tau_prs / tau)^({w}), tau = min_i sqrt(r_i,nn / "
                     "|a_i|), tau_prs IAS15's 2024 timescale of the body that sets tau, f = eps / (r + eps) of its pair")

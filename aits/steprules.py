@@ -372,8 +372,8 @@ def prs_point_lean_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.
                              r2: np.ndarray | None = None) -> float:
     """:func:`prs_lean_timescale` on an unsoftened pair (to the bit), the soft blend's once softening matters
     (:data:`PRS_HANDBACK`): the classical rule of ``features.timescale: prs_point_lean`` models."""
-    return blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=PRS_WEIGHT["prs_point_lean"],
-                           handback=PRS_HANDBACK["prs_point_lean"])
+    w, handback = lean_of("prs_point_lean")
+    return blend_timescale(x, v, a, m, eps, soft=True, r2=r2, w=w, handback=handback)
 
 
 # Classical timescales by name, all called as f(x, v, a, m, eps, r2=None) -> tau (time units); r2: the squared
@@ -381,7 +381,9 @@ def prs_point_lean_timescale(x: np.ndarray, v: np.ndarray, a: np.ndarray, m: np.
 TIMESCALES = {"nn": nn_timescale, "prs": prs_timescale, "blend": blend_timescale, "soft_blend": soft_blend_timescale,
               "prs_lean": prs_lean_timescale, "prs_point_lean": prs_point_lean_timescale}
 # the timescales of scale-free features with the 9th feature log(tau_prs / tau) (aits.features.scale_free_torch)
-BLENDS = ("blend", "soft_blend", "prs_lean", "prs_point_lean")
+# and of them those whose weight on tau_prs leans with the softening feature (aits.steprules.soft_blend)
+SOFT_BLENDS = ("soft_blend", "prs_lean", "prs_point_lean")
+BLENDS = ("blend", *SOFT_BLENDS)
 
 
 # ---------------------------------------------------------------- the step recursion

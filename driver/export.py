@@ -25,7 +25,7 @@ import numpy as np
 
 from aits import CheckpointError, ConfigError, load_checkpoint, load_rule
 from aits.features import TAU_RATIO_CAP, scale_free_numpy
-from aits.steprules import BLENDS, PRS_A_FLOOR, soft_blend_exponent
+from aits.steprules import BLENDS, PRS_A_FLOOR, SOFT_BLENDS, soft_blend_exponent
 from aits.model import SOFTPLUS_THRESHOLD
 from aits.physics import kepler_ic
 from aits.rule import Rule
@@ -208,7 +208,7 @@ def export(path: str, softening: float | None = None) -> dict:
         timescale = {**timescale, "name": "tau_blend",
                      "formula": "tau_blend = sqrt(tau * tau_prs), tau = min_i sqrt(r_i_nn / max(|a_i|, 1e-300))",
                      "prs_a_floor": PRS_A_FLOOR}
-    if cfg.features.timescale in ("soft_blend", "prs_lean", "prs_point_lean"):
+    if cfg.features.timescale in SOFT_BLENDS:
         w = soft_blend_exponent(cfg.features.timescale, "f6")
         timescale = {**timescale, "name": f"tau_{cfg.features.timescale}",
                      "formula": f"tau_{cfg.features.timescale} = tau * (tau_prs / tau)^({w}), f6 = eps / (r + eps) the "

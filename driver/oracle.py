@@ -30,7 +30,7 @@ import numpy as np
 
 from aits import oracle as O
 from aits.scoreboard import ratio, suite_systems
-from aits.steprules import RECURSION_CLIP
+from aits.steprules import BLENDS, RECURSION_CLIP
 from driver.evaluate import fmt, systems_by_label
 
 
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--eta0", type=float, default=0.01, help="the family's classical eta (model.init_factor)")
     p.add_argument("--modulation", type=float, default=3.0, help="the bound M of the factor (model.max_modulation)")
     p.add_argument("--clip", type=float, default=RECURSION_CLIP, help="the recursion's clip (model.recursion_clip)")
-    p.add_argument("--timescale", default="nn", choices=("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean"),
+    p.add_argument("--timescale", default="nn", choices=("nn", *BLENDS),
                    help="the family's timescale (features.timescale of the checkpoints)")
     p.add_argument("--max-runs", type=int, default=80, help="fit runs per system (Nelder-Mead evaluations)")
     p.add_argument("--fit-evals", type=int, default=O.FIT_EVALS,
