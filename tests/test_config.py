@@ -201,3 +201,15 @@ def test_unreadable_config_and_ic_files_give_one_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         Config.from_dict({"system": {"ic": "file", "ic_path": str(ic)}})
     assert err.value.problems == [f"system.ic_path: IC file {ic}: cannot read (Permission denied)"]
+
+
+def test_timescale_choices_are_the_library_timescales():
+    # aits.config spells the choices out (importing aits.steprules would pull torch into the config module); a
+    # timescale added to aits.steprules.BLENDS and not here (or the reverse) would be refused or crash in training.
+    import dataclasses
+
+    from aits.config import FeaturesConfig
+    from aits.steprules import BLENDS
+
+    field = {f.name: f for f in dataclasses.fields(FeaturesConfig)}["timescale"]
+    assert field.metadata["choices"] == ("nn", *BLENDS)
