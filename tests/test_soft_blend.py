@@ -230,3 +230,24 @@ def test_soft_config_is_the_blend_config_with_the_soft_blend_timescale():
     assert config_changes("configs/generalist_blend.yaml", "configs/generalist_soft.yaml") == {
         ("run", "name"), ("features", "timescale")}
     assert Config.load("configs/generalist_soft.yaml").features.timescale == "soft_blend"
+
+
+def test_prs_point_lean_rule_is_time_reversible_where_its_hand_back_acts():
+    """The recommended timescale hands the lean back to the soft blend over f = 0-0.05, its steepest stretch: a wild
+    prs_point_lean recursion on the hierarchical triple softened so that its inner pair sits there (f = 0.014 at
+    the start) retraces 2000 steps when the velocities are reversed, and its step is neither prs_lean's nor the
+    soft blend's there."""
+    t = SB.hierarchical_triple(1, dim=3)
+    eps = 1e-3
+    rules = {}
+    for ts in ("prs_lean", "soft_blend", "prs_point_lean"):
+        cfg = bounded_cfg(ts, max_modulation=3.0, recursion_clip=1.2)
+        rules[ts] = learned_methods(build_payload(0, wild_model(cfg, 0.5).state_dict(), None, cfg,
+                                                  NormScales().to_dict()), eps=eps)["learned"]
+    a = I.accel(t.x, t.m, eps)
+    h = {ts: rule.h(t.x, t.v, a, t.m) for ts, rule in rules.items()}
+    assert min(abs(math.log(h["prs_point_lean"] / h[ts])) for ts in ("prs_lean", "soft_blend")) > 1e-3
+    rule = rules["prs_point_lean"]
+    rule.start(None)
+    assert forward_back(rule, t.m, t.x, t.v, 2000, eps=eps) < 1e-10
+    assert rule.run_metrics()["clip_acts"] == 0
