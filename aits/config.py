@@ -87,6 +87,11 @@ class SystemConfig:
                                     "soft_few_body)", ge=0)
 
 
+# features.timescale's choices: 'nn' and aits.steprules.BLENDS (spelled out: importing aits.steprules would pull
+# torch into this module; a test holds the two equal)
+TIMESCALES = ("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean")
+
+
 @dataclass
 class FeaturesConfig:
     history_len: int = opt(0, "K past states fed to the model", ge=0, le=1000)
@@ -97,7 +102,7 @@ class FeaturesConfig:
                                "soft_blend with tau_nn^(1/4) tau_prs^(3/4) in place of the mean) or 'prs_point_lean' "
                                "(prs_lean's on an unsoftened pair, soft_blend's once the pair's softening is above "
                                "about 1 % of its separation)",
-                         choices=("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean"))
+                         choices=TIMESCALES)
     radial_feature: str = opt("fraction", "scale_free feature 1: 'fraction', the squared cosine (r.u)^2 / (r^2 u^2) "
                                           "between the pair's separation and relative velocity, or 'energy', "
                                           "(r.u)^2 / (r mu), that cosine times u^2 r / mu (feature 0): the fraction "
@@ -189,6 +194,11 @@ class TrainConfig:
                                      "rule's objective from the same start): presses hardest where the rule does "
                                      "worse than the classical one it contains (0: off; a forward rollout more)",
                                ge=0)
+    passage_hinge_timescales: list[str] = opt([], "timescales (features.timescale's choices) whose classical "
+                                                  "recursions at model.init_factor the hinge also compares each "
+                                                  "rollout with: its excess over the best of them and its own "
+                                                  "classical rule counts (a forward rollout more each; [] : its "
+                                                  "own only)")
     passage_measure: str = opt("max", "the passage objective's energy error: max |E_k - E_0| / |E_0| (max), or the "
                                       "band (max E - min E) / |E_0| over the rollout, which does not depend on where "
                                       "in the oscillation the rollout starts (band)", choices=("max", "band"))
@@ -361,6 +371,13 @@ class Config:
         if t.passage_hinge and (m.output != "factor" or m.max_modulation is None):
             p.append("train.passage_hinge: the classical rule it compares with is the bounded factor's eta0; "
                      "set model.output factor and model.max_modulation")
+        for ts in t.passage_hinge_timescales:
+            if ts not in TIMESCALES:
+                p.append(f"train.passage_hinge_timescales: unknown timescale {ts!r}{_hint(ts, TIMESCALES)}; "
+                         f"timescales: {', '.join(TIMESCALES)}")
+        if t.passage_hinge_timescales and not (t.passage_hinge and f.feature_type == "scale_free"):
+            p.append("train.passage_hinge_timescales: the hinge compares with these classical rules; set "
+                     "train.passage_hinge > 0 (and features.feature_type scale_free)")
         if t.passage_anchor_rows and not t.passage_anchor:
             p.append("train.passage_anchor_rows: holds each rollout's level with the anchor's weight; set "
                      "train.passage_anchor > 0")

@@ -138,13 +138,44 @@ def finite_rollouts(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np
 
 
 def classical_rows(model, stepper: Stepper, m: np.ndarray, x: np.ndarray, v: np.ndarray, steps: int,
-                   eps: np.ndarray | None = None) -> torch.Tensor:
+                   eps: np.ndarray | None = None, timescales=()) -> torch.Tensor:
     """The passage objective (B,) of the classical rule the bounded factor contains (the model with its last
     layer zeroed: g = eta0 everywhere: :func:`classical_twin`) from the same start states, without grad; +inf where
-    it blew up."""
+    it blew up. ``timescales`` (``train.passage_hinge_timescales``): per row, the best (smallest) of that rule's
+    objective and those of the classical recursions at eta0 on each of these timescales (:func:`timescale_twin`),
+    so that a hinge presses wherever the rule does worse than any of them."""
+    rules = [(classical_twin(model, stepper), stepper)]
+    rules += [timescale_twin(model, stepper, ts) for ts in timescales]
+    best = None
     with torch.no_grad():
-        rows = _objective(*rollout(classical_twin(model, stepper), stepper, m, x, v, steps, eps=eps))
-    return torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
+        for twin, its_stepper in rules:
+            rows = _objective(*rollout(twin, its_stepper, m, x, v, steps, eps=eps))
+            rows = torch.where(torch.isfinite(rows), rows, torch.full_like(rows, math.inf))
+            best = rows if best is None else torch.minimum(best, rows)
+    return best
+
+
+class ClassicalFactor(torch.nn.Module):
+    """g = eta0 whatever the features: the bounded factor's classical rule on a timescale of its own choosing
+    (:func:`timescale_twin`), where the model's own zeroed twin would need that timescale's feature count."""
+
+    def __init__(self, eta0: float):
+        super().__init__()
+        self.eta0 = float(eta0)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(feats[..., 0], self.eta0)
+
+
+def timescale_twin(model, stepper: Stepper, timescale: str) -> tuple[torch.nn.Module, Stepper]:
+    """(rule, stepper) of the classical recursion at the model's eta0 on ``timescale`` (``features.timescale``'s
+    choices), with the stepper's clip, softening and compile setting: made once per stepper and timescale, kept."""
+    if timescale not in stepper.timescale_twins:
+        other = copy.copy(stepper)
+        other.timescale, other._compiled, other.compiled_reference = timescale, None, None
+        other.classical_twin, other.timescale_twins = None, {}
+        stepper.timescale_twins[timescale] = (ClassicalFactor(model.eta0), other)
+    return stepper.timescale_twins[timescale]
 
 
 def classical_twin(model, stepper: Stepper):
@@ -335,8 +366,9 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/skipped"] = 1
         return None, metrics
     metrics["passage/loss"] = float(loss.detach())
-    if t.passage_hinge:  # each system's excess over its own classical rule counts (1 + hinge) times
-        excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps)[index].to(rows)
+    if t.passage_hinge:  # each system's excess over its own classical rule (or the best of those) counts (1 + hinge) times
+        excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps,
+                                       t.passage_hinge_timescales)[index].to(rows)
         loss = loss + t.passage_hinge * torch.relu(excess).mean()
         metrics["passage/worse_than_classical"] = float((excess.detach() > 0).double().mean())
     if t.passage_phase:  # where the rollout ended against where the system is at that time

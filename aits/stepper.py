@@ -98,6 +98,7 @@ class Stepper:
         self._compiled = None
         self.compiled_reference = None  # aits.passage.reference_ends' step, compiled on first use
         self.classical_twin = None  # the bounded factor at eta0 (aits.passage.classical_rows), made on first use
+        self.timescale_twins = {}  # timescale -> the classical recursion on it (aits.passage.timescale_twin)
 
     def prepare(self, states: StateBatch) -> Prepared:
         """B states (a :class:`StateBatch`, or :class:`Samples`) -> Prepared (features, E0, a(x0)), no grad."""

@@ -94,7 +94,7 @@ def validation_loss(ckpt: dict, cfg: Config, states, steps: int,
     loss = math.inf if mean is None else float(mean)
     if cfg.train.passage_hinge:
         if classical is None:
-            classical = classical_rows(model, stepper, m, x, v, steps, eps)
+            classical = classical_rows(model, stepper, m, x, v, steps, eps, cfg.train.passage_hinge_timescales)
         loss += cfg.train.passage_hinge * float(torch.relu(rows - classical[ok]).mean())
     if cfg.train.passage_phase:
         with torch.no_grad():
@@ -126,8 +126,8 @@ def main(argv=None) -> int:
         steps = a.steps or default_steps(cfg)
         states = validation_states(cfg, a.systems, a.seed)
         # the classical rule a hinge run is judged against does not change with the weights: rolled out once
-        classical = (classical_rows(build_model(cfg), Stepper(cfg, NormScales()), *states[:3], steps, states[3])
-                     if cfg.train.passage_hinge else None)
+        classical = (classical_rows(build_model(cfg), Stepper(cfg, NormScales()), *states[:3], steps, states[3],
+                                    cfg.train.passage_hinge_timescales) if cfg.train.passage_hinge else None)
         # the weights' families (apsis redraws keep each system's family); drawn only for a weighted run
         family = drawn_systems(cfg, a.systems, a.seed).family if cfg.train.passage_family_weights else None
         table = {}

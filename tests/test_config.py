@@ -57,6 +57,10 @@ INVALID = [
     ({"features": {"radial_feature": "cosine"}}, "features.radial_feature: 'cosine' is not one of fraction, energy"),
     ({"features": {"feature_type": "scale_free", "timescale": "prs"}},
      "features.timescale: 'prs' is not one of nn, blend, soft_blend, prs_lean"),
+    ({"train": {"passage_hinge_timescales": ["tau"]}},
+     "train.passage_hinge_timescales: unknown timescale 'tau'"),
+    ({"train": {"passage_hinge_timescales": ["nn"]}},
+     "train.passage_hinge_timescales: the hinge compares with these classical rules; set train.passage_hinge > 0"),
     ({"features": {"feature_type": "scale_free", "history_len": 0},
       "model": {"output": "factor", "recursive": True, "symmetric_iterations": 1}},
      "model.recursive: pick one step rule; symmetric_iterations is 1"),
@@ -208,8 +212,8 @@ def test_timescale_choices_are_the_library_timescales():
     # timescale added to aits.steprules.BLENDS and not here (or the reverse) would be refused or crash in training.
     import dataclasses
 
-    from aits.config import FeaturesConfig
+    from aits.config import TIMESCALES, FeaturesConfig
     from aits.steprules import BLENDS
 
     field = {f.name: f for f in dataclasses.fields(FeaturesConfig)}["timescale"]
-    assert field.metadata["choices"] == ("nn", *BLENDS)
+    assert field.metadata["choices"] == TIMESCALES == ("nn", *BLENDS)

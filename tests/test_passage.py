@@ -308,6 +308,30 @@ def test_hinge_presses_where_the_rule_is_worse_than_its_classical_rule():
         assert torch.allclose(hinge, p.grad, rtol=1e-6, atol=1e-9 * float(p.grad.abs().max())), name
 
 
+def test_hinge_timescales_take_the_best_classical_rule_of_each_start():
+    """train.passage_hinge_timescales: the hinge's reference rows are, per start, the best of the rule's own
+    classical recursion (here on prs_lean) and the classical recursions at eta0 on the named timescales (here tau),
+    each as a model of that timescale with its last layer zeroed rolls it out; on Kepler orbits the two differ and
+    each wins somewhere, and the minimum is taken row by row."""
+    base = factor_cfg(recursive=True, symmetric_iterations=0, max_modulation=3.0, init_factor=0.01,
+                      recursion_clip=1.2).to_dict()
+    cfg = Config.from_dict({**base, "features": {**base["features"], "timescale": "prs_lean"},
+                            "train": {"passage": True, "passage_steps": 200, "passage_hinge": 1.0,
+                                      "passage_hinge_timescales": ["nn"]}})
+    nn_cfg = Config.from_dict({**cfg.to_dict(), "features": {**cfg.to_dict()["features"], "timescale": "nn"}})
+    samples = kepler_samples([0.3, 0.6, 0.9, 0.97])
+    start = (samples.m, samples.x, samples.v)
+    model, stepper = perturbed_model(cfg, scale=0.5), Stepper(cfg, NormScales())
+    got = classical_rows(model, stepper, *start, 200, None, cfg.train.passage_hinge_timescales)
+    own = classical_rows(model, Stepper(cfg, NormScales()), *start, 200)
+    tau, keep = objective_rows(*rollout(classical_model(nn_cfg), Stepper(nn_cfg, NormScales()), *start, 200))
+    assert bool(keep.all()) and torch.isfinite(own).all()
+    assert bool((tau < own - 0.01).any()) and bool((own < tau - 0.01).any())  # each rule wins on some orbit
+    assert torch.allclose(got, torch.minimum(own, tau), rtol=0, atol=1e-12)
+    # the twin is kept with the stepper (made once), and the rule's own stepper still rolls out prs_lean
+    assert list(stepper.timescale_twins) == ["nn"] and stepper.timescale == "prs_lean"
+
+
 def test_hinge_needs_the_bounded_factor():
     with pytest.raises(ConfigError, match="train.passage_hinge"):
         Config.from_dict({**factor_cfg().to_dict(), "train": {"passage_hinge": 1.0}})

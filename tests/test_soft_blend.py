@@ -224,6 +224,14 @@ def test_prs_point_lean_config_is_the_prs_lean_config_with_its_timescale():
     assert Config.load("configs/generalist_prs_point_lean.yaml").features.timescale == "prs_point_lean"
 
 
+def test_tau_hinge_config_is_the_prs_point_lean_config_with_tau_in_the_hinge():
+    from aits import Config
+
+    assert config_changes("configs/generalist_prs_point_lean.yaml", "configs/generalist_tau_hinge.yaml") == {
+        ("run", "name"), ("train", "passage_hinge_timescales")}
+    assert Config.load("configs/generalist_tau_hinge.yaml").train.passage_hinge_timescales == ["nn"]
+
+
 def test_soft_config_is_the_blend_config_with_the_soft_blend_timescale():
     from aits import Config
 
