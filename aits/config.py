@@ -87,9 +87,10 @@ class SystemConfig:
                                     "soft_few_body)", ge=0)
 
 
-# features.timescale's choices: 'nn' and aits.steprules.BLENDS (spelled out: importing aits.steprules would pull
-# torch into this module; a test holds the two equal)
-TIMESCALES = ("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean")
+# features.timescale's choices (not aits.steprules.TIMESCALES, the classical timescales by name): 'nn' and
+# aits.steprules.BLENDS (spelled out: importing aits.steprules would pull torch into this module; a test holds the
+# two equal)
+FEATURE_TIMESCALES = ("nn", "blend", "soft_blend", "prs_lean", "prs_point_lean")
 
 
 @dataclass
@@ -102,7 +103,7 @@ class FeaturesConfig:
                                "soft_blend with tau_nn^(1/4) tau_prs^(3/4) in place of the mean) or 'prs_point_lean' "
                                "(prs_lean's on an unsoftened pair, soft_blend's once the pair's softening is above "
                                "about 1 % of its separation)",
-                         choices=TIMESCALES)
+                         choices=FEATURE_TIMESCALES)
     radial_feature: str = opt("fraction", "scale_free feature 1: 'fraction', the squared cosine (r.u)^2 / (r^2 u^2) "
                                           "between the pair's separation and relative velocity, or 'energy', "
                                           "(r.u)^2 / (r mu), that cosine times u^2 r / mu (feature 0): the fraction "
@@ -372,9 +373,9 @@ class Config:
             p.append("train.passage_hinge: the classical rule it compares with is the bounded factor's eta0; "
                      "set model.output factor and model.max_modulation")
         for ts in t.passage_hinge_timescales:
-            if ts not in TIMESCALES:
-                p.append(f"train.passage_hinge_timescales: unknown timescale {ts!r}{_hint(ts, TIMESCALES)}; "
-                         f"timescales: {', '.join(TIMESCALES)}")
+            if ts not in FEATURE_TIMESCALES:
+                p.append(f"train.passage_hinge_timescales: unknown timescale {ts!r}{_hint(ts, FEATURE_TIMESCALES)}; "
+                         f"timescales: {', '.join(FEATURE_TIMESCALES)}")
         if t.passage_hinge_timescales and not (t.passage_hinge and f.feature_type == "scale_free"):
             p.append("train.passage_hinge_timescales: the hinge compares with these classical rules; set "
                      "train.passage_hinge > 0 (and features.feature_type scale_free)")

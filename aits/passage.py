@@ -171,10 +171,7 @@ def timescale_twin(model, stepper: Stepper, timescale: str) -> tuple[torch.nn.Mo
     """(rule, stepper) of the classical recursion at the model's eta0 on ``timescale`` (``features.timescale``'s
     choices), with the stepper's clip, softening and compile setting: made once per stepper and timescale, kept."""
     if timescale not in stepper.timescale_twins:
-        other = copy.copy(stepper)
-        other.timescale, other._compiled, other.compiled_reference = timescale, None, None
-        other.classical_twin, other.timescale_twins = None, {}
-        stepper.timescale_twins[timescale] = (ClassicalFactor(model.eta0), other)
+        stepper.timescale_twins[timescale] = (ClassicalFactor(model.eta0), stepper.on_timescale(timescale))
     return stepper.timescale_twins[timescale]
 
 
@@ -366,7 +363,7 @@ def passage_gradient(model, samples: Samples, stepper: Stepper, cfg: Config,
         metrics["passage/skipped"] = 1
         return None, metrics
     metrics["passage/loss"] = float(loss.detach())
-    if t.passage_hinge:  # each system's excess over its own classical rule (or the best of those) counts (1 + hinge) times
+    if t.passage_hinge:  # each excess over its classical rule (or the best of those) counts (1 + hinge) times
         excess = rows - classical_rows(model, stepper, *start, t.passage_steps, eps,
                                        t.passage_hinge_timescales)[index].to(rows)
         loss = loss + t.passage_hinge * torch.relu(excess).mean()

@@ -2,6 +2,7 @@
 (Attempt), the band loss and the guarded optimiser step. Shared by collect, generalize and inference."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -130,6 +131,14 @@ class Stepper:
         feats, tau = scale_free_torch(x, v, a, m, self.eps if eps is None else eps, self.timescale, self.radial)
         att = self.attempt(model, Prepared(x, v, m, feats.to(self.model_dtype), e0, a, tau, dt_prev, eps))
         return att.dt, att.x, att.v, att.a, att.e1, tau, att.h
+
+    def on_timescale(self, timescale: str) -> "Stepper":
+        """This stepper on another ``features.timescale`` (its clip, softening, precision and compile setting kept),
+        with caches of its own: what :func:`aits.passage.timescale_twin` rolls a classical rule out with."""
+        other = copy.copy(self)
+        other.timescale, other._compiled, other.compiled_reference = timescale, None, None
+        other.classical_twin, other.timescale_twins = None, {}
+        return other
 
     def compiled_rollout_step(self):
         """:meth:`rollout_step` through ``torch.compile`` (made once per Stepper; the first call of each

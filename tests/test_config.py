@@ -212,8 +212,8 @@ def test_timescale_choices_are_the_library_timescales():
     # timescale added to aits.steprules.BLENDS and not here (or the reverse) would be refused or crash in training.
     import dataclasses
 
-    from aits.config import TIMESCALES, FeaturesConfig
+    from aits.config import FEATURE_TIMESCALES, FeaturesConfig
     from aits.steprules import BLENDS
 
     field = {f.name: f for f in dataclasses.fields(FeaturesConfig)}["timescale"]
-    assert field.metadata["choices"] == TIMESCALES == ("nn", *BLENDS)
+    assert field.metadata["choices"] == FEATURE_TIMESCALES == ("nn", *BLENDS)
